@@ -1,0 +1,218 @@
+"""The dataset model: a :class:`Sample` per case and a :class:`Dataset` sequence of them.
+
+Every format reader (MedMNIST, CSV folders, Decathlon/nnU-Net, paired folders, HC18) returns a
+:class:`Dataset`, so splitting, fingerprinting and training never care where the data came from.
+Folder datasets keep paths and read files only in ``__getitem__``; what splitting needs (ids,
+subjects, labels) is answered without reading any image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+
+from medlens.image import Image, Role
+
+__all__ = ["TASKS", "Dataset", "Entry", "Sample", "as_label_map"]
+
+#: Task types a dataset can declare. ``ordinal`` is classification with ordered classes
+#: (RetinaMNIST grades); ``multilabel`` has one independent binary target per class.
+TASKS = ("classification", "multilabel", "ordinal", "regression", "segmentation")
+
+
+@dataclass(eq=False)
+class Sample:
+    """One case: the image, its target and who it belongs to.
+
+    Args:
+        image: the (loaded) image; folder datasets read it when the sample is requested.
+        label: class index, a float vector for multi-label targets (NaN = ignore), or ``None``.
+        mask: label map on the image's grid for segmentation, else ``None``.
+        id: unique id of the sample within its dataset (file stem, case id, ``train-17``).
+        subject: patient/subject id; grouped splits never put one subject on both sides.
+        study: examination id when a subject has several (CheXpert ``patient1/study2``).
+        meta: provenance (paths, CSV row, pixel size, reference measurements, ...).
+    """
+
+    image: Image
+    label: int | float | np.ndarray | None = None
+    mask: Image | None = None
+    id: str = ""
+    subject: str | None = None
+    study: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Entry:
+    """What a folder dataset knows about a case before reading it: paths and target."""
+
+    id: str
+    paths: tuple[Path, ...]
+    label: int | float | np.ndarray | None = None
+    mask_path: Path | None = None
+    subject: str | None = None
+    study: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Dataset(Sequence[Sample]):
+    """A read-only sequence of :class:`Sample` with the metadata splits and planning need.
+
+    Subclasses set ``task``, ``class_names``, ``modality`` and ``name``, and implement
+    ``__len__`` and ``_load(index)``. Folder datasets fill ``self.entries`` (one :class:`Entry`
+    per case) and get ``ids``, ``subjects`` and ``labels`` for free.
+    """
+
+    task: str = "classification"
+    class_names: list[str]
+    modality: str | None = None
+    name: str = "dataset"
+    source: Path | None = None
+    entries: list[Entry]
+
+    # ------------------------------------------------------------------ to implement
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def _load(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ sequence protocol
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice | Sequence[int] | np.ndarray) -> Dataset: ...
+
+    def __getitem__(self, index: Any) -> Sample | Dataset:
+        if isinstance(index, (int, np.integer)):
+            n = len(self)
+            i = int(index)
+            if i < 0:
+                i += n
+            if not 0 <= i < n:
+                raise IndexError(f"sample index {index} out of range for {n} samples")
+            return self._load(i)
+        if isinstance(index, slice):
+            return Subset(self, range(len(self))[index])
+        return Subset(self, [int(i) for i in np.asarray(index).reshape(-1)])
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self._load(i)
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def ids(self) -> list[str]:
+        """Sample ids in order; unique within the dataset."""
+        return [e.id for e in self.entries]
+
+    def subjects(self) -> list[str]:
+        """Subject per sample; a sample without a known subject is its own subject (its id)."""
+        return [e.subject if e.subject is not None else e.id for e in self.entries]
+
+    def has_subjects(self) -> bool:
+        """Whether the source named subjects (so grouped splits mean something)."""
+        return any(e.subject is not None for e in self.entries)
+
+    def labels(self) -> np.ndarray | None:
+        """All targets as one array without reading images: ``(N,)`` int or ``(N, K)`` float.
+
+        ``None`` for datasets whose targets are images (segmentation).
+        """
+        if self.task == "segmentation" or not self.entries:
+            return None
+        if self.task == "multilabel":
+            return np.stack([np.asarray(e.label, dtype=np.float32) for e in self.entries])
+        dtype = np.float64 if self.task == "regression" else np.int64
+        return np.asarray([e.label for e in self.entries], dtype=dtype)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Dataset:
+        """A view on some samples, in the given order (e.g. one fold of a split)."""
+        return Subset(self, [int(i) for i in np.asarray(indices).reshape(-1)])
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, samples={len(self)}, task={self.task}, "
+            f"classes={self.num_classes})"
+        )
+
+
+class Subset(Dataset):
+    """Some samples of a parent dataset, sharing its metadata and loading."""
+
+    def __init__(self, parent: Dataset, indices: Sequence[int]) -> None:
+        n = len(parent)
+        self.parent = parent
+        self.indices = [i + n if i < 0 else i for i in indices]
+        if any(not 0 <= i < n for i in self.indices):
+            raise IndexError(f"subset index out of range for {n} samples")
+        self.task = parent.task
+        self.class_names = parent.class_names
+        self.modality = parent.modality
+        self.name = parent.name
+        self.source = parent.source
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _load(self, index: int) -> Sample:
+        return self.parent._load(self.indices[index])
+
+    def ids(self) -> list[str]:
+        ids = self.parent.ids()
+        return [ids[i] for i in self.indices]
+
+    def subjects(self) -> list[str]:
+        subjects = self.parent.subjects()
+        return [subjects[i] for i in self.indices]
+
+    def has_subjects(self) -> bool:
+        return self.parent.has_subjects()
+
+    def labels(self) -> np.ndarray | None:
+        labels = self.parent.labels()
+        return None if labels is None else labels[np.asarray(self.indices, dtype=np.int64)]
+
+
+def as_label_map(image: Image) -> Image:
+    """Turn a mask as drawn by tools into a label map: one channel, ``{0, 255}`` -> ``{0, 1}``.
+
+    PNG masks are often saved as RGB with identical channels and 255 for foreground; a label
+    map needs class indices, so identical channels collapse and a 0/255 mask becomes 0/1.
+    """
+    array = image.array
+    leading = image.leading
+    if "channel" in leading:
+        axis = leading.index("channel")
+        first = np.take(array, 0, axis=axis)
+        same = all(
+            np.array_equal(first, np.take(array, c, axis=axis)) for c in range(array.shape[axis])
+        )
+        array = first if same else array.max(axis=axis)
+        leading = tuple(name for name in leading if name != "channel")
+    if array.dtype.kind == "f":
+        array = np.rint(array)
+    values = np.unique(array)
+    if values.size and set(values.tolist()) <= {0, 255} and 255 in values:
+        array = (array > 0).astype(np.uint8)
+    elif values.size and values.min() >= 0 and values.max() <= 255:
+        array = array.astype(np.uint8, copy=False)
+    elif values.size and values.min() >= np.iinfo(np.int16).min and values.max() < 2**15:
+        array = array.astype(np.int16, copy=False)
+    return image.replace(array=np.ascontiguousarray(array), leading=leading, role=Role.LABEL)
+
+
+def _lazy_io() -> tuple[Callable[..., Image], Callable[..., Any]]:
+    """``medlens.io``'s reader and writer, imported on first use to keep imports cheap."""
+    from medlens.io import load_image, save_image
+
+    return load_image, save_image

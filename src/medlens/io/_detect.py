@@ -1,0 +1,75 @@
+"""Choose a reader by a file's content (magic bytes), not by its name alone."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+from medlens.errors import ImageReadError
+
+__all__ = ["sniff"]
+
+_DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
+
+
+def sniff(path: Path) -> str:
+    """Return the format of ``path``: dicom, nifti, png, jpeg, tiff, bmp, npy, npz.
+
+    Raises:
+        ImageReadError: missing, empty, or of no format medlens reads.
+    """
+    if not path.exists():
+        raise ImageReadError("no such file or folder", path)
+    if path.is_dir():
+        return "dicom-folder"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1024)
+    except OSError as exc:
+        raise ImageReadError(f"cannot be read ({exc.strerror})", path) from None
+    if not head:
+        raise ImageReadError("file is empty", path)
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head.startswith(b"\x93NUMPY"):
+        return "npy"
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "npz"
+    if head.startswith(b"\x1f\x8b"):
+        try:
+            inner = zlib.decompressobj(wbits=31).decompress(head, 600)
+        except zlib.error:
+            inner = b""
+        if _is_nifti(inner):
+            return "nifti"
+        raise ImageReadError("gzip file does not hold a NIfTI image (or is corrupt)", path)
+    if _is_nifti(head):
+        return "nifti"
+    if path.suffix.lower() in _DICOM_SUFFIXES or path.name.upper() == "DICOMDIR":
+        return "dicom"  # a DICOM file without the 128-byte preamble; pydicom decides
+    if _looks_like_raw_dicom(head):
+        return "dicom"
+    raise ImageReadError("not a recognised medical image format", path)
+
+
+def _is_nifti(head: bytes) -> bool:
+    if len(head) < 348:
+        return False
+    size_le = int.from_bytes(head[:4], "little")
+    size_be = int.from_bytes(head[:4], "big")
+    if 348 in (size_le, size_be) and head[344:347] in (b"n+1", b"ni1"):
+        return True
+    return 540 in (size_le, size_be) and head[4:7] in (b"n+2", b"ni2")
+
+
+def _looks_like_raw_dicom(head: bytes) -> bool:
+    """A preamble-less DICOM stream starts with a group 0002 or 0008 element (little endian)."""
+    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[2:4] < b"\xff\xff"
