@@ -109,7 +109,9 @@ def test_bad_files_raise_dataset_error(tmp_path, kind):
     if kind == "text":
         path.write_text("not an archive")
     elif kind == "truncated":
-        np.savez(path, train_images=np.zeros((50, 28, 28), np.uint8), train_labels=np.zeros((50, 1)))
+        np.savez(
+            path, train_images=np.zeros((50, 28, 28), np.uint8), train_labels=np.zeros((50, 1))
+        )
         path.write_bytes(path.read_bytes()[:500])
     elif kind == "npy":
         with path.open("wb") as handle:

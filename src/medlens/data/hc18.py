@@ -130,7 +130,7 @@ def fill_outline(
 ) -> tuple[np.ndarray, dict]:
     """Fill a closed outline (or keep a filled region) and verify a solid mask came out.
 
-    Gaps in the outline are closed with growing disks (radius 1 to 8 pixels) before filling.
+    Gaps in the outline are closed with growing disks (radius 1 to 8 pixels) around the fill.
 
     Returns:
         The mask as uint8 0/1, and how it was made: ``{"annotation": "outline" | "filled",
@@ -153,11 +153,13 @@ def fill_outline(
     if _is_solid(filled):
         return filled.astype(np.uint8), {"annotation": "outline", "closing_radius": 0}
     for radius in _CLOSING_RADII:
-        padded = np.pad(drawn, radius + 1)  # so closing does not erode at the image border
-        closed = ndimage.binary_closing(padded, structure=_disk(radius))
-        filled = ndimage.binary_fill_holes(closed)[
-            radius + 1 : -radius - 1, radius + 1 : -radius - 1
-        ]
+        # Closing done around the fill: dilate (bridges gaps up to 2 * radius), fill, erode back.
+        # Closing before filling would not do: a disk never bridges a gap in a straight line.
+        disk = _disk(radius)
+        pad = radius + 1  # so the erosion does not eat into the image border
+        grown = ndimage.binary_dilation(np.pad(drawn, pad), structure=disk)
+        solid = ndimage.binary_erosion(ndimage.binary_fill_holes(grown), structure=disk)
+        filled = solid[pad:-pad, pad:-pad] | drawn
         if _is_solid(filled):
             return filled.astype(np.uint8), {"annotation": "outline", "closing_radius": radius}
     raise DatasetError(

@@ -1,0 +1,33 @@
+"""medlens: deep learning on medical images.
+
+The package imports nothing heavy at import time; the public names below load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["Image", "Role", "load_image", "open_dataset", "save_image"]
+
+_LAZY = {
+    "Image": "medlens.image",
+    "Role": "medlens.image",
+    "load_image": "medlens.io",
+    "save_image": "medlens.io",
+    "open_dataset": "medlens.data",
+}
+
+if TYPE_CHECKING:
+    from medlens.data import open_dataset
+    from medlens.image import Image, Role
+    from medlens.io import load_image, save_image
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'medlens' has no attribute {name!r}")

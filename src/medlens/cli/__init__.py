@@ -1,0 +1,1 @@
+"""The ``medlens`` command line: thin commands over the Python API, heavy imports inside them."""
