@@ -49,7 +49,9 @@ def image_summary(image: Image, *, seed: int = 0) -> dict[str, Any]:
         out["files"] = len(image.meta["files"])
     out["intensity"] = _intensity(array, seed)
     if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
-        values = np.unique(array if array.size <= 50_000_000 else array[:: max(1, array.shape[0] // 8)])
+        values = np.unique(
+            array if array.size <= 50_000_000 else array[:: max(1, array.shape[0] // 8)]
+        )
         if values.size <= 64:
             out["unique_values"] = values.tolist()
     return out

@@ -15,7 +15,7 @@ import numpy as np
 
 from medlens.image import Image, Role
 
-__all__ = ["ct_phantom", "write_dicom_series", "write_demo_data"]
+__all__ = ["ct_phantom", "write_demo_data", "write_dicom_series"]
 
 
 def ct_phantom(

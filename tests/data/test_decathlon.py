@@ -82,7 +82,7 @@ def test_missing_files_and_json(msd, tmp_path):
     assert "dataset.json" in str(info.value) and "labelsTr/spleen_2.nii.gz" in str(info.value)
     empty = tmp_path / "empty_task"
     empty.mkdir()
-    with pytest.raises(DatasetError, match="no dataset.json"):
+    with pytest.raises(DatasetError, match=r"no dataset\.json"):
         DecathlonDataset(empty)
     (empty / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not valid JSON"):

@@ -41,8 +41,9 @@ def test_segmentation_fingerprint_uses_foreground(tmp_path, files):
         spacing = (0.7, 0.7, 5.0 + i)
         files.nifti(root / "imagesTr" / f"c{i}_0000.nii.gz", image, spacing)
         files.nifti(root / "labelsTr" / f"c{i}.nii.gz", label, spacing)
-    files.json(root / "dataset.json", {"channel_names": {"0": "MR"}, "file_ending": ".nii.gz",
-                                       "labels": {"background": 0, "organ": 1, "lesion": 2}})  # fmt: skip
+    labels = {"background": 0, "organ": 1, "lesion": 2}
+    spec = {"channel_names": {"0": "MR"}, "file_ending": ".nii.gz", "labels": labels}
+    files.json(root / "dataset.json", spec)
     fp = fingerprint(DecathlonDataset(root), seed=1)
     json.dumps(fp)
     assert fp["task"] == "segmentation" and fp["modality"] == "MR" and fp["spatial_dims"] == 3

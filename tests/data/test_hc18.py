@@ -63,8 +63,8 @@ def test_ellipse_circumference_matches_geometry(files):
 
 
 def test_convert_synthetic(tmp_path, files):
-    src = files.hc18(tmp_path / "raw", {"000_HC.png": (0.1, 50.0), "000_2HC.png": (0.2, 51.0),
-                                        "001_HC.png": (0.15, 60.0)})  # fmt: skip
+    cases = {"000_HC.png": (0.1, 50.0), "000_2HC.png": (0.2, 51.0), "001_HC.png": (0.15, 60.0)}
+    src = files.hc18(tmp_path / "raw", cases)
     dst = tmp_path / "out"
     summary = convert_hc18(src, dst, progress=False)
     assert summary["images"] == 3 and summary["subjects"] == 2 and summary["output"] == str(dst)

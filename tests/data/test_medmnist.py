@@ -59,8 +59,8 @@ def test_multilabel_chest_style(tmp_path):
     rng = np.random.default_rng(0)
     path = tmp_path / "chestmnist.npz"
     labels = rng.integers(0, 2, (12, 14)).astype(np.uint8)
-    np.savez(path, train_images=rng.integers(0, 255, (12, 28, 28), dtype=np.uint8),
-             train_labels=labels)  # fmt: skip
+    images = rng.integers(0, 255, (12, 28, 28), dtype=np.uint8)
+    np.savez(path, train_images=images, train_labels=labels)
     ds = MedMNISTDataset(path)
     assert ds.task == "multilabel" and ds.num_classes == 14
     assert ds.class_names[0] == "atelectasis" and ds.class_names[-1] == "hernia"
@@ -85,8 +85,8 @@ def test_rgb_ordinal_retina_style(tmp_path):
 def test_unknown_name_counts_classes_over_all_splits(tmp_path):
     path = tmp_path / "mystery.npz"
     z = np.zeros((3, 8, 8), dtype=np.uint8)
-    np.savez(path, train_images=z, train_labels=np.array([[0], [1], [1]]),
-             val_images=z, val_labels=np.array([[0], [3], [2]]))  # fmt: skip
+    train, val = np.array([[0], [1], [1]]), np.array([[0], [3], [2]])
+    np.savez(path, train_images=z, train_labels=train, val_images=z, val_labels=val)
     ds = MedMNISTDataset(path)
     assert ds.class_names == ["0", "1", "2", "3"] and ds.modality is None
 

@@ -20,8 +20,12 @@ from medlens.errors import DatasetError
 def _decathlon(root, files):
     files.nifti(root / "imagesTr" / "a_0000.nii.gz", np.zeros((2, 3, 4), np.float32))
     files.nifti(root / "labelsTr" / "a.nii.gz", np.zeros((2, 3, 4), np.uint8))
-    files.json(root / "dataset.json", {"channel_names": {"0": "CT"}, "file_ending": ".nii.gz",
-                                       "labels": {"background": 0, "x": 1}})  # fmt: skip
+    spec = {
+        "channel_names": {"0": "CT"},
+        "file_ending": ".nii.gz",
+        "labels": {"background": 0, "x": 1},
+    }
+    files.json(root / "dataset.json", spec)
     return root
 
 

@@ -15,7 +15,9 @@ import typer
 
 def demo(
     output: Path = typer.Option(Path("demo_out"), "--output", "-o", help="Folder for outputs."),
-    synthetic: bool = typer.Option(False, "--synthetic", help="Use the phantom even if data exist."),
+    synthetic: bool = typer.Option(
+        False, "--synthetic", help="Use the phantom even if data exist."
+    ),
 ) -> None:
     """Describe real (or synthetic) DICOM, NIfTI and dataset inputs, writing summaries to OUTPUT."""
     from rich.console import Console

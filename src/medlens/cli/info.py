@@ -13,7 +13,9 @@ def info(
     path: Path = typer.Argument(..., help="Image file, DICOM folder/DICOMDIR, or dataset."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to describe."),
-    split: str | None = typer.Option(None, "--split", help="Dataset split (MedMNIST: train/val/test)."),
+    split: str | None = typer.Option(
+        None, "--split", help="Dataset split (MedMNIST: train/val/test)."
+    ),
     max_samples: int | None = typer.Option(
         None, "--max-samples", help="Fingerprint at most this many samples of a dataset."
     ),
@@ -28,7 +30,11 @@ def info(
 
 
 def describe(
-    path: Path, *, series: str | None = None, split: str | None = None, max_samples: int | None = None
+    path: Path,
+    *,
+    series: str | None = None,
+    split: str | None = None,
+    max_samples: int | None = None,
 ) -> dict[str, Any]:
     """The summary ``medlens info`` prints, as a plain dict."""
     from medlens.errors import ImageReadError, MedlensError
@@ -43,7 +49,11 @@ def describe(
 
         found = list_series(path)
         if len(found) > 1 and series is None:
-            return {"path": str(path), "kind": "dicom-folder", "series": [s.as_dict() for s in found]}
+            return {
+                "path": str(path),
+                "kind": "dicom-folder",
+                "series": [s.as_dict() for s in found],
+            }
     from medlens.io import load_image
     from medlens.summary import image_summary
 
@@ -68,7 +78,7 @@ def _dataset_kind(path: Path) -> str | None:
             with np.load(path, allow_pickle=False) as archive:
                 if not any(k.endswith("_images") for k in archive.files):
                     return None
-        except Exception:  # noqa: BLE001 - load_image reports the corrupt file properly
+        except Exception:
             return None
     try:
         return detect_format(path)
@@ -107,8 +117,9 @@ def _render(summary: dict[str, Any]) -> None:
         for column in ("series_uid", "modality", "description", "files", "frames", "rows x cols"):
             table.add_column(column)
         for s in summary["series"]:
-            table.add_row(s["series_uid"], s["modality"] or "", s["description"] or "",
-                          str(s["files"]), str(s["frames"]), f"{s['rows']} x {s['columns']}")  # fmt: skip
+            size = f"{s['rows']} x {s['columns']}"
+            cells = (s["modality"] or "", s["description"] or "", str(s["files"]), str(s["frames"]))
+            table.add_row(s["series_uid"], *cells, size)
         console.print(table)
         console.print("Describe one with --series UID.")
         return

@@ -19,7 +19,7 @@ from medlens.cli.info import info
 
 app = typer.Typer(
     name="medlens",
-    help="Deep learning on medical images: DICOM, NIfTI and friends to validated, explained models.",
+    help="Deep learning on medical images: from DICOM, NIfTI and friends to explained models.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         code = _report(f"error: {where}{exc.strerror or exc}", 1)
-    except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
+    except Exception as exc:
         code = _report(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", 1)
     code = 0 if code is None else code if isinstance(code, int) else 1
     if argv is None:

@@ -117,8 +117,10 @@ class CSVFolderDataset(Dataset):
             self.task = "multilabel"
             self.label_columns = list(label_columns)
             self.class_names = list(label_columns)
-            labels = [_findings(row, line, self.label_columns, uncertain, blank, csv_path)
-                      for line, row in rows]  # fmt: skip
+            labels = [
+                _findings(row, line, self.label_columns, uncertain, blank, csv_path)
+                for line, row in rows
+            ]
         else:
             assert label_column is not None
             self.task = "classification"

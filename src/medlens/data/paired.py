@@ -95,8 +95,11 @@ class PairedFolderDataset(Dataset):
         unmatched_images = [by_stem[s].name for s in by_stem if s not in pairs]
         if unmatched_images or unmatched_masks:
             parts = []
-            for what, names in (("images without mask", unmatched_images),
-                                ("masks without image", unmatched_masks)):  # fmt: skip
+            sides = (
+                ("images without mask", unmatched_images),
+                ("masks without image", unmatched_masks),
+            )
+            for what, names in sides:
                 if names:
                     more = ", ..." if len(names) > _MAX_LISTED else ""
                     parts.append(f"{len(names)} {what} ({', '.join(names[:_MAX_LISTED])}{more})")
