@@ -1,4 +1,8 @@
-"""Fixtures for the dataset tests: real-data locations and small files written with PIL/nibabel."""
+"""Fixtures for the dataset tests: real-data folders and small files written with PIL/nibabel.
+
+The real folders come through the shared ``real`` fixture (tests/conftest.py), which skips with
+the reason when ``MEDLENS_DATA`` is absent and marks the test ``realdata``.
+"""
 
 from __future__ import annotations
 
@@ -8,25 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlens._data_path import data_root
+
+@pytest.fixture(scope="session")
+def hc18_root(real) -> Path:
+    """The raw HC18 training folder (read only)."""
+    return real("hc18")
 
 
-def real_path(*parts: str) -> Path:
-    """A path under the real-data folder, skipping the test when it is absent."""
-    path = data_root().joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (set MEDLENS_DATA to the shared data folder)")
-    return path
-
-
-@pytest.fixture
-def hc18_root() -> Path:
-    return real_path("hc18")
-
-
-@pytest.fixture
-def medmnist_dir() -> Path:
-    return real_path("medmnist")
+@pytest.fixture(scope="session")
+def medmnist_dir(real) -> Path:
+    """The folder of MedMNIST .npz files (read only)."""
+    return real("medmnist")
 
 
 def write_png(path: Path, array: np.ndarray) -> Path:

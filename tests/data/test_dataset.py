@@ -68,3 +68,8 @@ def test_as_label_map_collapses_rgb_and_255():
     assert multi.array.tolist() == [[0, 1], [2, 3]] and multi.array.dtype == np.uint8
     floats = as_label_map(Image(np.array([[0.0, 1.0], [2.0, 1.0]])))
     assert floats.array.dtype == np.uint8 and floats.array.max() == 2
+
+
+def test_as_label_map_can_keep_255():
+    mask = np.array([[0, 255], [255, 0]], dtype=np.uint8)
+    assert as_label_map(Image(mask), binary_255=False).array.max() == 255

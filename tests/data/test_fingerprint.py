@@ -60,12 +60,14 @@ def test_segmentation_fingerprint_uses_foreground(tmp_path, files):
     assert stats["mean"] == pytest.approx(101.0) and stats["min"] == 100.0 and stats["max"] == 102.0
 
 
-def test_multilabel_counts(tmp_path, files):
+def test_multilabel_counts(tmp_path, files, capsys):
     lines = ["path,A,B"]
     for i, (a, b) in enumerate([("1", "-1"), ("0", ""), ("1", "1")]):
         files.png(tmp_path / f"{i}.png", np.full((5, 5), i, dtype=np.uint8))
         lines.append(f"{i}.png,{a},{b}")
     (tmp_path / "l.csv").write_text("\n".join(lines) + "\n")
-    fp = fingerprint(CSVFolderDataset(tmp_path / "l.csv", uncertain="ignore", blank="ignore"))
+    dataset = CSVFolderDataset(tmp_path / "l.csv", uncertain="ignore", blank="ignore")
+    fp = fingerprint(dataset, progress=True)
+    assert capsys.readouterr().out == ""  # the progress bar goes to stderr, stdout stays clean
     assert fp["class_counts"] == {"A": 2, "B": 1} and fp["ignored_counts"] == {"A": 0, "B": 2}
     assert fp["task"] == "multilabel" and fp["intensity"][0]["max"] == 2.0

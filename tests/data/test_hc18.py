@@ -68,6 +68,7 @@ def test_convert_synthetic(tmp_path, files):
     dst = tmp_path / "out"
     summary = convert_hc18(src, dst, progress=False)
     assert summary["images"] == 3 and summary["subjects"] == 2 and summary["output"] == str(dst)
+    assert summary["annotations"] == {"outline": 3} and summary["closed_gaps"] == []
     spec = json.loads((dst / "dataset.json").read_text())
     assert spec["channel_names"] == {"0": "US"} and spec["labels"] == {"background": 0, "head": 1}
     assert spec["file_ending"] == ".nii.gz" and spec["numTraining"] == 3
@@ -91,6 +92,8 @@ def test_convert_synthetic(tmp_path, files):
     summary = convert_hc18(src, dst, progress=False, subjects=["1"], overwrite=True)
     assert summary["images"] == 1
     assert sorted(p.name for p in (dst / "labelsTr").iterdir()) == ["001_HC.nii.gz"]
+    with pytest.raises(DatasetError, match="no images of the selected subjects"):
+        convert_hc18(src, tmp_path / "none", progress=False, subjects=["7"])
     with pytest.raises(MedlensError, match="inside the input folder"):
         convert_hc18(src, src / "converted", progress=False)
     assert not (src / "converted").exists()
@@ -133,6 +136,7 @@ def test_real_hc18_convert_all(hc18_root, tmp_path):
     summary = convert_hc18(hc18_root, tmp_path / "hc18", progress=False)
     seconds = time.perf_counter() - start
     assert summary["images"] == 373 and summary["subjects"] == 300
+    assert sum(summary["annotations"].values()) == 373
     ds = DecathlonDataset(tmp_path / "hc18")
     assert len(ds) == 373 and len(set(ds.subjects())) == 300
     assert seconds < 300

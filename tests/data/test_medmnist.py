@@ -28,6 +28,7 @@ def test_breastmnist_real(medmnist_dir):
     assert sample.image.array.shape == (28, 28) and sample.image.spatial_dims == 2
     assert sample.label == int(labels[10]) and sample.id == "train-000010"
     assert np.shares_memory(sample.image.array, images)  # no copy per sample
+    assert not images.flags.writeable and not sample.image.array.flags.writeable
     assert not train.has_subjects() and train.subjects()[:2] == ["train-000000", "train-000001"]
 
 

@@ -19,7 +19,9 @@ app.add_typer(download_app, name="download")
 def convert_hc18(
     src: Path = typer.Argument(..., help="HC18 folder: images/, annotations/, labels.csv."),
     dst: Path = typer.Argument(..., help="Output folder (segmentation layout with dataset.json)."),
-    limit: int | None = typer.Option(None, help="Convert only the first N images (for a try)."),
+    limit: int | None = typer.Option(
+        None, help="Convert only the first N subjects (all their images), for a try."
+    ),
 ) -> None:
     """Fill the sonographers' head outlines into masks; keep the pixel size as spacing."""
     from medlens.data import convert_hc18 as convert

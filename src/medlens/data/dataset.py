@@ -183,11 +183,12 @@ class Subset(Dataset):
         return None if labels is None else labels[np.asarray(self.indices, dtype=np.int64)]
 
 
-def as_label_map(image: Image) -> Image:
+def as_label_map(image: Image, *, binary_255: bool = True) -> Image:
     """Turn a mask as drawn by tools into a label map: one channel, ``{0, 255}`` -> ``{0, 1}``.
 
     PNG masks are often saved as RGB with identical channels and 255 for foreground; a label
-    map needs class indices, so identical channels collapse and a 0/255 mask becomes 0/1.
+    map needs class indices, so identical channels collapse and (with ``binary_255``) a mask
+    holding only 0 and 255 becomes 0/1.
     """
     array = image.array
     leading = image.leading
@@ -202,13 +203,24 @@ def as_label_map(image: Image) -> Image:
     if array.dtype.kind == "f":
         array = np.rint(array)
     values = np.unique(array)
-    if values.size and set(values.tolist()) <= {0, 255} and 255 in values:
+    if binary_255 and values.size and set(values.tolist()) <= {0, 255} and 255 in values:
         array = (array > 0).astype(np.uint8)
     elif values.size and values.min() >= 0 and values.max() <= 255:
         array = array.astype(np.uint8, copy=False)
     elif values.size and values.min() >= np.iinfo(np.int16).min and values.max() < 2**15:
         array = array.astype(np.int16, copy=False)
     return image.replace(array=np.ascontiguousarray(array), leading=leading, role=Role.LABEL)
+
+
+def _progress(items: Sequence[Any], description: str, enabled: bool) -> Iterator[Any]:
+    """A rich progress bar on stderr, so stdout stays clean for JSON and piped output."""
+    if not enabled:
+        yield from items
+        return
+    from rich.console import Console
+    from rich.progress import track
+
+    yield from track(items, description=description, console=Console(stderr=True))
 
 
 def _lazy_io() -> tuple[Callable[..., Image], Callable[..., Any]]:

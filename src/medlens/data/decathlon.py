@@ -122,13 +122,13 @@ class DecathlonDataset(Dataset):
         image.meta["paths"] = [str(p) for p in entry.paths]
         mask = None
         if entry.mask_path is not None:
-            mask = as_label_map(load_image(entry.mask_path))
+            # 0/255 masks become 0/1 unless 255 is a declared label (nnU-Net's ignore label).
+            binary = 255 not in self.label_values.values()
+            mask = as_label_map(load_image(entry.mask_path), binary_255=binary)
             image.check_same_grid(mask, name=str(entry.mask_path))
-        meta = {
-            "paths": [str(p) for p in entry.paths],
-            "label_path": str(entry.mask_path),
-            **entry.meta,
-        }
+        meta = {"paths": [str(p) for p in entry.paths], **entry.meta}
+        if entry.mask_path is not None:
+            meta["label_path"] = str(entry.mask_path)
         return Sample(image, None, mask, entry.id, entry.subject, None, meta)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens.data.dataset import Dataset
+from medlens.data.dataset import Dataset, _progress
 from medlens.errors import DatasetError
 
 __all__ = ["ANISOTROPY_THRESHOLD", "fingerprint"]
@@ -137,9 +137,7 @@ def fingerprint(
     cases_with: Counter[int] = Counter()
     foreground_cases = 0
 
-    from rich.progress import track
-
-    for index in track(indices.tolist(), description="Fingerprint", disable=not progress):
+    for index in _progress(indices.tolist(), "Fingerprint", progress):
         sample = dataset[int(index)]
         image = sample.image
         dims.add(image.spatial_dims)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from medlens._atomic import atomic_write_text, ensure_outside
-from medlens.data.dataset import Dataset, Entry, Sample, _lazy_io, as_label_map
+from medlens.data.dataset import Dataset, Entry, Sample, _lazy_io, _progress, as_label_map
 from medlens.errors import DatasetError, GeometryError
 from medlens.image import Image, Role
 
@@ -226,6 +226,8 @@ class HC18Dataset(Dataset):
         self.class_names = ["background", "head"]
         self.modality = "US"
         self.cases = _select(read_hc18_labels(root), subjects, limit)
+        if not self.cases:
+            raise DatasetError("no images of the selected subjects in labels.csv", root)
         missing = []
         for case in self.cases:
             for path in (root / "images" / case.filename, root / "annotations" / case.annotation):
@@ -310,7 +312,9 @@ def convert_hc18(
         overwrite: replace an earlier conversion in ``dst`` (stale case files are removed).
 
     Returns:
-        ``{"images", "subjects", "output", "seconds", "closed_gaps"}``.
+        ``{"images", "subjects", "output", "seconds", "annotations", "closed_gaps"}``:
+        ``annotations`` counts how many were drawn as outlines or already filled, and
+        ``closed_gaps`` names the cases whose outline needed its gaps closed.
     """
     src, dst = Path(src), Path(dst)
     dataset = HC18Dataset(src, subjects=subjects, limit=limit)
@@ -324,9 +328,8 @@ def convert_hc18(
     start = time.perf_counter()
     written: set[Path] = set()
     closed: list[str] = []
-    from rich.progress import track
-
-    for i in track(range(len(dataset)), description="Converting HC18", disable=not progress):
+    kinds: dict[str, int] = {}
+    for i in _progress(range(len(dataset)), "Converting HC18", progress):
         sample = dataset[i]
         image_out = dst / "imagesTr" / f"{sample.id}_0000.nii.gz"
         label_out = dst / "labelsTr" / f"{sample.id}.nii.gz"
@@ -335,6 +338,8 @@ def convert_hc18(
         written.update((image_out, label_out))
         if sample.meta.get("closing_radius"):
             closed.append(sample.id)
+        kind = str(sample.meta.get("annotation"))
+        kinds[kind] = kinds.get(kind, 0) + 1
     for folder in ("imagesTr", "labelsTr"):
         for stale in (dst / folder).glob("*.nii.gz"):
             if stale not in written:
@@ -366,5 +371,6 @@ def convert_hc18(
         "subjects": len(set(subject_map.values())),
         "output": str(dst),
         "seconds": round(time.perf_counter() - start, 2),
+        "annotations": kinds,
         "closed_gaps": closed,
     }

@@ -220,12 +220,16 @@ class MedMNISTDataset(Dataset):
         names = list(info.get("labels", ()))
         self.class_names = names if len(names) == count else [str(i) for i in range(count)]
         self.modality = info.get("modality")
+        # Samples are views of the split: an in-place transform must not corrupt the dataset.
+        self._images.flags.writeable = False
+        self._labels.flags.writeable = False
 
     # ------------------------------------------------------------------ whole-split access
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """The whole split: images ``(N, [C,] [D,] H, W)`` uint8 and labels ``(N,)`` or ``(N, K)``.
 
-        Returned arrays are the dataset's own (no copy): treat them as read-only.
+        Returned arrays are the dataset's own (no copy) and read-only; indexing a batch
+        (``images[batch_indices]``) gives a writable copy.
         """
         return self._images, self._labels
 
