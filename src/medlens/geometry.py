@@ -7,6 +7,8 @@ interpolates once (linear for intensities, nearest for labels so no new label va
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 from scipy import ndimage
 
@@ -20,7 +22,11 @@ def reorient(image: Image, target: str = "RAS") -> Image:
     n = image.spatial_dims
     target = target.upper()
     current = image.orientation
-    if len(target) != n or sorted(_group(c) for c in target) != sorted(_group(c) for c in current):
+    if (
+        len(target) != n
+        or any(c not in _OPPOSITE for c in target)  # unknown letters: a clear error, not KeyError
+        or sorted(_group(c) for c in target) != sorted(_group(c) for c in current)
+    ):
         raise ValueError(f"cannot reorient a {n}D image with axes {current!r} to {target!r}")
     perm, flips = [], []
     for letter in target:
@@ -106,6 +112,10 @@ def resample(
     lead_shape = source.shape[: len(image.leading)]
     flat = source.reshape((-1, *image.spatial_shape))
     out = np.empty((flat.shape[0], *out_shape), dtype=source.dtype)
+    # The field of view reaches half a voxel beyond the outer voxel centres (as in ITK). SciPy's
+    # "constant" mode fills everything outside the centres' box exactly, so a border voxel mapped
+    # to -1e-15 by rounding became ``fill`` (resampling onto the image's own grid lost its
+    # border). Interpolate with edge extension, then fill what lies outside the field of view.
     for c in range(flat.shape[0]):
         ndimage.affine_transform(
             flat[c],
@@ -114,16 +124,36 @@ def resample(
             output_shape=out_shape,
             output=out[c],
             order=order,
-            mode="constant",
+            mode="nearest" if order > 0 else "grid-constant",
             cval=fill,
             prefilter=order > 1,
         )
+    if order > 0 and not _inside_field_of_view(matrix_arr, offset_arr, out_shape, image):
+        inside = ndimage.affine_transform(
+            np.ones(image.spatial_shape, dtype=np.uint8),
+            matrix_arr,
+            offset=offset_arr,
+            output_shape=out_shape,
+            order=0,
+            mode="grid-constant",
+            cval=0,
+        ).astype(bool)
+        out[:, ~inside] = fill
     return image.replace(
         array=out.reshape((*lead_shape, *out_shape)),
         spacing=tuple(out_spacing),
         origin=tuple(out_origin),
         direction=np.array(out_direction),
     )
+
+
+def _inside_field_of_view(matrix: np.ndarray, offset: np.ndarray, out_shape, image: Image) -> bool:
+    """Whether every output voxel maps inside the input's field of view (checked at the corners,
+    which suffices for an affine map into a box), so no voxel needs ``fill``."""
+    corners = np.array(list(itertools.product(*[(0, size - 1) for size in out_shape])), dtype=float)
+    mapped = corners @ matrix.T + offset
+    limit = np.asarray(image.spatial_shape, dtype=float) - 0.5
+    return bool(np.all((mapped >= -0.5 + 1e-6) & (mapped < limit - 1e-6)))
 
 
 def _group(letter: str) -> str:

@@ -162,7 +162,7 @@ class Image:
 
     @property
     def ras_affine(self) -> np.ndarray:
-        """4x4 NIfTI-style affine mapping index ``(i, j, k)`` to RAS world (2D images lifted to 3D)."""
+        """4x4 NIfTI-style affine from index ``(i, j, k)`` to RAS world (2D lifted to 3D)."""
         lps = np.eye(4)
         n = self.spatial_dims
         lps[:n, :n] = self.affine[:n, :n]
@@ -248,7 +248,9 @@ class Image:
         import torch
 
         array = self.array
-        if not array.flags.writeable:  # torch cannot share read-only memory safely
+        if not array.dtype.isnative:  # e.g. a big-endian .npy: torch refuses foreign byte order
+            array = array.astype(array.dtype.newbyteorder("="))
+        elif not array.flags.writeable:  # torch cannot share read-only memory safely
             array = array.copy()
         elif not array.flags.c_contiguous:
             array = np.ascontiguousarray(array)

@@ -53,7 +53,8 @@ def load_image(
     if kind in ("png", "jpeg", "bmp"):
         from medlens.io.raster import read_raster
 
-        return read_raster(path, **kwargs)
+        # None: the role stored in a medlens PNG; an explicit role (even "intensity") wins
+        return read_raster(path, role=role)
     if kind == "npy":
         from medlens.io.arrays import read_npy
 

@@ -8,6 +8,7 @@ reported instead of silently producing a wrong geometry.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,7 @@ from medlens.errors import SeriesError
 from medlens.image import Image, Role
 from medlens.io._dicom_frames import Frame, decode_many
 
-__all__ = ["assemble", "SliceSpacingWarning"]
+__all__ = ["SliceSpacingWarning", "assemble"]
 
 _POSITION_TOL = 0.01  # mm: frames closer than this along the normal share a position
 _ORIENTATION_TOL = 1e-4
@@ -177,7 +178,12 @@ def _integer_dtype(frames: list[Frame], slopes: set, stored: np.dtype) -> np.dty
 
 
 def _slice_spacing(
-    positions: np.ndarray, groups: list[list[int]], frames: list[Frame], source: Path, *, strict: bool
+    positions: np.ndarray,
+    groups: list[list[int]],
+    frames: list[Frame],
+    source: Path,
+    *,
+    strict: bool,
 ) -> float:
     if len(positions) == 1:
         return frames[groups[0][0]].slice_spacing or 1.0
@@ -216,8 +222,9 @@ def _check_orientation(frames: list[Frame], source: Path) -> None:
     odd = [
         f
         for f in frames
-        if not np.allclose(np.concatenate([f.row_cosine, f.column_cosine]), reference,
-                           atol=_ORIENTATION_TOL)  # fmt: skip
+        if not np.allclose(
+            np.concatenate([f.row_cosine, f.column_cosine]), reference, atol=_ORIENTATION_TOL
+        )
     ]
     if odd:
         raise SeriesError(
@@ -292,8 +299,7 @@ def _meta(frames: list[Frame], source: Path) -> dict:
     for key, name in (("window_center", "WindowCenter"), ("window_width", "WindowWidth")):
         value = ds.get(name)
         if value is not None:
-            try:
-                meta[key] = float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
-            except (TypeError, ValueError):
-                pass
+            first = value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value
+            with contextlib.suppress(TypeError, ValueError):
+                meta[key] = float(first)
     return meta

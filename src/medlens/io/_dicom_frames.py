@@ -8,6 +8,7 @@ the per-frame functional groups overriding the shared ones. Assembly into volume
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,34 @@ class Frame:
     extra: dict = field(default_factory=dict)
 
 
+_WARNING_REGISTRY: dict = {}  # for pydicom warnings passed on by read_dataset
+
+
 def read_dataset(path: Path, *, stop_before_pixels: bool = False):
     """Parse one DICOM file; a corrupt or truncated file raises a one-line error naming it."""
+    # pydicom only *warns* when a file ends inside an undefined-length element (encapsulated
+    # pixel data cut short) and drops that element, so a truncated compressed slice looked like
+    # a non-image and was silently left out of its series. Make that an error naming the file.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = _read_dataset(path, stop_before_pixels)
+    for warning in caught:  # "End of file reached before delimiter ... in file <path>"
+        text = str(warning.message)
+        if text.startswith("End of file reached") and text.endswith(str(path)):
+            raise ImageReadError("truncated DICOM file (it ends inside a data element)", path)
+    for warning in caught:  # everything else is passed on unchanged
+        warnings.warn_explicit(
+            warning.message,
+            warning.category,
+            warning.filename,
+            warning.lineno,
+            registry=_WARNING_REGISTRY,
+            source=warning.source,
+        )
+    return ds
+
+
+def _read_dataset(path: Path, stop_before_pixels: bool):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -71,8 +98,12 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False):
             ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
         except Exception as exc:
             raise ImageReadError(f"not a valid DICOM file ({_short(exc)})", path) from None
-        if "SOPClassUID" not in ds and "PixelData" not in ds and "DirectoryRecordSequence" not in ds:
-            raise ImageReadError("not a valid DICOM file (no DICOM header found)", path)
+        if (
+            "SOPClassUID" not in ds
+            and "PixelData" not in ds
+            and "DirectoryRecordSequence" not in ds
+        ):
+            raise ImageReadError("not a valid DICOM file (no DICOM header found)", path) from None
     except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise ImageReadError(f"corrupt or truncated DICOM file ({_short(exc)})", path) from None
     return ds
@@ -283,7 +314,13 @@ def _functional_groups(groups) -> dict:
         content = item.FrameContentSequence[0]
         acquired = _dicom_datetime(content.get("FrameAcquisitionDateTime"))
         temporal = _int(content.get("TemporalPositionIndex"), 0)
-        out["time_key"] = (temporal, 0.0, 0, acquired or 0.0, _int(content.get("InStackPositionNumber"), 0))
+        out["time_key"] = (
+            temporal,
+            0.0,
+            0,
+            acquired or 0.0,
+            _int(content.get("InStackPositionNumber"), 0),
+        )
         out["acquisition_s"] = acquired
         if content.get("StackID") is not None:
             out["stack"] = str(content.StackID)

@@ -28,15 +28,19 @@ _TIME_UNITS = {8: 1.0, 16: 1e-3, 24: 1e-6}  # NIfTI xyzt_units time codes -> sec
 def _decompress(raw: bytes, path: Path) -> bytes:
     """Whole-buffer gzip inflate, sized from the gzip trailer so the output never regrows."""
     size_hint = int.from_bytes(raw[-4:], "little") if len(raw) >= 18 else 0
+    crc_hint = int.from_bytes(raw[-8:-4], "little") if len(raw) >= 18 else 0
     try:
         from isal import isal_zlib as inflater  # ISA-L: about twice zlib's speed on CT data
     except ImportError:
         inflater = zlib
     try:
         data = inflater.decompress(raw, 47 if inflater is zlib else 31, max(size_hint, 1 << 16))
-        if len(data) % (1 << 32) == size_hint:
+        # The trailer describes the *last* gzip member and the one-shot inflate stops after the
+        # first: a multi-member file whose members have equal sizes came back cut short. The
+        # CRC must match too (a few ms per 100 MB) before the data is taken as the whole file.
+        if len(data) % (1 << 32) == size_hint and inflater.crc32(data) == crc_hint:
             return data
-    except Exception:  # noqa: BLE001 - retried below with the slow, thorough reader
+    except Exception:
         pass
     try:  # multi-member or unusual gzip streams: the standard library reads them all
         return gzip.decompress(raw)
@@ -50,8 +54,12 @@ def read_nifti(path: str | Path, *, role: Role | str = Role.INTENSITY) -> Image:
 
     path = Path(path)
     try:
-        if path.name.endswith(".gz"):
-            data = _decompress(path.read_bytes(), path)
+        with open(path, "rb") as handle:
+            gzipped = handle.read(2) == b"\x1f\x8b"
+        # By content, as load_image sniffs: nibabel chooses its reader by the file *name*, so a
+        # gzipped NIfTI called ``scan.dat`` (or ``.nii.gz`` content without the suffix) failed.
+        if gzipped or not path.name.lower().endswith((".nii", ".hdr", ".img")):
+            data = _decompress(path.read_bytes(), path) if gzipped else path.read_bytes()
             klass = nib.Nifti2Image if _is_nifti2(data) else nib.Nifti1Image
             header = klass.header_class.from_fileobj(_BytesReader(data))
             array = header.data_from_fileobj(_BytesReader(data))
@@ -71,7 +79,9 @@ def read_nifti(path: str | Path, *, role: Role | str = Role.INTENSITY) -> Image:
     if array.ndim == 5 and array.shape[3] == 1:  # NIfTI vector images: (i, j, k, 1, c)
         array = array[:, :, :, 0, :]
     if array.ndim not in (2, 3, 4):
-        raise ImageReadError(f"{array.ndim}D NIfTI data of shape {array.shape} is not supported", path)
+        raise ImageReadError(
+            f"{array.ndim}D NIfTI data of shape {array.shape} is not supported", path
+        )
     spatial = 2 if array.ndim == 2 else 3
     flipped = array.T  # Fortran (i, j, k[, t]) -> C-order ([t,] k, j, i), a view
     if not flipped.flags.writeable:
@@ -107,6 +117,10 @@ def write_nifti(image: Image, path: str | Path) -> Path:
     path = Path(path)
     array = _nifti_dtype(image.array)
     data = array.T  # ([lead,] z, y, x) -> (x, y, z[, lead]); nibabel writes Fortran order
+    if image.spatial_dims == 2 and image.leading:
+        # NIfTI's third axis is always z and the fourth time/channel: (x, y, t) would be read
+        # (by anyone) as a volume, and a time step could not be stored. Write (x, y, 1, t).
+        data = data[:, :, None]
     affine = image.ras_affine
     nii = nib.Nifti1Image(data, affine)
     header = nii.header
@@ -175,7 +189,9 @@ class _BytesReader:
         self._pos = 0
 
     def seek(self, pos: int, whence: int = 0) -> int:
-        self._pos = pos if whence == 0 else (self._pos + pos if whence == 1 else len(self._view) + pos)
+        self._pos = (
+            pos if whence == 0 else (self._pos + pos if whence == 1 else len(self._view) + pos)
+        )
         return self._pos
 
     def tell(self) -> int:

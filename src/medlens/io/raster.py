@@ -21,8 +21,11 @@ __all__ = ["read_raster", "read_tiff", "write_png"]
 _GEOMETRY_KEY = "medlens:geometry"
 
 
-def read_raster(path: str | Path, *, role: Role | str = Role.INTENSITY) -> Image:
-    """Read a PNG, JPEG or BMP (or single-page TIFF) with Pillow."""
+def read_raster(path: str | Path, *, role: Role | str | None = None) -> Image:
+    """Read a PNG, JPEG or BMP (or single-page TIFF) with Pillow.
+
+    ``role=None`` takes the role :func:`write_png` stored, else intensity.
+    """
     from PIL import Image as PILImage
     from PIL import UnidentifiedImageError
 
@@ -48,11 +51,15 @@ def read_tiff(path: str | Path, *, role: Role | str = Role.INTENSITY) -> Image:
             page = tif.pages[0]
             photometric = getattr(page, "photometric", None)
             samples = int(getattr(page, "samplesperpixel", 1))
+            planar = int(getattr(page, "planarconfig", 1) or 1)
     except Exception as exc:  # tifffile raises several types for malformed files
         raise ImageReadError(f"corrupt or unreadable TIFF ({exc})", path) from None
     array = np.asarray(array)
-    if samples > 1 and array.shape[-1] == samples:  # (..., y, x, s) -> (s, ..., y, x)
-        array = np.moveaxis(array, -1, 0)
+    # contiguous samples: (..., y, x, s); separate planes (planarconfig 2): (..., s, y, x), which
+    # was taken for a volume of ``s`` slices
+    axis = -3 if planar == 2 else -1
+    if samples > 1 and array.ndim >= 3 and array.shape[axis] == samples:
+        array = np.moveaxis(array, axis, 0)  # -> (s, ..., y, x)
         if samples == 4 and str(photometric).endswith("RGB"):
             array = array[:3]
         return _make_image(np.ascontiguousarray(array), path, {}, role, channels=True)
@@ -124,7 +131,7 @@ def _to_array(pil) -> np.ndarray:
 
 
 def _make_image(
-    array: np.ndarray, path: Path, info: dict, role: Role | str, *, channels: bool = False
+    array: np.ndarray, path: Path, info: dict, role: Role | str | None, *, channels: bool = False
 ) -> Image:
     meta: dict = {"path": str(path), "format": path.suffix.lower().lstrip(".") or "raster"}
     if "dpi" in info:
@@ -148,7 +155,8 @@ def _make_image(
                 "direction": np.asarray(stored["direction"]),
                 "modality": stored.get("modality"),
             }
-            role = stored.get("role", role) if role == Role.INTENSITY else role
+            if role is None:  # an explicit role wins over the stored one
+                role = stored.get("role")
         except (ValueError, KeyError, TypeError):
             kwargs = {}
-    return Image(array, role=role, leading=leading, meta=meta, **kwargs)
+    return Image(array, role=role or Role.INTENSITY, leading=leading, meta=meta, **kwargs)
