@@ -141,7 +141,8 @@ def _read_folder(source: Path, files: list[Path], series_uid: str | None, strict
         chosen = by_series[series_uid]
     elif len(by_series) > 1:
         listed = "; ".join(
-            f"{uid} ({items[0][1].get('Modality', '?')}, {len(items)} files)"
+            f"{uid or '(no SeriesInstanceUID)'} "
+            f"({items[0][1].get('Modality', '?')}, {len(items)} files)"
             for uid, items in sorted(by_series.items(), key=lambda kv: -len(kv[1]))
         )
         raise SeriesError(
