@@ -1,0 +1,38 @@
+"""Batched transforms on ``(B, C, [D,] H, W)`` tensors, CPU or GPU, 2D and 3D.
+
+Each transform samples its parameters from an explicit generator and applies them
+deterministically; :class:`Compose` records them (``batch.trace``) for replay and inversion and
+resamples a run of spatial transforms once.
+"""
+
+from __future__ import annotations
+
+from medlens.transforms.base import Compose, IntensityTransform, SpatialTransform, Step, Transform
+from medlens.transforms.batch import Batch, boxes_from_mask
+from medlens.transforms.intensity import GaussianNoise, ZScore
+from medlens.transforms.spatial import (
+    Affine,
+    RandomAffine,
+    RandomCrop,
+    RandomElastic,
+    RandomFlip,
+    RandomRot90,
+)
+
+__all__ = [
+    "Affine",
+    "Batch",
+    "Compose",
+    "GaussianNoise",
+    "IntensityTransform",
+    "RandomAffine",
+    "RandomCrop",
+    "RandomElastic",
+    "RandomFlip",
+    "RandomRot90",
+    "SpatialTransform",
+    "Step",
+    "Transform",
+    "ZScore",
+    "boxes_from_mask",
+]

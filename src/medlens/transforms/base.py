@@ -1,0 +1,325 @@
+"""Transforms as parameter samplers plus deterministic operations, and their composition.
+
+Every transform draws its per-sample parameters from an explicit :class:`torch.Generator` in
+:meth:`Transform.sample` and applies them deterministically in :meth:`Transform.apply`. The drawn
+parameters are recorded in the batch's trace, so a run can be replayed exactly and its spatial
+part inverted (test-time augmentation maps predictions back with it).
+
+Spatial transforms do not resample by themselves inside :class:`Compose`: each contributes a
+pull-back (output index -> input index) matrix or displacement field, and a run of consecutive
+spatial transforms is resampled once, from the original voxels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from medlens.transforms import _warp
+from medlens.transforms.batch import Batch
+
+__all__ = ["Compose", "IntensityTransform", "SpatialTransform", "Step", "Transform"]
+
+Params = dict[str, Any]
+
+
+class Transform:
+    """Base class: ``sample`` draws parameters, ``apply`` uses them; ``p`` is per sample."""
+
+    p: float = 1.0
+
+    def sample(self, batch: Batch, generator: torch.Generator) -> Params:
+        """Per-sample parameters as CPU tensors with leading dimension ``B``."""
+        return {"applied": self._coin(batch.batch_size, generator)}
+
+    def apply(self, batch: Batch, params: Params) -> Batch:
+        raise NotImplementedError
+
+    def __call__(self, batch: Batch, generator: torch.Generator | None = None) -> Batch:
+        return Compose([self], generator=generator)(batch)
+
+    def _coin(self, size: int, generator: torch.Generator) -> torch.Tensor:
+        if self.p >= 1:
+            return torch.ones(size, dtype=torch.bool)
+        return torch.rand(size, generator=generator) < self.p
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class SpatialTransform(Transform):
+    """A transform that moves voxels: every image, label map, box and point moves together."""
+
+    invertible = True
+
+    def out_shape(self, in_shape: tuple[int, ...], params: Params) -> tuple[int, ...]:
+        return in_shape
+
+    def matrix(
+        self, in_shape: tuple[int, ...], params: Params, spacing: torch.Tensor
+    ) -> torch.Tensor:
+        """Pull-back matrices ``(B, n+1, n+1)`` (float64): output index -> input index."""
+        raise NotImplementedError
+
+    def displacement(self, out_shape: tuple[int, ...], params: Params) -> torch.Tensor | None:
+        """Optional displacement ``(B, n, *out_shape)`` added to output coordinates first."""
+        return None
+
+    def apply(self, batch: Batch, params: Params) -> Batch:
+        return _resample(batch, [_stage(self, batch.spatial_shape, params, batch)])
+
+
+class IntensityTransform(Transform):
+    """A transform of image intensities; label maps, boxes and points pass through untouched."""
+
+    def apply_image(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        raise NotImplementedError
+
+    def apply(self, batch: Batch, params: Params) -> Batch:
+        out = batch.copy()
+        for name in batch.names("image"):
+            out[name] = self.apply_image(batch[name], params)
+        return out
+
+
+@dataclass
+class Step:
+    """One recorded application: the transform, its parameters and the shape it saw."""
+
+    transform: Transform
+    params: Params
+    in_shape: tuple[int, ...]
+
+
+class Compose:
+    """Apply transforms in order with one generator; fuse consecutive spatial transforms.
+
+    Args:
+        transforms: the chain.
+        seed: seed of the chain's generator (one seed reproduces a run exactly).
+        generator: an explicit generator instead of ``seed``.
+        fuse: resample a run of spatial transforms once (default); ``False`` resamples after each.
+    """
+
+    def __init__(
+        self,
+        transforms: Sequence[Transform],
+        *,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        fuse: bool = True,
+    ) -> None:
+        self.transforms = list(transforms)
+        if generator is None:
+            generator = torch.Generator()
+            generator.manual_seed(0 if seed is None else int(seed))
+        self.generator = generator
+        self.fuse = fuse
+
+    def __call__(self, batch: Batch) -> Batch:
+        steps = []
+        shape = batch.spatial_shape
+        for transform in self.transforms:
+            probe = _ShapeProbe(batch, shape)
+            params = transform.sample(probe, self.generator)
+            steps.append(Step(transform, params, shape))
+            if isinstance(transform, SpatialTransform):
+                shape = transform.out_shape(shape, params)
+        return self.replay(batch, steps)
+
+    def replay(self, batch: Batch, steps: Sequence[Step]) -> Batch:
+        """Apply recorded steps (from ``batch.trace`` of an earlier call) deterministically."""
+        out = batch.copy()
+        pending: list[Step] = []
+        for step in steps:
+            if isinstance(step.transform, SpatialTransform) and self.fuse:
+                pending.append(step)
+                continue
+            if pending:
+                out = _resample(out, [_stage_of(s, out) for s in pending])
+                pending = []
+            out = step.transform.apply(out, step.params)
+        if pending:
+            out = _resample(out, [_stage_of(s, out) for s in pending])
+        out.trace = list(batch.trace) + list(steps)
+        return out
+
+    def invert(self, batch: Batch, steps: Sequence[Step] | None = None) -> Batch:
+        """Undo the spatial steps of a trace (e.g. on a prediction), in one resampling.
+
+        Intensity steps are skipped: inverting them is not meaningful for predictions.
+        """
+        steps = list(batch.trace if steps is None else steps)
+        spatial = [s for s in steps if isinstance(s.transform, SpatialTransform)]
+        if not spatial:
+            return batch.copy()
+        stages = []
+        spacing = batch.spacing_tensor()
+        for step in reversed(spatial):
+            if not step.transform.invertible:
+                raise ValueError(f"{type(step.transform).__name__} cannot be inverted")
+            matrix = step.transform.matrix(step.in_shape, step.params, spacing)
+            stages.append(("affine", torch.linalg.inv(matrix), step.in_shape))
+        out = _resample(batch, stages)
+        out.trace = []
+        return out
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(t) for t in self.transforms)
+        return f"Compose([\n  {inner}\n])"
+
+
+class _ShapeProbe(Batch):
+    """The batch as a sampler sees it mid-chain: the shape after earlier spatial steps."""
+
+    def __init__(self, batch: Batch, shape: tuple[int, ...]) -> None:
+        super().__init__(spacing=batch.spacing)
+        self._fields = batch._fields
+        self.kinds = batch.kinds
+        self._shape = shape
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self._shape
+
+
+def _stage_of(step: Step, batch: Batch):
+    return _stage(step.transform, step.in_shape, step.params, batch)
+
+
+def _stage(transform: SpatialTransform, in_shape, params: Params, batch: Batch):
+    out_shape = transform.out_shape(in_shape, params)
+    displacement = transform.displacement(out_shape, params)
+    matrix = transform.matrix(in_shape, params, batch.spacing_tensor())
+    if displacement is not None:
+        return ("field", matrix, displacement, out_shape)
+    return ("affine", matrix, out_shape)
+
+
+def _resample(batch: Batch, stages: list) -> Batch:
+    """Resample every field of ``batch`` through ``stages`` (applied first to last) at once."""
+    out = batch.copy()
+    out_shape = stages[-1][-1]
+    n = len(out_shape)
+    has_field = any(stage[0] == "field" for stage in stages)
+    total = None
+    if not has_field:
+        total = stages[0][1]
+        for stage in stages[1:]:
+            total = total @ stage[1]
+    coords = None if total is not None else _pull_grid(stages, out_shape, batch.device)
+    for name in batch.names("image") + batch.names("label"):
+        value = batch[name]
+        mode = "linear" if batch.kinds[name] == "image" else "nearest"
+        if total is not None:
+            out[name] = _warp.warp_affine(value, total, out_shape, mode=mode)
+        else:
+            out[name] = _warp.warp_coords(value, coords, mode=mode)
+    for name in batch.names("points"):
+        out[name] = _push_points(stages, batch[name], n)
+    for name in batch.names("boxes"):
+        moved, kept = _push_boxes(stages, batch[name], out_shape, has_field)
+        out[name] = moved
+        out.meta[f"{name}_kept"] = kept
+    return out
+
+
+def _pull_grid(stages: list, out_shape, device) -> torch.Tensor:
+    """Source coordinates of every output voxel through a chain with displacement fields."""
+    b = stages[0][1].shape[0]
+    axes = [torch.arange(s, dtype=torch.float32, device=device) for s in out_shape]
+    coords = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)
+    coords = coords.unsqueeze(0).expand(b, *coords.shape).contiguous()
+    for stage in reversed(stages):
+        coords = _pull(stage, coords)
+    return coords
+
+
+def _pull(stage, coords: torch.Tensor) -> torch.Tensor:
+    """Map coordinates in a stage's output space to its input space."""
+    if stage[0] == "field":
+        field = stage[2].to(coords.device, torch.float32)
+        n = coords.shape[-1]
+        flat = coords.reshape(coords.shape[0], -1, n)
+        shift = _warp.sample_at(field, flat)
+        coords = (flat + shift).reshape(coords.shape)
+    return _warp.apply_matrix(stage[1], coords)
+
+
+def _push_points(stages: list, points: list[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """Where input points land in the output: invert the pull-back chain."""
+    out = []
+    for b, pts in enumerate(points):
+        if pts.numel() == 0:
+            out.append(pts.clone())
+            continue
+        single = [_select(stage, b) for stage in stages]
+        out.append(_invert_pull(single, pts.to(torch.float64)).to(pts.dtype))
+    return out
+
+
+def _push_boxes(
+    stages: list, boxes: list[torch.Tensor], out_shape, has_field: bool
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Move boxes: the bounding box of their moved corners (a surface lattice under fields).
+
+    Boxes are clipped to the output's extent; those left empty are dropped, and the indices of
+    the boxes kept are returned per sample so their class labels can follow.
+    """
+    n = len(out_shape)
+    upper = torch.tensor(out_shape[::-1], dtype=torch.float64) - 0.5
+    steps = torch.linspace(0, 1, 7 if has_field else 2, dtype=torch.float64)
+    lattice = torch.stack(torch.meshgrid(*([steps] * n), indexing="ij"), dim=-1).reshape(-1, n)
+    moved_all, kept_all = [], []
+    for b, box in enumerate(boxes):
+        if box.numel() == 0:
+            moved_all.append(box.clone())
+            kept_all.append(torch.zeros(0, dtype=torch.long))
+            continue
+        box = box.to(torch.float64)
+        low, high = box[:, :n], box[:, n:]
+        points = low[:, None, :] + lattice[None] * (high - low)[:, None, :]
+        single = [_select(stage, b) for stage in stages]
+        moved = _invert_pull(single, points.reshape(-1, n)).reshape(points.shape)
+        new_low = moved.min(dim=1).values.clamp(min=-0.5).minimum(upper)
+        new_high = moved.max(dim=1).values.clamp(min=-0.5).minimum(upper)
+        keep = torch.all(new_high > new_low, dim=1)
+        moved_all.append(torch.cat([new_low, new_high], dim=1)[keep].to(torch.float32))
+        kept_all.append(torch.nonzero(keep).flatten())
+    return moved_all, kept_all
+
+
+def _select(stage, b: int):
+    if stage[0] == "field":
+        return ("field", stage[1][b : b + 1], stage[2][b : b + 1], stage[3])
+    return ("affine", stage[1][b : b + 1], stage[2])
+
+
+def _invert_pull(stages: list, points: torch.Tensor) -> torch.Tensor:
+    """Solve pull(y) = points for y: exact for affine chains, fixed-point with fields."""
+    total = stages[0][1]
+    for stage in stages[1:]:
+        total = total @ stage[1]
+    inverse = torch.linalg.inv(total[0].to(torch.float64))
+    n = points.shape[-1]
+    guess = points @ inverse[:n, :n].T + inverse[:n, n]
+    if all(stage[0] == "affine" for stage in stages):
+        return guess
+    for _ in range(30):  # the fields are smooth and small: this converges quickly
+        pulled = _pull_chain(stages, guess)
+        step = (points - pulled) @ inverse[:n, :n].T
+        guess = guess + step
+        if float(step.abs().max()) < 1e-4:
+            break
+    return guess
+
+
+def _pull_chain(stages: list, points: torch.Tensor) -> torch.Tensor:
+    coords = points[None].to(torch.float32)
+    for stage in reversed(stages):
+        coords = _pull(stage, coords)
+    return coords[0].to(torch.float64)
