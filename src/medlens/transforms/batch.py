@@ -6,7 +6,7 @@ Each field has a *kind* that tells transforms what to do with it:
   transforms.
 * ``label``: label maps ``(B, C, [D,] H, W)``, integer; resampled by nearest neighbour (or one-hot
   linear), never blended into new values, never touched by intensity transforms.
-* ``boxes``: per sample a ``(N, 2 * ndim)`` tensor ``(x_min, y_min[, z_min], x_max, y_max[, z_max])``.
+* ``boxes``: per sample an ``(N, 2 * ndim)`` tensor ``(x_min, y_min[, z_min], x_max, ...)``.
 * ``points``: per sample a ``(N, ndim)`` tensor ``(x, y[, z])``.
 
 Boxes and points are in continuous *index coordinates* in index order ``(x, y, z)`` (``x`` along

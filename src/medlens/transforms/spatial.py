@@ -281,7 +281,7 @@ class RandomCrop(SpatialTransform):
         shape = batch.spatial_shape
         if len(self.size) != n:
             raise ValueError(f"crop size {self.size} does not match {n}D data")
-        label = batch[self.label] if self.label in batch else None
+        label = batch.get(self.label)
         if label is not None and tuple(label.shape[2:]) != tuple(shape):
             raise ValueError("RandomCrop must come before other shape-changing transforms")
         sizes = torch.tensor(shape, dtype=torch.float64)
