@@ -14,16 +14,12 @@ switched off with ``MEDLENS_COMPILE=0``.
 
 from __future__ import annotations
 
-import os
-import warnings
-from functools import cache
-
 import torch
 import torch.nn.functional as F
 
-__all__ = ["affine_coords", "apply_matrix", "sample_at", "warp_affine", "warp_coords"]
+from medlens.transforms import _compile
 
-_MIN_VOXELS_FOR_COMPILE = 32**3
+__all__ = ["affine_coords", "apply_matrix", "sample_at", "warp_affine", "warp_coords"]
 
 
 def apply_matrix(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -89,7 +85,7 @@ def warp_affine(
         try:
             out = kernel(x, rows, out_shape)
         except Exception as exc:  # compilation can fail on machines without a C++ toolchain
-            _disable_compile(exc)
+            _compile.disable(exc)
         else:
             return out
     coords = affine_coords(matrix, out_shape, device=x.device)
@@ -149,43 +145,21 @@ def sample_at(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- compiled kernels
-_STATE = {"disabled": os.environ.get("MEDLENS_COMPILE", "1") == "0"}
-
-
-def _disable_compile(exc: Exception) -> None:
-    _STATE["disabled"] = True
-    warnings.warn(
-        f"medlens: compiled resampling unavailable ({type(exc).__name__}: {exc}); "
-        "using grid_sample",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
 def _compiled_kernel(x: torch.Tensor, out_shape, mode: str, padding: str):
-    if _STATE["disabled"] or padding != "zeros" or x.device.type != "cpu":
-        return None
-    if not x.is_floating_point() and mode != "nearest":
-        return None
-    if x.dtype not in (torch.float32, torch.uint8, torch.int16, torch.int32, torch.int64):
-        return None
     voxels = 1
     for s in out_shape:
         voxels *= s
-    if voxels < _MIN_VOXELS_FOR_COMPILE or len(out_shape) not in (2, 3):
+    if padding != "zeros" or not _compile.enabled_for(x, voxels) or len(out_shape) not in (2, 3):
         return None
-    return _kernel(len(out_shape), mode)
-
-
-@cache
-def _kernel(ndim: int, mode: str):
+    if x.dtype not in (torch.float32, torch.uint8, torch.int16, torch.int32, torch.int64):
+        return None
     function = {
         (3, "linear"): _linear_3d,
         (2, "linear"): _linear_2d,
         (3, "nearest"): _nearest,
         (2, "nearest"): _nearest,
-    }[(ndim, mode)]
-    return torch.compile(function, dynamic=False)
+    }[(len(out_shape), mode)]
+    return _compile.compiled_or_none(function)
 
 
 def _source_coords(rows: torch.Tensor, out_shape, device) -> list[torch.Tensor]:
