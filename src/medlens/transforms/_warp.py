@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from medlens.transforms import _compile
 
+_STATE = _compile.STATE  # the shared compile switch (tests patch it here too)
+
 __all__ = ["affine_coords", "apply_matrix", "sample_at", "warp_affine", "warp_coords"]
 
 
