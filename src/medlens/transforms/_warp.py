@@ -183,23 +183,30 @@ def _source_coords(rows: torch.Tensor, out_shape, device) -> list[torch.Tensor]:
     return coords
 
 
+def _axis_terms(index: torch.Tensor, frac: torch.Tensor, size: int, stride: int):
+    """Weights (zero outside the input) and flat offsets of the two neighbours along one axis."""
+    low_ok = (index >= 0) & (index < size)
+    high_ok = (index + 1 >= 0) & (index + 1 < size)
+    weights = (torch.where(low_ok, 1 - frac, 0.0), torch.where(high_ok, frac, 0.0))
+    offsets = (index.clamp(0, size - 1) * stride, (index + 1).clamp(0, size - 1) * stride)
+    return weights, offsets
+
+
 def _linear_3d(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, int, int]):
     b, c, d, h, w = x.shape
     sx, sy, sz = _source_coords(rows, out_shape, x.device)
-    x0, y0, z0 = sx.floor(), sy.floor(), sz.floor()
-    fx, fy, fz = sx - x0, sy - y0, sz - z0
-    x0, y0, z0 = x0.long(), y0.long(), z0.long()
+    fx, fy, fz = sx.floor(), sy.floor(), sz.floor()
+    wx, ox = _axis_terms(fx.long(), sx - fx, w, 1)
+    wy, oy = _axis_terms(fy.long(), sy - fy, h, w)
+    wz, oz = _axis_terms(fz.long(), sz - fz, d, h * w)
     flat = x.reshape(b, c, -1)
     out = None
     for dz in (0, 1):
         for dy in (0, 1):
             for dx in (0, 1):
-                xi, yi, zi = x0 + dx, y0 + dy, z0 + dz
-                weight = (fx if dx else 1 - fx) * (fy if dy else 1 - fy) * (fz if dz else 1 - fz)
-                inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h) & (zi >= 0) & (zi < d)
-                index = (zi.clamp(0, d - 1) * h + yi.clamp(0, h - 1)) * w + xi.clamp(0, w - 1)
-                values = torch.gather(flat, 2, index.view(b, 1, -1).expand(b, c, -1))
-                term = values.view(b, c, *out_shape) * (weight * inside).unsqueeze(1)
+                index = (oz[dz] + oy[dy] + ox[dx]).view(b, 1, -1).expand(b, c, -1)
+                values = torch.gather(flat, 2, index).view(b, c, *out_shape)
+                term = values * (wz[dz] * wy[dy] * wx[dx]).unsqueeze(1)
                 out = term if out is None else out + term
     return out
 
@@ -207,19 +214,16 @@ def _linear_3d(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, int, i
 def _linear_2d(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, int]):
     b, c, h, w = x.shape
     sx, sy = _source_coords(rows, out_shape, x.device)
-    x0, y0 = sx.floor(), sy.floor()
-    fx, fy = sx - x0, sy - y0
-    x0, y0 = x0.long(), y0.long()
+    fx, fy = sx.floor(), sy.floor()
+    wx, ox = _axis_terms(fx.long(), sx - fx, w, 1)
+    wy, oy = _axis_terms(fy.long(), sy - fy, h, w)
     flat = x.reshape(b, c, -1)
     out = None
     for dy in (0, 1):
         for dx in (0, 1):
-            xi, yi = x0 + dx, y0 + dy
-            weight = (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
-            inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-            index = yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)
-            values = torch.gather(flat, 2, index.view(b, 1, -1).expand(b, c, -1))
-            term = values.view(b, c, *out_shape) * (weight * inside).unsqueeze(1)
+            index = (oy[dy] + ox[dx]).view(b, 1, -1).expand(b, c, -1)
+            values = torch.gather(flat, 2, index).view(b, c, *out_shape)
+            term = values * (wy[dy] * wx[dx]).unsqueeze(1)
             out = term if out is None else out + term
     return out
 
