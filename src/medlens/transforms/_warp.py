@@ -94,6 +94,25 @@ def warp_affine(
     return warp_coords(x, coords, mode=mode, padding=padding)
 
 
+def onehot_linear(labels: torch.Tensor, warp) -> torch.Tensor:
+    """Resample a label map class by class (linear on indicators) and take the argmax.
+
+    Values outside the input become the background value 0 (its indicator is padded with ones).
+    """
+    values = torch.unique(labels)
+    if 0 not in values:
+        values = torch.cat([values.new_zeros(1), values])
+    scores = []
+    for value in values.tolist():
+        indicator = (labels == value).to(torch.float32)
+        if value == 0:  # outside the field of view counts as background
+            scores.append(1 - warp(1 - indicator))
+        else:
+            scores.append(warp(indicator))
+    best = torch.stack(scores).argmax(dim=0)
+    return values.to(labels.device)[best].to(labels.dtype)
+
+
 def index_warp(
     x: torch.Tensor, matrix: torch.Tensor, out_shape: tuple[int, ...], padding: str = "zeros"
 ) -> torch.Tensor | None:

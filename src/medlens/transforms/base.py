@@ -103,6 +103,9 @@ class Compose:
         seed: seed of the chain's generator (one seed reproduces a run exactly).
         generator: an explicit generator instead of ``seed``.
         fuse: resample a run of spatial transforms once (default); ``False`` resamples after each.
+        label_mode: ``"nearest"`` (default) or ``"onehot"``: each label value's indicator is
+            resampled linearly and the most likely value taken, which gives smoother label
+            boundaries and still never invents values.
     """
 
     def __init__(
@@ -112,7 +115,11 @@ class Compose:
         seed: int | None = None,
         generator: torch.Generator | None = None,
         fuse: bool = True,
+        label_mode: str = "nearest",
     ) -> None:
+        if label_mode not in ("nearest", "onehot"):
+            raise ValueError(f"label_mode must be 'nearest' or 'onehot', got {label_mode!r}")
+        self.label_mode = label_mode
         self.transforms = list(transforms)
         if generator is None:
             generator = torch.Generator()
@@ -140,11 +147,11 @@ class Compose:
                 pending.append(step)
                 continue
             if pending:
-                out = _resample(out, [_stage_of(s, out) for s in pending])
+                out = _resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
                 pending = []
             out = step.transform.apply(out, step.params)
         if pending:
-            out = _resample(out, [_stage_of(s, out) for s in pending])
+            out = _resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
         out.trace = list(batch.trace) + list(steps)
         return out
 
@@ -164,7 +171,7 @@ class Compose:
                 raise ValueError(f"{type(step.transform).__name__} cannot be inverted")
             matrix = step.transform.matrix(step.in_shape, step.params, spacing)
             stages.append(("affine", torch.linalg.inv(matrix), step.in_shape))
-        out = _resample(batch, stages)
+        out = _resample(batch, stages, self.label_mode)
         out.trace = []
         return out
 
@@ -200,7 +207,7 @@ def _stage(transform: SpatialTransform, in_shape, params: Params, batch: Batch):
     return ("affine", matrix, out_shape)
 
 
-def _resample(batch: Batch, stages: list) -> Batch:
+def _resample(batch: Batch, stages: list, label_mode: str = "nearest") -> Batch:
     """Resample every field of ``batch`` through ``stages`` (applied first to last) at once."""
     out = batch.copy()
     out_shape = stages[-1][-1]
@@ -212,13 +219,19 @@ def _resample(batch: Batch, stages: list) -> Batch:
         for stage in stages[1:]:
             total = total @ stage[1]
     coords = None if total is not None else _pull_grid(stages, out_shape, batch.device)
-    for name in batch.names("image") + batch.names("label"):
-        value = batch[name]
-        mode = "linear" if batch.kinds[name] == "image" else "nearest"
+
+    def warp(value: torch.Tensor, mode: str) -> torch.Tensor:
         if total is not None:
-            out[name] = _warp.warp_affine(value, total, out_shape, mode=mode)
+            return _warp.warp_affine(value, total, out_shape, mode=mode)
+        return _warp.warp_coords(value, coords, mode=mode)
+
+    for name in batch.names("image"):
+        out[name] = warp(batch[name], "linear")
+    for name in batch.names("label"):
+        if label_mode == "onehot":
+            out[name] = _warp.onehot_linear(batch[name], lambda v: warp(v, "linear"))
         else:
-            out[name] = _warp.warp_coords(value, coords, mode=mode)
+            out[name] = warp(batch[name], "nearest")
     for name in batch.names("points"):
         out[name] = _push_points(stages, batch[name], n)
     for name in batch.names("boxes"):
