@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from medlens.transforms.base import Compose, IntensityTransform, SpatialTransform, Step, Transform
 from medlens.transforms.batch import Batch, boxes_from_mask
-from medlens.transforms.intensity import GaussianNoise, ZScore
+from medlens.transforms.intensity import (
+    BiasField,
+    Brightness,
+    Contrast,
+    Gamma,
+    GaussianBlur,
+    GaussianNoise,
+    LowResolution,
+    Sharpen,
+    ZScore,
+)
 from medlens.transforms.spatial import (
     Affine,
     RandomAffine,
@@ -22,14 +32,21 @@ from medlens.transforms.spatial import (
 __all__ = [
     "Affine",
     "Batch",
+    "BiasField",
+    "Brightness",
     "Compose",
+    "Contrast",
+    "Gamma",
+    "GaussianBlur",
     "GaussianNoise",
     "IntensityTransform",
+    "LowResolution",
     "RandomAffine",
     "RandomCrop",
     "RandomElastic",
     "RandomFlip",
     "RandomRot90",
+    "Sharpen",
     "SpatialTransform",
     "Step",
     "Transform",

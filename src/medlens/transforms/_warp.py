@@ -49,12 +49,12 @@ def warp_coords(
     in_shape = x.shape[2:]
     n = len(in_shape)
     sizes = torch.tensor(in_shape[::-1], dtype=coords.dtype, device=coords.device)
-    scale = torch.where(sizes > 1, 2.0 / (sizes - 1).clamp(min=1), torch.zeros_like(sizes))
-    grid = coords * scale - torch.where(sizes > 1, 1.0, 0.0)
+    # align_corners=False normalisation: correct for every size, including single slices
+    grid = (2 * coords + 1) / sizes - 1
     torch_mode = {"linear": "bilinear", "nearest": "nearest"}[mode]
     source = x if x.is_floating_point() else x.float()
     out = F.grid_sample(
-        source, grid.to(source.dtype), mode=torch_mode, padding_mode=padding, align_corners=True
+        source, grid.to(source.dtype), mode=torch_mode, padding_mode=padding, align_corners=False
     )
     if n == 3 and out.shape[2:] != coords.shape[1:4]:  # pragma: no cover - defensive
         raise RuntimeError("unexpected grid_sample output shape")
@@ -134,11 +134,11 @@ def index_warp(
         source = x[b]
         order, index, valid = [], [], None
         for k, size in enumerate(out_shape):  # output tensor axis k <-> index axis n - 1 - k
-            i = n - 1 - k
-            j = int(torch.nonzero(linear[b, i])[0])  # source index axis
-            sign = float(linear[b, i, j])
-            positions = torch.arange(size, device=x.device) * int(sign) + int(shift[b, i])
-            src_axis = n - 1 - j
+            j = n - 1 - k  # output index axis
+            i = int(torch.nonzero(linear[b, :, j])[0])  # the input index axis that reads it
+            sign = int(linear[b, i, j])
+            positions = torch.arange(size, device=x.device) * sign + int(shift[b, i])
+            src_axis = n - 1 - i
             limit = in_shape[src_axis]
             ok = (positions >= 0) & (positions < limit)
             if padding == "border":

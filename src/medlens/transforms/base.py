@@ -88,11 +88,14 @@ class IntensityTransform(Transform):
 
 @dataclass
 class Step:
-    """One recorded application: the transform, its parameters and the shape it saw."""
+    """One recorded application: the transform, its parameters, the shape it saw and the
+    batch's spacing ``(B, n)`` then (so that a prediction without spacing replays and inverts
+    the same geometry; ``None``: take the spacing of the batch it is applied to)."""
 
     transform: Transform
     params: Params
     in_shape: tuple[int, ...]
+    spacing: torch.Tensor | None = None
 
 
 class Compose:
@@ -133,7 +136,7 @@ class Compose:
         for transform in self.transforms:
             probe = _ShapeProbe(batch, shape)
             params = transform.sample(probe, self.generator)
-            steps.append(Step(transform, params, shape))
+            steps.append(Step(transform, params, shape, batch.spacing_tensor()))
             if isinstance(transform, SpatialTransform):
                 shape = transform.out_shape(shape, params)
         return self.replay(batch, steps)
@@ -149,7 +152,10 @@ class Compose:
             if pending:
                 out = _resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
                 pending = []
-            out = step.transform.apply(out, step.params)
+            if isinstance(step.transform, SpatialTransform):  # unfused: with the recorded
+                out = _resample(out, [_stage_of(step, out)], self.label_mode)  # spacing
+            else:
+                out = step.transform.apply(out, step.params)
         if pending:
             out = _resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
         out.trace = list(batch.trace) + list(steps)
@@ -165,10 +171,10 @@ class Compose:
         if not spatial:
             return batch.copy()
         stages = []
-        spacing = batch.spacing_tensor()
         for step in reversed(spatial):
             if not step.transform.invertible:
                 raise ValueError(f"{type(step.transform).__name__} cannot be inverted")
+            spacing = batch.spacing_tensor() if step.spacing is None else step.spacing
             matrix = step.transform.matrix(step.in_shape, step.params, spacing)
             stages.append(("affine", torch.linalg.inv(matrix), step.in_shape))
         out = _resample(batch, stages, self.label_mode)
@@ -195,13 +201,20 @@ class _ShapeProbe(Batch):
 
 
 def _stage_of(step: Step, batch: Batch):
-    return _stage(step.transform, step.in_shape, step.params, batch)
+    return _stage(step.transform, step.in_shape, step.params, batch, step.spacing)
 
 
-def _stage(transform: SpatialTransform, in_shape, params: Params, batch: Batch):
+def _stage(
+    transform: SpatialTransform,
+    in_shape,
+    params: Params,
+    batch: Batch,
+    spacing: torch.Tensor | None = None,
+):
     out_shape = transform.out_shape(in_shape, params)
     displacement = transform.displacement(out_shape, params)
-    matrix = transform.matrix(in_shape, params, batch.spacing_tensor())
+    spacing = batch.spacing_tensor() if spacing is None else spacing
+    matrix = transform.matrix(in_shape, params, spacing)
     if displacement is not None:
         return ("field", matrix, displacement, out_shape)
     return ("affine", matrix, out_shape)
@@ -260,7 +273,7 @@ def _pull(stage, coords: torch.Tensor) -> torch.Tensor:
         flat = coords.reshape(coords.shape[0], -1, n)
         shift = _warp.sample_at(field, flat)
         coords = (flat + shift).reshape(coords.shape)
-    return _warp.apply_matrix(stage[1], coords)
+    return _warp.apply_matrix(stage[1].to(coords.device), coords)
 
 
 def _push_points(stages: list, points: list[torch.Tensor], n: int) -> list[torch.Tensor]:
@@ -271,7 +284,8 @@ def _push_points(stages: list, points: list[torch.Tensor], n: int) -> list[torch
             out.append(pts.clone())
             continue
         single = [_select(stage, b) for stage in stages]
-        out.append(_invert_pull(single, pts.to(torch.float64)).to(pts.dtype))
+        moved = _invert_pull(single, pts.to("cpu", torch.float64))  # matrices live on the CPU
+        out.append(moved.to(pts.device, pts.dtype))
     return out
 
 
@@ -293,7 +307,8 @@ def _push_boxes(
             moved_all.append(box.clone())
             kept_all.append(torch.zeros(0, dtype=torch.long))
             continue
-        box = box.to(torch.float64)
+        device = box.device
+        box = box.to("cpu", torch.float64)  # matrices and fields' solves live on the CPU
         low, high = box[:, :n], box[:, n:]
         points = low[:, None, :] + lattice[None] * (high - low)[:, None, :]
         single = [_select(stage, b) for stage in stages]
@@ -301,7 +316,7 @@ def _push_boxes(
         new_low = moved.min(dim=1).values.clamp(min=-0.5).minimum(upper)
         new_high = moved.max(dim=1).values.clamp(min=-0.5).minimum(upper)
         keep = torch.all(new_high > new_low, dim=1)
-        moved_all.append(torch.cat([new_low, new_high], dim=1)[keep].to(torch.float32))
+        moved_all.append(torch.cat([new_low, new_high], dim=1)[keep].to(device, torch.float32))
         kept_all.append(torch.nonzero(keep).flatten())
     return moved_all, kept_all
 
@@ -313,7 +328,13 @@ def _select(stage, b: int):
 
 
 def _invert_pull(stages: list, points: torch.Tensor) -> torch.Tensor:
-    """Solve pull(y) = points for y: exact for affine chains, fixed-point with fields."""
+    """Solve pull(y) = points for y: exact for affine chains, Newton's method with fields.
+
+    A plain fixed-point iteration converges only where the field's Jacobian has spectral radius
+    below one; strong (still invertible) deformations exceed that, so the steps here use the
+    chain's Jacobian (central differences) and are halved where they would not reduce the error.
+    Points in folded regions, which have no proper inverse, keep their best estimate.
+    """
     total = stages[0][1]
     for stage in stages[1:]:
         total = total @ stage[1]
@@ -322,13 +343,77 @@ def _invert_pull(stages: list, points: torch.Tensor) -> torch.Tensor:
     guess = points @ inverse[:n, :n].T + inverse[:n, n]
     if all(stage[0] == "affine" for stage in stages):
         return guess
-    for _ in range(30):  # the fields are smooth and small: this converges quickly
-        pulled = _pull_chain(stages, guess)
-        step = (points - pulled) @ inverse[:n, :n].T
-        guess = guess + step
-        if float(step.abs().max()) < 1e-4:
+    stages = _collapse(stages)
+    residual = points - _pull_chain(stages, guess)
+    active = torch.arange(points.shape[0])
+    for _ in range(40):
+        error = residual[active].norm(dim=-1)
+        active, error = active[error >= 1e-4], error[error >= 1e-4]
+        if active.numel() == 0:
             break
+        start, target = guess[active], points[active]
+        step = _newton_step(stages, start, residual[active], inverse[:n, :n])
+        for _ in range(10):
+            trial = start + step
+            trial_residual = target - _pull_chain(stages, trial)
+            better = trial_residual.norm(dim=-1) < error
+            if bool(better.all()):
+                break
+            step = torch.where(better[:, None], step, step / 2)
+        guess[active[better]] = trial[better]
+        residual[active[better]] = trial_residual[better]
+        active = active[better]  # those that cannot improve any more stop here
     return guess
+
+
+def _newton_step(
+    stages: list, guess: torch.Tensor, residual: torch.Tensor, linear_inverse: torch.Tensor
+) -> torch.Tensor:
+    """Solve ``J step = residual`` with the pull chain's Jacobian ``J`` at each point (central
+    differences); the affine part's inverse stands in where ``J`` is singular."""
+    n = guess.shape[-1]
+    h = 1e-2
+    columns = []
+    for k in range(n):
+        offset = torch.zeros(n, dtype=guess.dtype)
+        offset[k] = h
+        ahead, behind = _pull_chain(stages, guess + offset), _pull_chain(stages, guess - offset)
+        columns.append((ahead - behind) / (2 * h))
+    jacobian = torch.stack(columns, dim=-1)  # (N, n, n): d pull_i / d y_k
+    rows = jacobian.unbind(dim=1)
+    if n == 2:  # Cramer's rule: much faster than a batched LAPACK call for tiny systems
+        (a, b), (c, d) = rows[0].unbind(-1), rows[1].unbind(-1)
+        det = a * d - b * c
+        step = torch.stack([d * residual[:, 0] - b * residual[:, 1],
+                            a * residual[:, 1] - c * residual[:, 0]], dim=-1)  # fmt: skip
+    else:
+        cofactors = [
+            torch.linalg.cross(rows[1], rows[2]),
+            torch.linalg.cross(rows[2], rows[0]),
+            torch.linalg.cross(rows[0], rows[1]),
+        ]
+        det = (rows[0] * cofactors[0]).sum(dim=-1)
+        step = sum(c * residual[:, k, None] for k, c in enumerate(cofactors))
+    fallback = residual @ linear_inverse.T
+    usable = det.abs() > 1e-6
+    return torch.where(usable[:, None], step / torch.where(usable, det, 1.0)[:, None], fallback)
+
+
+def _collapse(stages: list) -> list:
+    """The same pull with each run of affine stages multiplied into one matrix (into the next
+    field stage's matrix where one follows): fewer steps for the iterations above."""
+    out, run, last = [], None, None
+    for stage in stages:
+        if stage[0] == "affine":
+            run, last = (stage[1] if run is None else run @ stage[1]), stage
+            continue
+        if run is not None:
+            stage = ("field", run @ stage[1], stage[2], stage[3])
+            run = None
+        out.append(stage)
+    if run is not None:
+        out.append(("affine", run, last[2]))
+    return out
 
 
 def _pull_chain(stages: list, points: torch.Tensor) -> torch.Tensor:

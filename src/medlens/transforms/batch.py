@@ -61,6 +61,7 @@ class Batch(MutableMapping[str, Any]):
         for name, value in {**(data or {}), **fields}.items():
             self._set(name, value, given.get(name))
         self.spacing = None if spacing is None else torch.as_tensor(spacing, dtype=torch.float64)
+        self._check_consistent()
 
     # ---------------------------------------------------------------- mapping protocol
     def __getitem__(self, name: str) -> Any:
@@ -154,6 +155,42 @@ class Batch(MutableMapping[str, Any]):
         return cls(fields, spacing=torch.tensor([im.spacing for im in images], dtype=torch.float64))
 
     # ---------------------------------------------------------------- internals
+    def _check_consistent(self) -> None:
+        """Dense fields share batch size and spatial shape; boxes, points and spacing fit them."""
+        dense = [name for name, kind in self.kinds.items() if kind in ("image", "label")]
+        if not dense:
+            return
+        first = self._fields[dense[0]]
+        b, shape, n = first.shape[0], tuple(first.shape[2:]), first.ndim - 2
+        for name in dense[1:]:
+            value = self._fields[name]
+            if value.shape[0] != b:
+                raise ValueError(f"{name!r} has batch size {value.shape[0]}, {dense[0]!r} {b}")
+            if tuple(value.shape[2:]) != shape:
+                raise ValueError(
+                    f"{name!r} has spatial shape {tuple(value.shape[2:])}, {dense[0]!r} {shape}"
+                )
+        for name, kind in self.kinds.items():
+            if kind not in ("boxes", "points"):
+                continue
+            entries = self._fields[name]
+            if len(entries) != b:
+                raise ValueError(
+                    f"{name!r} needs one entry per sample ({b}), got {len(entries)}: give a list "
+                    "of (N, k) tensors or one (B, N, k) tensor"
+                )
+            width = 2 * n if kind == "boxes" else n
+            for entry in entries:
+                if entry.shape[-1] != width:
+                    raise ValueError(
+                        f"{kind} {name!r} of {n}D data need {width} values each, "
+                        f"got {entry.shape[-1]}"
+                    )
+        if self.spacing is not None and self.spacing.numel() not in (n, b * n):
+            raise ValueError(
+                f"spacing needs {n} values or ({b}, {n}), got shape {tuple(self.spacing.shape)}"
+            )
+
     def _set(self, name: str, value: Any, kind: str | None) -> None:
         kind = kind or _DEFAULT_KINDS.get(name)
         if kind is None:

@@ -306,8 +306,9 @@ class RandomCrop(SpatialTransform):
                 continue
             pick = voxels[torch.randint(voxels.shape[0], (1,), generator=generator).item()]
             start = pick.cpu().to(torch.float64) - torch.floor((patch - 1) / 2)
-            low = torch.minimum(torch.zeros(n, dtype=torch.float64), sizes - patch)
-            starts[i] = torch.maximum(torch.minimum(start, sizes - patch), low)
+            inside = torch.maximum(torch.minimum(start, sizes - patch), torch.zeros(n).double())
+            # along axes shorter than the patch the volume stays centred (padded evenly)
+            starts[i] = torch.where(sizes >= patch, inside, starts[i])
         return {"applied": torch.ones(b, dtype=torch.bool), "start": starts, "foreground": use_fg}
 
     def matrix(self, in_shape, params: Params, spacing: torch.Tensor) -> torch.Tensor:
