@@ -248,22 +248,21 @@ def _linear_2d(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, int]):
 
 
 def _nearest(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, ...]):
+    """Nearest neighbour; exact halves round up (``floor(c + 0.5)``, which vectorises, where
+    ``grid_sample`` rounds half to even: the two differ only at exact ties)."""
     b, c = x.shape[:2]
     in_shape = x.shape[2:]
     n = len(out_shape)
     coords = _source_coords(rows, out_shape, x.device)  # x, y[, z]
-    index = None
-    inside = None
+    index, valid, stride = None, None, 1
     for axis in range(n):  # tensor axis n - 1 - axis holds index axis `axis`
         size = in_shape[n - 1 - axis]
-        rounded = torch.round(coords[axis]).long()
-        ok = (rounded >= 0) & (rounded < size)
-        inside = ok if inside is None else inside & ok
-        stride = 1
-        for k in range(n - axis, n):
-            stride *= in_shape[k]
-        term = rounded.clamp(0, size - 1) * stride
+        rounded = torch.floor(coords[axis] + 0.5)
+        ok = (rounded >= 0) & (rounded <= size - 1)
+        term = rounded.clamp(0, size - 1).long() * stride
+        stride *= size
         index = term if index is None else index + term
-    values = torch.gather(x.reshape(b, c, -1), 2, index.view(b, 1, -1).expand(b, c, -1))
-    values = values.view(b, c, *out_shape)
-    return torch.where(inside.unsqueeze(1), values, torch.zeros_like(values))
+        valid = ok if valid is None else valid & ok
+    flat = x.reshape(b, c, -1)
+    values = torch.gather(flat, 2, index.view(b, 1, -1).expand(b, c, -1)).view(b, c, *out_shape)
+    return torch.where(valid.unsqueeze(1), values, torch.zeros((), dtype=x.dtype))
