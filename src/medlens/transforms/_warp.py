@@ -174,6 +174,8 @@ def _compiled_kernel(x: torch.Tensor, out_shape, mode: str, padding: str):
         return None
     if x.dtype not in (torch.float32, torch.uint8, torch.int16, torch.int32, torch.int64):
         return None
+    if x[0, 0].numel() > 1 << 24:  # flat offsets are computed exactly in float32 below 2**24
+        return None
     function = {
         (3, "linear"): _linear_3d,
         (2, "linear"): _linear_2d,
@@ -202,12 +204,17 @@ def _source_coords(rows: torch.Tensor, out_shape, device) -> list[torch.Tensor]:
     return coords
 
 
-def _axis_terms(index: torch.Tensor, frac: torch.Tensor, size: int, stride: int):
-    """Weights (zero outside the input) and flat offsets of the two neighbours along one axis."""
-    low_ok = (index >= 0) & (index < size)
-    high_ok = (index + 1 >= 0) & (index + 1 < size)
+def _axis_terms(start: torch.Tensor, frac: torch.Tensor, size: int, stride: int):
+    """Weights (zero outside the input) and flat offsets of the two neighbours along one axis.
+
+    ``start`` is the floored coordinate as a float: the offsets stay in float32 (exact for
+    indices below 2**24, which the callers check) so the vectorised arithmetic runs at full
+    SIMD width and converts to integers once per corner.
+    """
+    low_ok = (start >= 0) & (start <= size - 1)
+    high_ok = (start >= -1) & (start <= size - 2)
     weights = (torch.where(low_ok, 1 - frac, 0.0), torch.where(high_ok, frac, 0.0))
-    offsets = (index.clamp(0, size - 1) * stride, (index + 1).clamp(0, size - 1) * stride)
+    offsets = (start.clamp(0, size - 1) * stride, (start + 1).clamp(0, size - 1) * stride)
     return weights, offsets
 
 
@@ -215,15 +222,15 @@ def _linear_3d(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, int, i
     b, c, d, h, w = x.shape
     sx, sy, sz = _source_coords(rows, out_shape, x.device)
     fx, fy, fz = sx.floor(), sy.floor(), sz.floor()
-    wx, ox = _axis_terms(fx.long(), sx - fx, w, 1)
-    wy, oy = _axis_terms(fy.long(), sy - fy, h, w)
-    wz, oz = _axis_terms(fz.long(), sz - fz, d, h * w)
+    wx, ox = _axis_terms(fx, sx - fx, w, 1)
+    wy, oy = _axis_terms(fy, sy - fy, h, w)
+    wz, oz = _axis_terms(fz, sz - fz, d, h * w)
     flat = x.reshape(b, c, -1)
     out = None
     for dz in (0, 1):
         for dy in (0, 1):
             for dx in (0, 1):
-                index = (oz[dz] + oy[dy] + ox[dx]).view(b, 1, -1).expand(b, c, -1)
+                index = (oz[dz] + oy[dy] + ox[dx]).long().view(b, 1, -1).expand(b, c, -1)
                 values = torch.gather(flat, 2, index).view(b, c, *out_shape)
                 term = values * (wz[dz] * wy[dy] * wx[dx]).unsqueeze(1)
                 out = term if out is None else out + term
@@ -234,13 +241,13 @@ def _linear_2d(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, int]):
     b, c, h, w = x.shape
     sx, sy = _source_coords(rows, out_shape, x.device)
     fx, fy = sx.floor(), sy.floor()
-    wx, ox = _axis_terms(fx.long(), sx - fx, w, 1)
-    wy, oy = _axis_terms(fy.long(), sy - fy, h, w)
+    wx, ox = _axis_terms(fx, sx - fx, w, 1)
+    wy, oy = _axis_terms(fy, sy - fy, h, w)
     flat = x.reshape(b, c, -1)
     out = None
     for dy in (0, 1):
         for dx in (0, 1):
-            index = (oy[dy] + ox[dx]).view(b, 1, -1).expand(b, c, -1)
+            index = (oy[dy] + ox[dx]).long().view(b, 1, -1).expand(b, c, -1)
             values = torch.gather(flat, 2, index).view(b, c, *out_shape)
             term = values * (wy[dy] * wx[dx]).unsqueeze(1)
             out = term if out is None else out + term

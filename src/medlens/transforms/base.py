@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from medlens.transforms import _warp
+from medlens.transforms import _compile, _warp
 from medlens.transforms.batch import Batch
 
 __all__ = ["Compose", "IntensityTransform", "SpatialTransform", "Step", "Transform"]
@@ -74,9 +74,22 @@ class SpatialTransform(Transform):
 
 
 class IntensityTransform(Transform):
-    """A transform of image intensities; label maps, boxes and points pass through untouched."""
+    """A transform of image intensities; label maps, boxes and points pass through untouched.
+
+    A transform may also offer a *fused* form: ``fused_inputs`` prepares its tensors eagerly
+    (random draws, per-sample parameters) and ``fused`` is a pure tensor expression of the image
+    and those inputs. :class:`Compose` compiles a run of such transforms into one kernel, so the
+    image is read and written once for the run instead of once per transform.
+    """
 
     def apply_image(self, image: torch.Tensor, params: Params) -> torch.Tensor:
+        raise NotImplementedError
+
+    def fused_inputs(self, image: torch.Tensor, params: Params) -> tuple | None:
+        """Tensors for :meth:`fused`; ``None``: no fused form (``()``: one without inputs)."""
+        return None
+
+    def fused(self, image: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def apply(self, batch: Batch, params: Params) -> Batch:
@@ -129,6 +142,7 @@ class Compose:
             generator.manual_seed(0 if seed is None else int(seed))
         self.generator = generator
         self.fuse = fuse
+        self._fused: dict = {}
 
     def __call__(self, batch: Batch) -> Batch:
         steps = []
@@ -145,20 +159,55 @@ class Compose:
         """Apply recorded steps (from ``batch.trace`` of an earlier call) deterministically."""
         out = batch.copy()
         pending: list[Step] = []
+        intensity: list[Step] = []
         for step in steps:
             if isinstance(step.transform, SpatialTransform) and self.fuse:
+                out = self._intensity_run(out, intensity)
+                intensity = []
                 pending.append(step)
                 continue
             if pending:
                 out = _resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
                 pending = []
+            if not isinstance(step.transform, IntensityTransform):
+                out = self._intensity_run(out, intensity)
+                intensity = []
             if isinstance(step.transform, SpatialTransform):  # unfused: with the recorded
                 out = _resample(out, [_stage_of(step, out)], self.label_mode)  # spacing
+            elif isinstance(step.transform, IntensityTransform) and self.fuse:
+                intensity.append(step)
+                continue
             else:
                 out = step.transform.apply(out, step.params)
         if pending:
             out = _resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
+        out = self._intensity_run(out, intensity)
         out.trace = list(batch.trace) + list(steps)
+        return out
+
+    def _intensity_run(self, batch: Batch, steps: list[Step]) -> Batch:
+        """Apply consecutive intensity steps, compiled into one kernel where they allow it."""
+        if not steps:
+            return batch
+        out = batch.copy()
+        for name in batch.names("image"):
+            image = batch[name]
+            parts = [(s, s.transform.fused_inputs(image, s.params)) for s in steps]
+            if (
+                len(steps) < 2
+                or not _compile.enabled_for(image)
+                or any(inputs is None for _, inputs in parts)
+            ):
+                for step in steps:
+                    image = step.transform.apply_image(image, step.params)
+                out[name] = image
+                continue
+            key = tuple((id(s.transform), len(inputs)) for s, inputs in parts)
+            function = self._fused.get(key)
+            if function is None:
+                function = self._fused[key] = _chain([s.transform for s in steps], key)
+            flat = [tensor for _, inputs in parts for tensor in inputs]
+            out[name] = _compile.run(function, image, *flat)
         return out
 
     def invert(self, batch: Batch, steps: Sequence[Step] | None = None) -> Batch:
@@ -198,6 +247,20 @@ class _ShapeProbe(Batch):
     @property
     def spatial_shape(self) -> tuple[int, ...]:
         return self._shape
+
+
+def _chain(transforms: list[IntensityTransform], key: tuple):
+    """One function applying each transform's fused expression in turn (compiled by the caller)."""
+    counts = [count for _, count in key]
+
+    def run(image: torch.Tensor, *flat: torch.Tensor) -> torch.Tensor:
+        start = 0
+        for transform, count in zip(transforms, counts, strict=True):
+            image = transform.fused(image, *flat[start : start + count])
+            start += count
+        return image
+
+    return run
 
 
 def _stage_of(step: Step, batch: Batch):

@@ -132,6 +132,24 @@ class GaussianNoise(IntensityTransform):
             out.add_(_per_sample(applied.to(image.dtype) * self.mean, image))
         return out
 
+    def fused_inputs(self, image: torch.Tensor, params: Params) -> tuple | None:
+        applied = params["applied"]
+        if not bool(applied.any()):
+            return ()
+        generator = torch.Generator(device=image.device)
+        generator.manual_seed(params["seed"])
+        noise = torch.randn(
+            image.shape, generator=generator, device=image.device, dtype=image.dtype
+        )
+        shift = _per_sample(applied.to(image.dtype) * self.mean, image)
+        return noise, _per_sample(params["std"], image), shift
+
+    def fused(self, image: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        if not inputs:
+            return image
+        noise, std, shift = inputs
+        return image + noise * std + shift
+
 
 def _zscore(image: torch.Tensor, dims: tuple[int, ...], eps: float) -> torch.Tensor:
     var, mean = torch.var_mean(image, dim=dims, keepdim=True, correction=0)
@@ -163,6 +181,13 @@ class ZScore(IntensityTransform):
         var = (((image - mean) * mask) ** 2).sum(dim=dims, keepdim=True) / count
         out = (image - mean) * torch.rsqrt(var.clamp(min=self.eps**2))
         return torch.where(mask, out, torch.zeros_like(out))
+
+    def fused_inputs(self, image: torch.Tensor, params: Params) -> tuple | None:
+        return None if self.nonzero else ()
+
+    def fused(self, image: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(2 if self.channel_wise else 1, image.ndim))
+        return _zscore(image, dims, self.eps)
 
 
 class GaussianBlur(IntensityTransform):
