@@ -12,6 +12,7 @@ object with all its figures. Progress and diagnostics go to stderr so they never
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
@@ -20,7 +21,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -33,6 +34,7 @@ __all__ = [
     "environment",
     "fmt_rate",
     "fmt_ratio",
+    "limit_threads",
     "log",
     "print_table",
     "require_data",
@@ -90,6 +92,35 @@ def configure_threads() -> dict[str, int | None]:
     except ImportError:
         settings["sitk_threads"] = None
     return settings
+
+
+@contextlib.contextmanager
+def limit_threads(threads: int | None) -> Iterator[None]:
+    """Run a block with ``threads`` torch and SimpleITK threads (None: leave them), then restore.
+
+    On a machine whose cores other processes also use, one thread can beat all of them by far:
+    a parallel region waits for its slowest thread, and a descheduled thread stalls it.
+    """
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        sitk = None
+    sitk_before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() if sitk else None
+    torch.set_num_threads(threads)
+    if sitk:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+        if sitk:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(sitk_before)
 
 
 def environment(packages: Iterable[str]) -> dict[str, Any]:
