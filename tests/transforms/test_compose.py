@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from blob_images import gaussian_blobs
 
 from medlens.transforms import (
     Affine,
@@ -25,16 +25,7 @@ SHAPES = {2: (32, 32), 3: (20, 20, 20)}
 
 # ----------------------------------------------------------------------------- helpers
 def smooth(shape, batch=2, sigma=3.5, seed=0) -> torch.Tensor:
-    """A sum of Gaussian blobs ``(B, 1, *shape)``: linear interpolation error stays small."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij")
-    out = np.zeros((batch, 1, *shape))
-    for b in range(batch):
-        for _ in range(5):
-            centre = [rng.uniform(0.25 * s, 0.75 * s) for s in shape]
-            r2 = sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True))
-            out[b, 0] += rng.uniform(0.5, 1.0) * np.exp(-r2 / (2 * sigma**2))
-    return torch.from_numpy(out).float()
+    return gaussian_blobs(shape, batch, sigma, seed, count=5, spread=(0.25, 0.75))
 
 
 def make_batch(ndim: int, batch: int = 2, shape=None, label_dtype=torch.int64, **extra) -> Batch:

@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from blob_images import gaussian_blobs
 from scipy import ndimage
 
 from medlens.transforms import (
@@ -32,17 +33,7 @@ SHAPES = {2: (32, 32), 3: (24, 24, 24)}
 
 # ----------------------------------------------------------------------------- helpers
 def gaussians(shape, batch=2, sigma=3.5, seed=0) -> torch.Tensor:
-    """A smooth image ``(B, 1, *shape)``: a few Gaussian blobs well inside the volume."""
-    rng = np.random.default_rng(seed)
-    grids = np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij")
-    out = np.zeros((batch, 1, *shape))
-    for b in range(batch):
-        for _ in range(4):
-            centre = [rng.uniform(0.35 * s, 0.65 * s) for s in shape]
-            weight = rng.uniform(0.5, 1.0)
-            r2 = sum((g - c) ** 2 for g, c in zip(grids, centre, strict=True))
-            out[b, 0] += weight * np.exp(-r2 / (2 * sigma**2))
-    return torch.from_numpy(out).float()
+    return gaussian_blobs(shape, batch, sigma, seed, count=4, spread=(0.35, 0.65))
 
 
 def scene(ndim: int, batch: int = 2, shape=None, label_dtype=torch.int64) -> Batch:
