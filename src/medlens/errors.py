@@ -26,6 +26,10 @@ class SeriesError(ImageReadError):
     """A DICOM series cannot be assembled into a consistent volume."""
 
 
+class MultipleSeriesError(SeriesError):
+    """A folder holds several series and none was chosen."""
+
+
 class GeometryError(MedlensError):
     """Two images that must share a grid (image and mask, say) do not."""
 

@@ -37,30 +37,22 @@ def describe(
     max_samples: int | None = None,
 ) -> dict[str, Any]:
     """The summary ``medlens info`` prints, as a plain dict."""
-    from medlens.errors import ImageReadError, MedlensError
+    from medlens.errors import ImageReadError, MultipleSeriesError
+    from medlens.io import load_image
+    from medlens.summary import image_summary
 
     if not path.exists():
         raise ImageReadError("no such file or folder", path)
     kind = _dataset_kind(path)
     if kind is not None:
         return _dataset_summary(path, kind, split=split, max_samples=max_samples)
-    if path.is_dir() or path.name.upper() == "DICOMDIR":
+    try:
+        image = load_image(path, series_uid=series)
+    except MultipleSeriesError:  # only then read the headers again to list the series
         from medlens.io.dicom import list_series
 
         found = list_series(path)
-        if len(found) > 1 and series is None:
-            return {
-                "path": str(path),
-                "kind": "dicom-folder",
-                "series": [s.as_dict() for s in found],
-            }
-    from medlens.io import load_image
-    from medlens.summary import image_summary
-
-    try:
-        image = load_image(path, series_uid=series)
-    except MedlensError:
-        raise
+        return {"path": str(path), "kind": "dicom-folder", "series": [s.as_dict() for s in found]}
     return {"kind": "image", **image_summary(image)}
 
 

@@ -55,7 +55,7 @@ def sniff(path: Path) -> str:
         return "nifti"
     if path.suffix.lower() in _DICOM_SUFFIXES or path.name.upper() == "DICOMDIR":
         return "dicom"  # a DICOM file without the 128-byte preamble; pydicom decides
-    if _looks_like_raw_dicom(head):
+    if looks_like_raw_dicom(head):
         return "dicom"
     raise ImageReadError("not a recognised medical image format", path)
 
@@ -70,6 +70,10 @@ def _is_nifti(head: bytes) -> bool:
     return 540 in (size_le, size_be) and head[4:7] in (b"n+2", b"ni2")
 
 
-def _looks_like_raw_dicom(head: bytes) -> bool:
-    """A preamble-less DICOM stream starts with a group 0002 or 0008 element (little endian)."""
-    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[2:4] < b"\xff\xff"
+def looks_like_raw_dicom(head: bytes) -> bool:
+    """A preamble-less DICOM stream starts with a low element of group 0002 or 0008 (LE)."""
+    return (
+        len(head) >= 8
+        and head[:2] in (b"\x02\x00", b"\x08\x00")
+        and int.from_bytes(head[2:4], "little") < 0x100
+    )

@@ -17,8 +17,9 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medlens.errors import ImageReadError, SeriesError
+from medlens.errors import ImageReadError, MultipleSeriesError, SeriesError
 from medlens.image import Image
+from medlens.io._detect import looks_like_raw_dicom
 from medlens.io._dicom_assemble import SliceSpacingWarning, assemble
 from medlens.io._dicom_frames import frames_from_dataset, read_dataset
 
@@ -145,7 +146,7 @@ def _read_folder(source: Path, files: list[Path], series_uid: str | None, strict
             f"({items[0][1].get('Modality', '?')}, {len(items)} files)"
             for uid, items in sorted(by_series.items(), key=lambda kv: -len(kv[1]))
         )
-        raise SeriesError(
+        raise MultipleSeriesError(
             f"holds {len(by_series)} series, choose one with series_uid: {listed}", source
         )
     else:
@@ -185,8 +186,7 @@ def _maybe_dicom(path: Path) -> bool:
         return False
     if head[128:132] == b"DICM":
         return True
-    # Preamble-less files start with a group 0002 or 0008 element tag.
-    return len(head) >= 8 and head[:2] in (b"\x02\x00", b"\x08\x00") and head[2:4] < b"\x20\x00"
+    return looks_like_raw_dicom(head)
 
 
 def _add_to_series(series: dict[str, SeriesInfo], file: Path, ds) -> None:
