@@ -504,41 +504,6 @@ def test_exact_index_path_equals_interpolation(ndim):
             )
 
 
-@pytest.mark.slow
-def test_compiled_kernel_equals_grid_sample_and_exact_paths(compiled):
-    shape = (40, 36, 32)
-    generator = torch.Generator().manual_seed(0)
-    image = torch.rand(2, 1, *shape, generator=generator)
-    label = torch.randint(0, 7, (2, 1, *shape), generator=generator)
-    batch = Batch(image=image, label=label)
-    pull = pull_matrix(Compose(_generic_affine(), seed=1)(batch).trace[-1], batch)
-    kernel = _warp._compiled_kernel(image, shape, "linear", "zeros")
-    nearest = _warp._compiled_kernel(label, shape, "nearest", "zeros")
-    assert kernel is not None and nearest is not None
-    rows = pull[:, :3, :].float().contiguous()
-    try:
-        fused = kernel(image, rows, shape)
-        fused_label = nearest(label, rows, shape)
-    except Exception as exc:  # e.g. no C++ toolchain on this machine
-        pytest.skip(f"torch.compile unavailable here: {type(exc).__name__}: {exc}")
-    coords = _warp.affine_coords(pull, shape)
-    torch.testing.assert_close(fused, _warp.warp_coords(image, coords), atol=1e-4, rtol=0)
-    reference = _warp.warp_coords(label, coords, mode="nearest")
-    assert fused_label.dtype == label.dtype
-    assert float((fused_label != reference).float().mean()) < 1e-4
-    # warp_affine takes the compiled kernel for this generic matrix and gives the same
-    torch.testing.assert_close(_warp.warp_affine(image, pull), fused, atol=1e-6, rtol=0)
-    assert not _warp._STATE["disabled"]
-    # a flip with integer shifts: the compiled kernel equals the exact index path
-    flip = torch.eye(4, dtype=torch.float64).repeat(2, 1, 1)
-    flip[:, 0, 0] = -1.0
-    flip[:, :3, 3] = torch.tensor([[31.0, 2.0, -3.0], [28.0, 0.0, 5.0]], dtype=torch.float64)
-    rows = flip[:, :3, :].float().contiguous()
-    exact = _warp.index_warp(image, flip, shape)
-    torch.testing.assert_close(kernel(image, rows, shape), exact, atol=1e-6, rtol=0)
-    assert torch.equal(nearest(label, rows, shape), _warp.index_warp(label, flip, shape))
-
-
 # ----------------------------------------------------------------------------- crop sampling
 def _dot_batch(size: int, where=(27, 3), shape=(32, 32)) -> Batch:
     label = torch.zeros(size, 1, *shape, dtype=torch.int64)

@@ -4,12 +4,11 @@ Coordinates are continuous index coordinates in index order ``(x, y[, z])`` (``x
 tensor axis) with voxel centres at integers; values outside the input are zero ("zeros" padding)
 or the nearest edge value ("border").
 
-For affine chains on the CPU the default kernel is a fused one compiled with ``torch.compile``:
-it computes each output voxel's source position from the matrix and interpolates in one pass,
-never materialising a sampling grid (``affine_grid`` + ``grid_sample`` spend most of their time
-writing and reading that grid). It compiles once per input shape (cached on disk by Inductor) and
-falls back to ``grid_sample``, which gives the same values, when compilation is unavailable or
-switched off with ``MEDLENS_COMPILE=0``.
+For affine chains on the CPU the default kernel is a native one (:mod:`._native`): it computes
+each output voxel's source position from the matrix and interpolates in one pass, never
+materialising a sampling grid (``affine_grid`` + ``grid_sample`` spend most of their time writing
+and reading that grid). Elsewhere (CUDA, gradients, no C compiler, ``MEDLENS_NATIVE=0``) the
+``grid_sample`` path gives the same values within float rounding.
 """
 
 from __future__ import annotations
@@ -17,9 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from medlens.transforms import _compile
-
-_STATE = _compile.STATE  # the shared compile switch (tests patch it here too)
+from medlens.transforms import _native
 
 __all__ = ["affine_coords", "apply_matrix", "sample_at", "warp_affine", "warp_coords"]
 
@@ -80,16 +77,10 @@ def warp_affine(
     exact = index_warp(x, matrix, out_shape, padding)
     if exact is not None:
         return exact
-    kernel = _compiled_kernel(x, out_shape, mode, padding)
-    if kernel is not None:
-        n = len(out_shape)
-        rows = matrix[:, :n, :].to(device=x.device, dtype=torch.float32).contiguous()
-        try:
-            out = kernel(x, rows, out_shape)
-        except Exception as exc:  # compilation can fail on machines without a C++ toolchain
-            _compile.disable(exc)
-        else:
-            return out
+    if padding == "zeros":
+        native = _native.warp(x, matrix, out_shape, mode)
+        if native is not None:
+            return native
     coords = affine_coords(matrix, out_shape, device=x.device)
     return warp_coords(x, coords, mode=mode, padding=padding)
 
@@ -163,113 +154,3 @@ def sample_at(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     shaped = points.reshape(points.shape[0], points.shape[1], *([1] * (n - 1)), n)
     values = warp_coords(field, shaped, mode="linear", padding="border")
     return values.reshape(field.shape[0], field.shape[1], -1).transpose(1, 2)
-
-
-# ---------------------------------------------------------------------------- compiled kernels
-def _compiled_kernel(x: torch.Tensor, out_shape, mode: str, padding: str):
-    voxels = 1
-    for s in out_shape:
-        voxels *= s
-    if padding != "zeros" or not _compile.enabled_for(x, voxels) or len(out_shape) not in (2, 3):
-        return None
-    if x.dtype not in (torch.float32, torch.uint8, torch.int16, torch.int32, torch.int64):
-        return None
-    if x[0, 0].numel() > 1 << 24:  # flat offsets are computed exactly in float32 below 2**24
-        return None
-    function = {
-        (3, "linear"): _linear_3d,
-        (2, "linear"): _linear_2d,
-        (3, "nearest"): _nearest,
-        (2, "nearest"): _nearest,
-    }[(len(out_shape), mode)]
-    return _compile.compiled_or_none(function)
-
-
-def _source_coords(rows: torch.Tensor, out_shape, device) -> list[torch.Tensor]:
-    """Per index axis (x, y[, z]) the source coordinate of every output voxel, broadcastable."""
-    n = len(out_shape)
-    b = rows.shape[0]
-    axes = []
-    for k, size in enumerate(out_shape):  # tensor axis k is index axis n - 1 - k
-        view = [1] * n
-        view[k] = size
-        axes.append(torch.arange(size, device=device, dtype=torch.float32).view(1, *view))
-    index_axes = axes[::-1]  # x, y[, z]
-    coords = []
-    for i in range(n):
-        value = rows[:, i, n].view(b, *([1] * n))
-        for j in range(n):
-            value = value + rows[:, i, j].view(b, *([1] * n)) * index_axes[j]
-        coords.append(value)
-    return coords
-
-
-def _axis_terms(start: torch.Tensor, frac: torch.Tensor, size: int, stride: int):
-    """Weights (zero outside the input) and flat offsets of the two neighbours along one axis.
-
-    ``start`` is the floored coordinate as a float: the offsets stay in float32 (exact for
-    indices below 2**24, which the callers check) so the vectorised arithmetic runs at full
-    SIMD width and converts to integers once per corner.
-    """
-    low_ok = (start >= 0) & (start <= size - 1)
-    high_ok = (start >= -1) & (start <= size - 2)
-    weights = (torch.where(low_ok, 1 - frac, 0.0), torch.where(high_ok, frac, 0.0))
-    offsets = (start.clamp(0, size - 1) * stride, (start + 1).clamp(0, size - 1) * stride)
-    return weights, offsets
-
-
-def _linear_3d(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, int, int]):
-    b, c, d, h, w = x.shape
-    sx, sy, sz = _source_coords(rows, out_shape, x.device)
-    fx, fy, fz = sx.floor(), sy.floor(), sz.floor()
-    wx, ox = _axis_terms(fx, sx - fx, w, 1)
-    wy, oy = _axis_terms(fy, sy - fy, h, w)
-    wz, oz = _axis_terms(fz, sz - fz, d, h * w)
-    flat = x.reshape(b, c, -1)
-    out = None
-    for dz in (0, 1):
-        for dy in (0, 1):
-            for dx in (0, 1):
-                index = (oz[dz] + oy[dy] + ox[dx]).long().view(b, 1, -1).expand(b, c, -1)
-                values = torch.gather(flat, 2, index).view(b, c, *out_shape)
-                term = values * (wz[dz] * wy[dy] * wx[dx]).unsqueeze(1)
-                out = term if out is None else out + term
-    return out
-
-
-def _linear_2d(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, int]):
-    b, c, h, w = x.shape
-    sx, sy = _source_coords(rows, out_shape, x.device)
-    fx, fy = sx.floor(), sy.floor()
-    wx, ox = _axis_terms(fx, sx - fx, w, 1)
-    wy, oy = _axis_terms(fy, sy - fy, h, w)
-    flat = x.reshape(b, c, -1)
-    out = None
-    for dy in (0, 1):
-        for dx in (0, 1):
-            index = (oy[dy] + ox[dx]).long().view(b, 1, -1).expand(b, c, -1)
-            values = torch.gather(flat, 2, index).view(b, c, *out_shape)
-            term = values * (wy[dy] * wx[dx]).unsqueeze(1)
-            out = term if out is None else out + term
-    return out
-
-
-def _nearest(x: torch.Tensor, rows: torch.Tensor, out_shape: tuple[int, ...]):
-    """Nearest neighbour; exact halves round up (``floor(c + 0.5)``, which vectorises, where
-    ``grid_sample`` rounds half to even: the two differ only at exact ties)."""
-    b, c = x.shape[:2]
-    in_shape = x.shape[2:]
-    n = len(out_shape)
-    coords = _source_coords(rows, out_shape, x.device)  # x, y[, z]
-    index, valid, stride = None, None, 1
-    for axis in range(n):  # tensor axis n - 1 - axis holds index axis `axis`
-        size = in_shape[n - 1 - axis]
-        rounded = torch.floor(coords[axis] + 0.5)
-        ok = (rounded >= 0) & (rounded <= size - 1)
-        term = rounded.clamp(0, size - 1).long() * stride
-        stride *= size
-        index = term if index is None else index + term
-        valid = ok if valid is None else valid & ok
-    flat = x.reshape(b, c, -1)
-    values = torch.gather(flat, 2, index.view(b, 1, -1).expand(b, c, -1)).view(b, c, *out_shape)
-    return torch.where(valid.unsqueeze(1), values, torch.zeros((), dtype=x.dtype))
