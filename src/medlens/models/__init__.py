@@ -1,0 +1,45 @@
+"""The model zoo: 2D/3D classification backbones built by name with :func:`create_model`.
+
+Every model is a :class:`Backbone` (``forward_features`` -> feature map, ``forward_head`` ->
+logits, ``feature_layer`` for Grad-CAM hooks), written on ``torch.nn`` for both 2D and 3D::
+
+    model = create_model("resnet18", spatial_dims=3, in_channels=1, num_classes=2, input_size=28)
+
+The model modules are imported below by name: importing them is what registers their models,
+so the registry never depends on what else happens to be imported.
+"""
+
+from __future__ import annotations
+
+from medlens.models.base import Backbone, count_parameters
+from medlens.models.densenet import DenseNet, densenet121
+from medlens.models.registry import create_model, list_models, register_model
+from medlens.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    resnet10,
+    resnet18,
+    resnet34,
+    resnet50,
+)
+from medlens.models.small_cnn import SmallCNN, smallcnn
+
+__all__ = [
+    "Backbone",
+    "BasicBlock",
+    "Bottleneck",
+    "DenseNet",
+    "ResNet",
+    "SmallCNN",
+    "count_parameters",
+    "create_model",
+    "densenet121",
+    "list_models",
+    "register_model",
+    "resnet10",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "smallcnn",
+]
