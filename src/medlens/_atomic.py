@@ -28,10 +28,18 @@ def atomic_path(path: str | Path, *, suffix: str | None = None) -> Iterator[Path
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # mkstemp makes 0600 files: give the usual umask permissions
+            os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -44,7 +52,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def ensure_outside(output: str | Path, *inputs: str | Path) -> None:
-    """Refuse to write ``output`` inside any of the ``inputs`` folders (inputs are read-only)."""
+    """Refuse to write ``output`` inside any of the ``inputs`` folders (inputs are read-only).
+
+    An input file's folder counts as an input folder: outputs go elsewhere.
+    """
     from medlens.errors import MedlensError
 
     out = Path(output).resolve()

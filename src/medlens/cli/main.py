@@ -16,6 +16,7 @@ from medlens import __version__
 from medlens.cli.datasets import app as datasets_app
 from medlens.cli.demo import demo
 from medlens.cli.info import info
+from medlens.cli.learn import evaluate, predict, train
 
 app = typer.Typer(
     name="medlens",
@@ -27,6 +28,9 @@ app = typer.Typer(
 )
 app.command("info")(info)
 app.command("demo")(demo)
+app.command("train")(train)
+app.command("evaluate")(evaluate)
+app.command("predict")(predict)
 app.add_typer(datasets_app, name="datasets")
 
 _STATE = {"debug": False}

@@ -190,7 +190,7 @@ class MedMNISTDataset(Dataset):
                 labels = data[label_key]
                 # Other splits' labels decide the class count when the table does not know it.
                 other_max = [
-                    int(data[f"{s}_labels"].max())
+                    int(np.nan_to_num(np.nanmax(data[f"{s}_labels"].astype(float))))
                     for s in SPLITS
                     if s != split and f"{s}_labels" in keys and data[f"{s}_labels"].size
                 ]

@@ -1,0 +1,123 @@
+"""``medlens train``, ``medlens evaluate`` and ``medlens predict``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+TASKS = ("classification",)
+
+
+def train(
+    task: str = typer.Option(..., "--task", help="What to learn: classification."),
+    data: Path = typer.Option(..., "--data", help="Dataset: MedMNIST .npz, CSV of labels, folder."),
+    output: Path = typer.Option(..., "--output", help="Run folder to create (or resume)."),
+    model: str | None = typer.Option(None, "--model", help="Model name; default: chosen."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs; default: planned."),
+    folds: int | None = typer.Option(None, "--folds", help="K-fold cross-validation, K models."),
+    seed: int = typer.Option(0, "--seed", help="Seed of splits, weights, batches, augmentation."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Training setting key=value (e.g. --set lr=0.001); repeatable."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+) -> None:
+    """Train, tune and evaluate a model; write the run folder with its report."""
+    from medlens.errors import MedlensError
+
+    if task not in TASKS:
+        raise MedlensError(f"--task {task}: not available (tasks: {', '.join(TASKS)})")
+    if model is not None:
+        from medlens.models import list_models
+
+        if model not in list_models():
+            raise MedlensError(f"--model {model}: unknown (models: {', '.join(list_models())})")
+    from medlens.tasks.classification import train_classification
+
+    info = train_classification(
+        data,
+        output,
+        model=model,
+        epochs=epochs,
+        folds=folds,
+        seed=seed,
+        resume=resume,
+        overrides=overrides,
+        progress=progress,
+        log=typer.echo,
+    )
+    typer.echo(f"run folder: {output} ({info['train_seconds']:.0f} s)")
+
+
+def evaluate(
+    run: Path = typer.Argument(..., help="Run folder written by medlens train."),
+    data: Path = typer.Option(..., "--data", help="Labelled images: .npz, CSV, folder."),
+    split: str | None = typer.Option(None, "--split", help="The .npz split (train, val, test)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the metrics here as JSON."),
+    n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the CIs."),
+) -> None:
+    """Metrics with 95% bootstrap confidence intervals on labelled data."""
+    from medlens._atomic import atomic_write_text
+    from medlens.errors import MedlensError
+    from medlens.metrics import evaluate_classification
+    from medlens.tasks.classification import load_run, predict_probs, read_inputs
+    from medlens.tasks.classification.data import load_labelled
+
+    trained = load_run(run)
+    if data.suffix.lower() == ".npz":
+        images = read_inputs(data, trained.spec, split=split)
+    else:
+        images = load_labelled(data, size=trained.spec.shape)
+    if images.labels is None:
+        raise MedlensError(f"{data}: no labels to evaluate against")
+    probs = predict_probs(trained.networks, images.images, trained.task)
+    labels = images.labels
+    if trained.metric_task != "multilabel":
+        labels = labels.reshape(-1).astype(int)
+    result = evaluate_classification(
+        labels,
+        probs,
+        trained.metric_task,
+        class_names=trained.class_names,
+        threshold=trained.threshold,
+        n_boot=n_boot,
+    )
+    result["data"] = str(data)
+    result["split"] = split or images.split
+    for name in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
+        typer.echo(f"{name:<12} {_interval(result[name])}")
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
+        typer.echo(f"metrics: {json_path}")
+
+
+def predict(
+    run: Path = typer.Argument(..., help="Run folder written by medlens train."),
+    input_path: Path = typer.Option(..., "--input", help=".npz, image folder, image or DICOM."),
+    output: Path = typer.Option(..., "--output", help="CSV to write (one row per image)."),
+    split: str | None = typer.Option(None, "--split", help="The .npz split when it has several."),
+) -> None:
+    """Class probabilities for every image, in input order, as CSV."""
+    from medlens._atomic import ensure_outside
+    from medlens.tasks.classification import load_run, predict_probs, read_inputs
+    from medlens.tasks.classification.bundle import write_predictions
+
+    ensure_outside(output, input_path)
+    trained = load_run(run)
+    images = read_inputs(input_path, trained.spec, split=split)
+    images.labels = None  # predictions do not need them; evaluate uses them
+    probs = predict_probs(trained.networks, images.images, trained.task)
+    write_predictions(
+        output, images, probs, trained.class_names, trained.metric_task, trained.threshold
+    )
+    typer.echo(f"{len(images)} predictions: {output}")
+
+
+def _interval(metric: dict) -> str:
+    if metric.get("value") is None:
+        return "n/a"
+    if metric.get("low") is None:
+        return f"{metric['value']:.3f}"
+    return f"{metric['value']:.3f}  (95% CI {metric['low']:.3f} to {metric['high']:.3f})"

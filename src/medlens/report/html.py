@@ -1,0 +1,410 @@
+"""The classification report: one static, self-contained HTML page.
+
+Every figure is a PNG embedded as a ``data:`` URI and the style sheet is inline, so the file
+opens offline, can be mailed or archived with the run, and shows the same thing in ten years.
+There is no script. Every piece of text (class names, notes, the configuration) is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens._atomic import atomic_write_text
+from medlens.metrics import HEADLINE
+from medlens.metrics._inputs import prepare
+from medlens.report import plots
+
+__all__ = ["THRESHOLD_YOUDEN", "write_classification_report"]
+
+#: ``threshold_source`` for a threshold from :func:`medlens.metrics.choose_thresholds`.
+THRESHOLD_YOUDEN = (
+    "on the validation data, by Youden's J (the point of the ROC curve where sensitivity + "
+    "specificity - 1 is largest), then kept fixed for the data in this report"
+)
+
+_LABELS = {
+    "auc": (
+        "AUC (ROC)",
+        "Chance that a random case with the finding scores higher than a random "
+        "case without it: 0.5 is a coin toss, 1 is perfect.",
+    ),
+    "auc_pr": (
+        "AUC-PR (average precision)",
+        "Area under the precision-recall curve; compare it "
+        "with the prevalence, which is what a useless model gets.",
+    ),
+    "accuracy": ("Accuracy", "Share of cases classified correctly."),
+    "balanced_accuracy": (
+        "Balanced accuracy",
+        "Mean sensitivity over the classes; not inflated by a common class.",
+    ),
+    "sensitivity": ("Sensitivity (recall)", "Of the cases with the finding, the share detected."),
+    "specificity": (
+        "Specificity",
+        "Of the cases without the finding, the share correctly ruled out.",
+    ),
+    "precision": (
+        "Precision (PPV)",
+        "Of the cases called positive, the share truly positive; depends on the prevalence.",
+    ),
+    "f1": ("F1 score", "Harmonic mean of precision and sensitivity."),
+    "kappa": (
+        "Cohen's kappa",
+        "Agreement with the reference beyond chance (0 = chance, 1 = perfect).",
+    ),
+    "ece": (
+        "ECE (calibration error)",
+        "Average gap between the predicted probability and how "
+        "often the prediction comes true; lower is better.",
+    ),
+}
+_TASKS = {
+    "binary": "binary (finding present or absent)",
+    "multiclass": "multi-class (one class per case)",
+    "multilabel": "multi-label (any number of findings per case)",
+    "ordinal": "ordinal (ordered grades)",
+}
+_CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;
+background:#f6f8fa;margin:0}
+main{max-width:1100px;margin:0 auto;padding:24px 32px;background:#fff}
+h1{font-size:1.7em;margin:0 0 4px}h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;
+margin-top:36px}
+.meta{color:#59636e;margin:0 0 16px}nav a{margin-right:14px}
+table{border-collapse:collapse;margin:8px 0 16px}
+th,td{border:1px solid #d0d7de;padding:4px 10px;text-align:left;vertical-align:top}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.ci{color:#59636e;font-size:.85em}.scroll{overflow-x:auto}
+.figs{display:flex;flex-wrap:wrap;gap:24px}.figs>figure{flex:1 1 400px}
+figure{margin:8px 0;max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
+figcaption{color:#424a53;font-size:.92em;max-width:620px}
+.note{color:#9a6700}pre{background:#f6f8fa;padding:12px;overflow-x:auto;font-size:.85em}
+details summary{cursor:pointer;font-weight:600}
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _num(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    return f"{float(value):.3f}"
+
+
+def _ci(entry: Any, sep: str = " ") -> str:
+    """``value [low, high]`` as HTML, or the plain value without an interval."""
+    if not isinstance(entry, Mapping):
+        return _e(_num(entry))
+    text = _e(_num(entry.get("value")))
+    if entry.get("low") is not None and entry.get("high") is not None:
+        text += f'{sep}<span class="ci">[{_num(entry["low"])}, {_num(entry["high"])}]</span>'
+    return text
+
+
+def _png_size(png: bytes) -> tuple[int, int]:
+    return struct.unpack(">II", png[16:24])
+
+
+def _figure(png: bytes, alt: str, caption: str) -> str:
+    width, height = _png_size(png)
+    data = base64.b64encode(png).decode("ascii")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}" width="{width}" '
+        f'height="{height}"><figcaption>{_e(caption)}</figcaption></figure>'
+    )
+
+
+def _try_figure(make: Callable[[], bytes], alt: str, caption: str) -> str:
+    """The figure, or a visible note saying why it could not be drawn (the page still renders)."""
+    try:
+        return _figure(make(), alt, caption)
+    except ValueError as exc:
+        return f'<p class="note">{_e(alt)} not drawn: {_e(exc)}</p>'
+
+
+def _section(anchor: str, heading: str, body: str) -> tuple[str, str, str]:
+    return anchor, heading, f'<section id="{anchor}"><h2>{_e(heading)}</h2>{body}</section>'
+
+
+def _confidence(evaluation: Mapping[str, Any]) -> str:
+    boot = evaluation.get("bootstrap")
+    if not boot:
+        return "CI"
+    return f"{100 * float(boot.get('confidence', 0.95)):g}% CI"
+
+
+def _summary(ev: Mapping[str, Any], dataset: str | None, model: str | None, thr: str) -> str:
+    rows = [("Dataset", dataset or "not recorded"), ("Model", model or "not recorded")]
+    rows += [("Task", _TASKS.get(ev["task"], ev["task"])), ("Cases evaluated", ev["n"])]
+    rows.append(("Classes", ", ".join(str(c) for c in ev["class_names"])))
+    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    for key in ("auc", "accuracy"):
+        macro = " (macro)" if key == "auc" and ev["task"] != "binary" else ""
+        label = _LABELS[key][0] + macro
+        body += f"<tr><th>{_e(label)}</th><td>{_ci(ev.get(key))}</td></tr>"
+    body += f"<tr><th>Decision rule</th><td>{_e(thr)}</td></tr>"
+    return f"<table>{body}</table>"
+
+
+def _metrics_table(ev: Mapping[str, Any]) -> str:
+    level = _confidence(ev)
+    rows = "".join(
+        f'<tr><th>{_e(_LABELS[k][0])}</th><td class="num">{_ci(ev[k])}</td>'
+        f"<td>{_e(_LABELS[k][1])}</td></tr>"
+        for k in HEADLINE
+        if k in ev
+    )
+    average = {
+        "binary": "Sensitivity, precision and F1 are those of the positive class.",
+        "multilabel": "Each metric is computed per class on its labelled cases and averaged "
+        "over classes (macro average); accuracy is the mean per-class accuracy.",
+    }.get(
+        ev["task"],
+        "Per-class values (one class against the rest) averaged over classes (macro average).",
+    )
+    if ev.get("task") == "ordinal":
+        average += " Kappa uses quadratic weights: a grade off by two counts four times as much."
+    interval = (
+        f"Brackets: {level}, percentile bootstrap over cases ({ev.get('n_boot')} resamples)."
+        if ev.get("bootstrap")
+        else "No bootstrap was run, so there are no confidence intervals."
+    )
+    head = f"<tr><th>Metric</th><th>Value [{_e(level)}]</th><th>What it means</th></tr>"
+    return f"<p>{_e(average)} {_e(interval)}</p><table>{head}{rows}</table>"
+
+
+def _per_class_table(ev: Mapping[str, Any]) -> str:
+    per_class = ev.get("per_class") or {}
+    if not per_class:
+        return ""
+    first = next(iter(per_class.values()))
+    counts = [k for k in ("n_positive", "n_negative", "threshold") if k in first]
+    metrics = [k for k in first if k not in counts]
+    head = "<th>Class</th>" + "".join(
+        f"<th>{_e(k.replace('n_', 'cases ').replace('_', ' '))}</th>" for k in counts
+    )
+    head += "".join(f"<th>{_e(_LABELS.get(k, (k,))[0])}</th>" for k in metrics)
+    body = ""
+    for name, entry in per_class.items():
+        cells = "".join(f'<td class="num">{_e(_num(entry.get(k)))}</td>' for k in counts)
+        cells += "".join(f'<td class="num">{_ci(entry.get(k), "<br>")}</td>' for k in metrics)
+        body += f"<tr><th>{_e(name)}</th>{cells}</tr>"
+    return (
+        "<h3>Per class</h3><p>Each class against all others; cases positive / negative for "
+        f'that class.</p><div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
+    )
+
+
+def _decision_rule(ev: Mapping[str, Any], source: str | None) -> tuple[str, str]:
+    """A one-line rule for the summary and a paragraph for the threshold section."""
+    thr = ev.get("threshold")
+    if ev["task"] in ("multiclass", "ordinal") or thr is None:
+        rule = "the class with the highest probability (no threshold)"
+        return rule, f"<p>The prediction is {_e(rule)}.</p>"
+    values = [thr] if ev["task"] == "binary" else list(thr)
+    if source:
+        how = f"The threshold was chosen {source}."
+    elif all(abs(float(t) - 0.5) < 1e-12 for t in values):
+        how = "This is the default 0.5; it was not tuned."
+    else:
+        how = "How the threshold was chosen was not recorded."
+    if ev["task"] == "binary":
+        rule = f"positive when P(positive) >= {float(thr):.3f}"
+        sens, spec = ev.get("sensitivity") or {}, ev.get("specificity") or {}
+        at = (
+            f" At this threshold sensitivity is {_num(sens.get('value'))} and specificity "
+            f"{_num(spec.get('value'))}; it is marked on the ROC and precision-recall curves."
+        )
+    else:
+        rule = "per class: positive when P(class) >= that class's threshold"
+        at = " The per-class thresholds are in the per-class table and marked on the curves."
+    return rule, f"<p>A case is called {_e(rule)}. {_e(how)}{_e(at)}</p>"
+
+
+def _extra(heading: str, content: str | bytes, index: int) -> tuple[str, str, str]:
+    if isinstance(content, bytes):
+        body = _figure(content, heading, "")
+    else:
+        body = "".join(f"<p>{_e(p.strip())}</p>" for p in str(content).split("\n\n") if p.strip())
+    return _section(f"extra-{index}", heading, body)
+
+
+def write_classification_report(
+    path: str | Path,
+    *,
+    title: str,
+    evaluation: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    y_true: Any,
+    y_prob: Any,
+    task: str,
+    class_names: Sequence[str] | None = None,
+    images: Any = None,
+    config: Mapping[str, Any] | None = None,
+    notes: Sequence[str] = (),
+    extra_sections: Sequence[tuple[str, str | bytes]] = (),
+    dataset: str | None = None,
+    model: str | None = None,
+    threshold_source: str | None = None,
+    n_examples: int = 16,
+) -> Path:
+    """Write ``report.html`` for a classification run; returns its path.
+
+    Args:
+        path: the HTML file to write (atomically; folders are created).
+        title: the page heading, e.g. the run name.
+        evaluation: :func:`medlens.metrics.evaluate_classification` of ``y_true``/``y_prob``.
+        history: the ``history.jsonl`` records (may be empty: no learning curves).
+        y_true, y_prob, task: the same data and task as ``evaluation``, for the curves.
+        class_names: default ``evaluation["class_names"]``.
+        images: optional ``(N, C, H, W)`` / ``(N, C, D, H, W)`` images in ``y_true``'s order,
+            for the grid of right and wrong examples.
+        config: shown as collapsible JSON; ``monitor`` / ``monitor_mode`` pick the best epoch,
+            ``dataset`` / ``model`` fill the summary unless given here.
+        notes: extra lines for the notes section (the evaluation's own notes are always shown).
+        extra_sections: ``(heading, content)`` pairs: text (blank lines split paragraphs) or
+            PNG bytes.
+        threshold_source: how the threshold was chosen, completing "The threshold was chosen
+            ..."; pass :data:`THRESHOLD_YOUDEN` after :func:`medlens.metrics.choose_thresholds`.
+        n_examples: cases in the example grid.
+
+    Raises:
+        ValueError: ``evaluation`` does not describe ``y_true`` (another task or sample count).
+    """
+    config = dict(config or {})
+    names = list(class_names) if class_names is not None else list(evaluation["class_names"])
+    if evaluation.get("task") != task:
+        raise ValueError(f"evaluation is for task {evaluation.get('task')!r}, not {task!r}")
+    thr = None if task in ("multiclass", "ordinal") else evaluation.get("threshold")
+    prep = prepare(y_true, y_prob, task, thr, names)
+    if evaluation.get("n") != prep.n:
+        raise ValueError(f"evaluation has n={evaluation.get('n')} but y_true has {prep.n} cases")
+    names = prep.class_names
+    dataset = dataset or _text(config.get("dataset") or config.get("data"))
+    model = model or _text(config.get("model") or config.get("arch"))
+    rule, threshold_html = _decision_rule(evaluation, threshold_source)
+
+    sections = [
+        _section("summary", "Summary", _summary(evaluation, dataset, model, rule)),
+        _section("metrics", "Metrics", _metrics_table(evaluation) + _per_class_table(evaluation)),
+        _section("threshold", "Decision threshold", threshold_html),
+    ]
+    if history:
+        fig = _try_figure(
+            lambda: plots.learning_curves(
+                list(history), config.get("monitor"), config.get("monitor_mode")
+            ),
+            "Learning curves",
+            "Loss on the training and validation data per epoch (left) and validation metrics "
+            "(right). Validation loss rising while training loss falls means overfitting; the "
+            "dashed line marks the epoch whose weights were kept as best.",
+        )
+        sections.append(_section("training", "Training", fig))
+    curve_args = (y_true, y_prob, task, names, thr)
+    roc = _try_figure(
+        lambda: plots.roc_curves(*curve_args),
+        "ROC curve",
+        "Sensitivity against false-positive rate over every possible threshold; the closer "
+        "to the top-left corner the better, the dotted diagonal is guessing. The dot is the "
+        "threshold actually used.",
+    )
+    pr = _try_figure(
+        lambda: plots.pr_curves(*curve_args),
+        "Precision-recall curve",
+        "Precision (how many positive calls are right) against sensitivity over every "
+        "threshold. More telling than the ROC curve when the finding is rare.",
+    )
+    sections.append(
+        _section("curves", "ROC and precision-recall", f'<div class="figs">{roc}{pr}</div>')
+    )
+    calibration = _try_figure(
+        lambda: plots.calibration_plot(y_true, y_prob, task),
+        "Calibration plot",
+        "Do the probabilities mean what they say? Cases are grouped by predicted probability; "
+        "bars on the dashed diagonal mean that, e.g., cases given 70% are right 70% of the "
+        "time. Bars below the diagonal: over-confident. The grey bars underneath count the "
+        "cases in each group (groups with few cases are noisy).",
+    )
+    matrix = _try_figure(
+        lambda: plots.confusion_matrix_plot(evaluation["confusion_matrix"], names),
+        "Confusion matrix",
+        "Rows are the reference (true) class, columns the prediction; each cell gives the "
+        "number of cases and the share of its row. The diagonal holds the correct calls.",
+    )
+    sections.append(
+        _section(
+            "calibration",
+            "Calibration and errors",
+            f'<div class="figs">{calibration}{matrix}</div>',
+        )
+    )
+    if images is not None:
+        grid = _try_figure(
+            lambda: plots.example_grid(
+                images, prep.y, _predictions(prep), prep.prob, names, n=n_examples
+            ),
+            "Examples",
+            "The cases the model was most sure about: correct calls in green, mistakes in red, "
+            "titled 'true / predicted (probability of the prediction)'. Confident mistakes are "
+            "worth a look: they may be label errors or shortcuts the model learnt.",
+        )
+        sections.append(_section("examples", "Examples", grid))
+    sections += [_extra(h, c, i) for i, (h, c) in enumerate(extra_sections)]
+    all_notes = [*evaluation.get("notes", []), *notes]
+    all_notes.append(f"Calibration error: {evaluation.get('ece_kind', '')}")
+    note_items = "".join(f"<li>{_e(n)}</li>" for n in all_notes if n)
+    sections.append(_section("notes", "Notes", f"<ul>{note_items}</ul>"))
+    if config:
+        text = json.dumps(config, indent=2, default=str, allow_nan=True)
+        body = f"<details><summary>Configuration (JSON)</summary><pre>{_e(text)}</pre></details>"
+        sections.append(_section("config", "Configuration", body))
+    page = _page(title, sections)
+    path = Path(path)
+    atomic_write_text(path, page)
+    return path
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, Mapping):
+        value = value.get("name") or json.dumps(value, default=str)
+    return str(value)
+
+
+def _predictions(prep: Any) -> np.ndarray:
+    """What the evaluation predicted: thresholded for binary / multi-label, else the argmax."""
+    if prep.task == "binary":
+        return (prep.prob[:, 1] >= prep.threshold[0]).astype(np.int64)
+    if prep.task == "multilabel":
+        return (prep.prob >= prep.threshold[None, :]).astype(np.int64)
+    return np.argmax(prep.prob, axis=1)
+
+
+def _page(title: str, sections: list[tuple[str, str, str]]) -> str:
+    from medlens import __version__
+
+    stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    nav = "".join(f'<a href="#{a}">{_e(h)}</a>' for a, h, _ in sections)
+    body = "\n".join(s for _, _, s in sections)
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body><main>"
+        f'<h1>{_e(title)}</h1><p class="meta">Classification report, written {_e(stamp)} '
+        f"by medlens {_e(__version__)}.</p><nav>{nav}</nav>\n{body}\n</main></body></html>\n"
+    )

@@ -1,0 +1,1 @@
+"""Complete jobs built from the parts: data in, a validated and reported model out."""

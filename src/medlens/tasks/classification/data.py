@@ -1,0 +1,352 @@
+"""Classification data as whole arrays in memory: what training and prediction both consume.
+
+A split becomes one :class:`ImageSet`: images ``(N, C, [D,] H, W)`` on one grid, labels, ids and
+the task. MedMNIST ``.npz`` files hand their arrays over without per-sample work; folder and CSV
+datasets (PNG, JPEG, TIFF, DICOM, NIfTI) are read once, each image resized to the common input
+size. :func:`read_inputs` is the prediction side: it takes what a user points at (a ``.npz`` with
+or without labels, a folder of images, DICOM files or series) and shapes it like the training data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medlens.errors import DatasetError, MedlensError
+
+__all__ = ["ImageSet", "InputSpec", "conform", "load_labelled", "read_inputs"]
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The grid every image is brought to: channels, spatial shape ``([D,] H, W)`` and dtype."""
+
+    channels: int
+    shape: tuple[int, ...]
+    uint8: bool
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"channels": self.channels, "shape": list(self.shape), "uint8": self.uint8}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        return cls(int(data["channels"]), tuple(int(v) for v in data["shape"]), bool(data["uint8"]))
+
+
+@dataclass
+class ImageSet:
+    """One split held in memory.
+
+    Attributes:
+        images: ``(N, C, [D,] H, W)`` uint8 (8-bit sources) or float32.
+        labels: ``(N,)`` int64 class indices, ``(N, K)`` float32 for multi-label (NaN = ignore),
+            or ``None`` when the source has none (prediction inputs).
+        ids: one id per image, in input order.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    ids: list[str]
+    task: str = "classification"
+    class_names: list[str] = field(default_factory=list)
+    name: str = "dataset"
+    source: str = ""
+    split: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.images.ndim - 2
+
+    @property
+    def spec(self) -> InputSpec:
+        return InputSpec(
+            int(self.images.shape[1]), tuple(self.images.shape[2:]), self.images.dtype == np.uint8
+        )
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
+        index = np.asarray(indices, dtype=np.int64)
+        return ImageSet(
+            self.images[index],
+            None if self.labels is None else self.labels[index],
+            [self.ids[i] for i in index],
+            self.task,
+            list(self.class_names),
+            self.name,
+            self.source,
+            self.split,
+        )
+
+
+# --------------------------------------------------------------------------- labelled datasets
+def load_labelled(
+    path: str | Path,
+    split: str | None = None,
+    *,
+    size: Sequence[int] | None = None,
+    progress: bool = False,
+) -> ImageSet:
+    """Read a labelled split (MedMNIST) or a whole labelled dataset (CSV, folder) into memory.
+
+    Args:
+        path: a MedMNIST ``.npz``, a CSV of labels or a dataset folder.
+        split: the ``.npz`` split (``train``, ``val``, ``test``); ignored by other sources.
+        size: spatial size to bring every image to; by default MedMNIST keeps its own and
+            other sources take the median image shape.
+    """
+    from medlens.data import open_dataset
+    from medlens.data.medmnist import MedMNISTDataset
+
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        dataset = open_dataset(path, split=split or "train")
+    else:
+        dataset = open_dataset(path)
+    if dataset.task not in ("classification", "ordinal", "multilabel"):
+        raise DatasetError(f"a {dataset.task} dataset, not a classification one", path)
+    if isinstance(dataset, MedMNISTDataset):
+        images, labels = dataset.arrays()
+        images = images if images.ndim == dataset.spatial_dims + 2 else images[:, None]
+        out = ImageSet(
+            np.ascontiguousarray(images),
+            np.array(labels),
+            dataset.ids(),
+            dataset.task,
+            list(dataset.class_names),
+            dataset.name,
+            str(path),
+            dataset.split,
+        )
+        if size is not None and tuple(size) != out.images.shape[2:]:
+            out.images = conform(out.images, out.spec.channels, tuple(size))
+        return out
+    arrays = [
+        _as_chw(sample.image.array, sample.image.leading, sample.id or str(path))
+        for sample in _iterate(dataset, progress)
+    ]
+    if not arrays:
+        raise DatasetError("no images in the dataset", path)
+    labels = dataset.labels()
+    spatial_dims = max(a.ndim - 1 for a in arrays)
+    if size is None:
+        shapes = np.array([_pad_dims(a.shape[1:], spatial_dims) for a in arrays])
+        size = tuple(int(v) for v in np.median(shapes, axis=0).round())
+    channels = max(a.shape[0] for a in arrays)
+    uint8 = all(a.dtype == np.uint8 for a in arrays)
+    images = _stack(arrays, channels, tuple(size), uint8)
+    return ImageSet(
+        images,
+        None if labels is None else np.asarray(labels),
+        dataset.ids(),
+        dataset.task,
+        list(dataset.class_names),
+        getattr(dataset, "name", path.stem),
+        str(path),
+        None,
+    )
+
+
+def _iterate(dataset: Any, progress: bool):
+    if not progress:
+        yield from dataset
+        return
+    from rich.progress import track
+
+    yield from track(dataset, description="reading images", total=len(dataset))
+
+
+# ------------------------------------------------------------------------- prediction inputs
+def read_inputs(
+    path: str | Path, spec: InputSpec, *, split: str | None = None, progress: bool = False
+) -> ImageSet:
+    """Read images to predict on and bring them to ``spec`` (the trained model's input).
+
+    Args:
+        path: a ``.npz`` (any ``{split}_images`` key; labels used when present, not needed), a
+            folder of images (PNG/JPEG/TIFF/BMP/NIfTI, DICOM files) or one image file. For a 3D
+            model, each DICOM series in a folder is one volume.
+        spec: channels, shape and dtype the model was trained on.
+        split: the ``.npz`` split; needed only when the file holds several.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError("does not exist", path)
+    if path.is_file() and path.suffix.lower() == ".npz":
+        return _read_npz(path, spec, split)
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+        )
+    if not files:
+        raise DatasetError("empty folder: no images in it", path)
+    items = _group_inputs(files, spec.spatial_dims, path)
+    if progress:
+        from rich.progress import track
+
+        items = track(items, description="reading images", total=len(items))
+    arrays, ids = [], []
+    for item_id, source in items:
+        arrays.append(_read_one(source, item_id, spec.spatial_dims))
+        ids.append(item_id)
+    images = _stack(arrays, spec.channels, spec.shape, spec.uint8)
+    return ImageSet(images, None, ids, source=str(path), split=None)
+
+
+def _read_npz(path: Path, spec: InputSpec, split: str | None) -> ImageSet:
+    from medlens.data.medmnist import _open_npz
+
+    with _open_npz(path) as data:
+        keys = sorted(data.files)
+        splits = [k[: -len("_images")] for k in keys if k.endswith("_images")]
+        if not splits:
+            raise DatasetError(f"no *_images array (keys: {', '.join(keys) or 'none'})", path)
+        if split is None:
+            if len(splits) > 1:
+                raise DatasetError(
+                    f"holds splits {', '.join(splits)}: choose one with --split", path
+                )
+            split = splits[0]
+        if split not in splits:
+            raise DatasetError(f"no split {split!r}; splits: {', '.join(splits)}", path)
+        images = np.asarray(data[f"{split}_images"])
+        labels = np.asarray(data[f"{split}_labels"]) if f"{split}_labels" in keys else None
+    if images.ndim == spec.spatial_dims + 2 and images.shape[-1] in (3, 4) and spec.channels == 3:
+        images = np.moveaxis(images, -1, 1)  # (N, H, W, 3) RGB MedMNIST
+    elif images.ndim == spec.spatial_dims + 1:
+        images = images[:, None]
+    if images.ndim != spec.spatial_dims + 2:
+        raise DatasetError(
+            f"{split}_images has shape {images.shape}: not {spec.spatial_dims}D images", path
+        )
+    if labels is not None and labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    ids = [f"{split}-{i:06d}" for i in range(images.shape[0])]
+    images = conform(images, spec.channels, spec.shape, uint8=spec.uint8)
+    return ImageSet(images, labels, ids, source=str(path), split=split)
+
+
+def _group_inputs(files: list[Path], spatial_dims: int, root: Path) -> list[tuple[str, Any]]:
+    """``(id, source)`` per input: a file, or for 3D models a DICOM series (list of files)."""
+    from medlens.io._detect import looks_like_raw_dicom
+
+    def is_dicom(p: Path) -> bool:
+        try:
+            with open(p, "rb") as handle:
+                head = handle.read(132)
+        except OSError:
+            return False
+        return head[128:132] == b"DICM" or looks_like_raw_dicom(head)
+
+    dicom = [p for p in files if p.suffix.lower() == ".dcm" or is_dicom(p)]
+    others = [p for p in files if p not in set(dicom) and p.name.lower().endswith(_IMAGE_SUFFIXES)]
+    items: list[tuple[str, Any]] = []
+    base = root if root.is_dir() else root.parent
+    if spatial_dims == 3 and dicom:
+        from medlens.io.dicom import list_series_of
+
+        for series in list_series_of(dicom):
+            items.append((series.uid, series.files))
+    else:
+        items.extend((str(p.relative_to(base)), p) for p in dicom)
+    items.extend((str(p.relative_to(base)), p) for p in others)
+    if not items:
+        raise DatasetError("no readable images (PNG, JPEG, TIFF, BMP, NIfTI or DICOM)", root)
+    return sorted(items, key=lambda item: item[0])
+
+
+def _read_one(source: Any, item_id: str, spatial_dims: int) -> np.ndarray:
+    from medlens.io import load_image
+
+    if isinstance(source, list):  # one DICOM series
+        from medlens.io.dicom import read_dicom
+
+        image = read_dicom(source)
+    else:
+        image = load_image(source)
+    array = _as_chw(image.array, image.leading, item_id)
+    if array.ndim - 1 == 3 and spatial_dims == 2:
+        if array.shape[1] != 1:
+            raise MedlensError(f"{item_id}: a 3D image ({array.shape[1]} slices) for a 2D model")
+        array = array[:, 0]
+    return array
+
+
+# ------------------------------------------------------------------------------ array shaping
+def _as_chw(array: np.ndarray, leading: tuple[str, ...], name: str) -> np.ndarray:
+    """``(C, [D,] H, W)`` from an image array with its leading axes."""
+    array = np.asarray(array)
+    if "time" in leading:
+        raise MedlensError(f"{name}: a time series, not a single image to classify")
+    if "channel" not in leading:
+        array = array[None]
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise MedlensError(f"{name}: image holds NaN or infinite values")
+    return array
+
+
+def _pad_dims(shape: tuple[int, ...], dims: int) -> tuple[int, ...]:
+    return (1,) * (dims - len(shape)) + tuple(shape)
+
+
+def _stack(arrays: list[np.ndarray], channels: int, size: tuple[int, ...], uint8: bool):
+    out = np.empty((len(arrays), channels, *size), dtype=np.uint8 if uint8 else np.float32)
+    for i, array in enumerate(arrays):
+        if array.ndim - 1 < len(size):
+            array = array.reshape(array.shape[0], *_pad_dims(array.shape[1:], len(size)))
+        out[i] = conform(array[None], channels, size, uint8=uint8)[0]
+    return out
+
+
+def conform(
+    images: np.ndarray, channels: int, size: tuple[int, ...], *, uint8: bool | None = None
+) -> np.ndarray:
+    """Bring ``(N, C, [D,] H, W)`` images to ``channels`` and ``size`` (linear resizing).
+
+    Colour becomes grey by the mean of the channels and grey becomes colour by repetition.
+    When ``uint8`` is asked and the input is not 8-bit, each image is scaled by its own range
+    to 0..255 (a 12-bit radiograph for a model trained on 8-bit pictures).
+    """
+    uint8 = images.dtype == np.uint8 if uint8 is None else uint8
+    if images.shape[1] != channels:
+        if channels == 1:
+            images = images.mean(axis=1, keepdims=True)
+        elif images.shape[1] == 1:
+            images = np.repeat(images, channels, axis=1)
+        elif images.shape[1] >= channels:  # RGBA -> RGB
+            images = images[:, :channels]
+        else:
+            raise MedlensError(f"images have {images.shape[1]} channels, the model {channels}")
+    if tuple(images.shape[2:]) != tuple(size):
+        tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        tensor = F.interpolate(tensor, size=tuple(size), mode=mode, align_corners=False)
+        images = tensor.numpy()
+    if not uint8:
+        return np.ascontiguousarray(images, dtype=np.float32)
+    if images.dtype == np.uint8:
+        return np.ascontiguousarray(images)
+    source_is_8bit = images.min() >= 0 and images.max() <= 255
+    if not source_is_8bit:
+        axes = tuple(range(1, images.ndim))
+        low = images.min(axis=axes, keepdims=True)
+        high = images.max(axis=axes, keepdims=True)
+        images = (images - low) / np.maximum(high - low, 1e-12) * 255.0
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8)

@@ -1,0 +1,69 @@
+"""The run's ``report.html``: what was trained, how it did on held-out images, and examples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.tasks.classification.data import ImageSet
+
+__all__ = ["read_history", "write_run_report"]
+
+
+def read_history(run: Path) -> list[dict[str, Any]]:
+    """Per-epoch records of the first fold (the learning curves)."""
+    path = run / "fold-0" / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_run_report(
+    run: Path, info: dict[str, Any], data: ImageSet, evaluation: dict[str, Any], probs: np.ndarray
+) -> Path:
+    """Write ``run/report.html`` for ``data`` (the held-out images) and their ``probs``."""
+    from medlens.report import THRESHOLD_YOUDEN, write_classification_report
+
+    plan = info["plan"]
+    threshold_source = None
+    if info["metric_task"] in ("binary", "multilabel"):
+        threshold_source = THRESHOLD_YOUDEN
+    folds = int(info["folds"])
+    notes = [
+        f"Evaluated on {evaluation.get('split', 'held-out images')} ({len(data)} images); "
+        "the best epoch and the threshold were chosen on tuning images split off the training "
+        "data, never on these.",
+        f"Model: {plan['model']} ({plan['reason']}); {plan['train']['epochs']} epochs"
+        + (f"; an ensemble of {folds} cross-validation folds." if folds > 1 else "."),
+        f"Training took {info.get('train_seconds', 0):.0f} s.",
+    ]
+    labels = data.labels
+    if info["metric_task"] != "multilabel":
+        labels = np.asarray(labels).reshape(-1).astype(int)
+    return write_classification_report(
+        run / "report.html",
+        title=f"{info['data']['name']}: {info['task']} with {plan['model']}",
+        evaluation=evaluation,
+        history=read_history(run),
+        y_true=labels,
+        y_prob=probs,
+        task=info["metric_task"],
+        class_names=info["class_names"],
+        images=data.images,
+        config={
+            "dataset": info["data"]["source"],
+            "model": plan["model"],
+            "monitor": plan["train"].get("monitor"),
+            "monitor_mode": plan["train"].get("monitor_mode"),
+            "plan": plan,
+            "input": info["input"],
+            "folds": folds,
+            "seed": info["seed"],
+            "overrides": info.get("overrides", []),
+        },
+        notes=notes,
+        threshold_source=threshold_source,
+    )

@@ -1,0 +1,336 @@
+"""``medlens train --task classification``: from a dataset to a validated, reported classifier.
+
+Honest evaluation is built into the layout of the data:
+
+- the training images are split (stratified, seeded, saved in ``splits.json``) into the part
+  the network learns from and a *tuning* part that picks the best epoch and the decision
+  threshold (Youden's J); with ``--folds K`` each of K folds tunes on its own held-out part and
+  the thresholds come from the out-of-fold predictions;
+- the held-out split (the ``.npz``'s ``val`` split, or 15% of a folder dataset set aside before
+  anything else) is touched once, at the end, for the metrics with 95% bootstrap intervals and
+  the report.
+
+Each fold's trainer checkpoints every epoch; ``resume=True`` finishes folds that are done,
+continues the one that was interrupted and starts the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medlens import __version__
+from medlens._atomic import atomic_write_text, ensure_outside
+from medlens.errors import DatasetError, MedlensError
+from medlens.tasks.classification.bundle import (
+    RUN_FORMAT,
+    metric_task,
+    predict_probs,
+    read_run_info,
+    write_predictions,
+)
+from medlens.tasks.classification.data import ImageSet, load_labelled
+from medlens.tasks.classification.plan import (
+    Plan,
+    build_augment,
+    build_network,
+    fit_normaliser,
+    make_plan,
+)
+
+__all__ = ["train_classification"]
+
+HELD_OUT_FRACTION = 0.15
+TUNE_FRACTION = 0.15
+
+
+def train_classification(
+    data: str | Path,
+    output: str | Path,
+    *,
+    model: str | None = None,
+    epochs: int | None = None,
+    folds: int | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    n_boot: int = 1000,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train, tune, evaluate and report; returns the run's ``run.json`` content.
+
+    Args:
+        data: a MedMNIST ``.npz`` (its ``train`` split trains, ``val`` is held out) or any
+            labelled classification dataset medlens opens (CSV of labels, folders).
+        output: the run folder (created; must not be inside the data's folder).
+        model: a registered model name; by default chosen from the data (and said which).
+        epochs: number of epochs; by default from the plan.
+        folds: ``K >= 2`` for K-fold cross-validation and a K-model ensemble.
+        seed: seeds the splits, the initialisation, the batches and the augmentation.
+        resume: continue an interrupted run in ``output``.
+        overrides: ``key=value`` training settings (see :class:`~medlens.engine.TrainConfig`).
+    """
+    from medlens.data import kfold_splits, save_splits, train_val_split
+    from medlens.engine import TrainConfig, apply_overrides
+
+    data, output = Path(data), Path(output)
+    if not data.exists():
+        raise DatasetError("does not exist", data)
+    ensure_outside(output, data)
+    if folds is not None and folds < 2:
+        raise MedlensError(f"--folds must be at least 2, got {folds}")
+    started = time.perf_counter()
+    train_set, held_out, held_out_note = _split_held_out(data, seed, progress)
+    task = metric_task(train_set.task, len(train_set.class_names))
+    num_outputs = len(train_set.class_names)
+    if resume:
+        info = read_run_info(output)
+        plan = Plan.from_dict(info["plan"])
+        folds_n = int(info["folds"])
+        split_records = json.loads((output / "splits.json").read_text())["folds"]
+        log(f"resuming {output}: {info['plan']['model']}, {folds_n} fold(s)")
+    else:
+        if (output / "run.json").exists():
+            raise MedlensError(f"{output}: holds a run already; use --resume or a new folder")
+        output.mkdir(parents=True, exist_ok=True)
+        plan = make_plan(train_set.spec, len(train_set), train_set.task, model=model, epochs=epochs)
+        labels_for_split = None if task == "multilabel" else train_set.labels
+        if folds:
+            split_records = kfold_splits(
+                _split_labels(train_set, labels_for_split), folds, seed=seed, ids=train_set.ids
+            )
+        else:
+            split_records = [
+                train_val_split(
+                    _split_labels(train_set, labels_for_split),
+                    TUNE_FRACTION,
+                    seed=seed,
+                    ids=train_set.ids,
+                )
+            ]
+        folds_n = len(split_records)
+        save_splits(output / "splits.json", split_records if folds else split_records[0])
+        mean, std = fit_normaliser(train_set.images)
+        info = {
+            "format": RUN_FORMAT,
+            "medlens": __version__,
+            "status": "training",
+            "task": train_set.task,
+            "metric_task": task,
+            "class_names": train_set.class_names,
+            "num_outputs": num_outputs,
+            "input": train_set.spec.to_dict(),
+            "normalisation": {"mean": mean, "std": std, "scale_uint8": 1 / 255},
+            "plan": plan.to_dict(),
+            "folds": folds_n,
+            "seed": seed,
+            "overrides": list(overrides),
+            "data": {
+                "source": str(data),
+                "name": train_set.name,
+                "train": len(train_set),
+                "held_out": None if held_out is None else len(held_out),
+                "held_out_from": held_out_note,
+            },
+        }
+        _write_json(output / "run.json", info)
+        _write_json(
+            output / "preprocessing.json",
+            {"input": info["input"], "normalisation": info["normalisation"]},
+        )
+        verb = "chose" if plan.chosen else "using"
+        log(
+            f"medlens {verb} {plan.model} ({plan.reason}); {plan.train['epochs']} epochs, "
+            f"{folds_n} fold(s), {len(train_set)} training images"
+        )
+    base = TrainConfig(seed=seed, progress=progress, **_config_fields(plan.train))
+    config = apply_overrides(base, overrides)
+    norm = info["normalisation"]
+    augment = build_augment(plan.augment, train_set.spatial_dims)
+    oof = np.full((len(train_set), num_outputs), np.nan)
+    for fold, record in enumerate(split_records):
+        train_idx = np.asarray(record["train_indices"])
+        tune_idx = np.asarray(record["val_indices"])
+        fold_dir = output / f"fold-{fold}"
+        torch.manual_seed(seed * 1000 + fold)  # the initial weights: seeded, different per fold
+        network = build_network(plan, train_set.spec, num_outputs, norm["mean"], norm["std"])
+        if not (resume and (fold_dir / "done.json").exists()):
+            log(
+                f"fold {fold + 1}/{folds_n}: training on {len(train_idx)}, "
+                f"tuning on {len(tune_idx)}"
+            )
+            _fit_fold(
+                network, config, train_set, train_idx, tune_idx, fold_dir, augment, task, resume
+            )
+        from medlens.engine import load_weights
+
+        load_weights(network, _best(fold_dir))
+        oof[tune_idx] = predict_probs([network], train_set.images[tune_idx], train_set.task)
+    tuned = ~np.isnan(oof).any(axis=1)
+    threshold = None
+    if task in ("binary", "multilabel"):
+        from medlens.metrics import choose_thresholds
+
+        threshold = choose_thresholds(train_set.labels[tuned], oof[tuned], task)
+    info.update(status="complete", threshold=threshold)
+    info["train_seconds"] = round(time.perf_counter() - started, 1)
+    _write_json(output / "run.json", info)
+    if held_out is not None:
+        evaluation, probs = _evaluate_held_out(output, info, held_out, n_boot, seed, log)
+        info["evaluation"] = {
+            k: evaluation[k] for k in ("auc", "accuracy", "sensitivity", "specificity", "f1")
+        }
+        report_data = held_out
+    else:  # no held-out images: report the out-of-fold predictions, and say so
+        from medlens.metrics import evaluate_classification
+
+        report_data, probs = train_set.subset(np.flatnonzero(tuned)), oof[tuned]
+        evaluation = evaluate_classification(
+            report_data.labels, probs, task, class_names=train_set.class_names,
+            threshold=threshold, n_boot=n_boot, seed=seed,
+        )  # fmt: skip
+        evaluation["split"] = "tuning images (out-of-fold): optimistic, nothing was held out"
+        _write_json(output / "metrics.json", evaluation)
+    _write_json(output / "run.json", info)
+    _report(output, info, report_data, evaluation, probs, log)
+    return info
+
+
+# ------------------------------------------------------------------------------ the pieces
+def _split_held_out(data: Path, seed: int, progress: bool):
+    """Training images and the held-out evaluation set (``val`` split or 15% set aside)."""
+    if data.suffix.lower() == ".npz":
+        from medlens.data import available_splits
+
+        train_set = load_labelled(data, "train")
+        splits = available_splits(data)
+        held = "val" if "val" in splits else None
+        if held is None:
+            return train_set, None, "none: the file has no val split"
+        return train_set, load_labelled(data, held), f"the file's {held} split"
+    from medlens.data import train_val_split
+
+    everything = load_labelled(data, progress=progress)
+    labels = None if everything.task == "multilabel" else everything.labels
+    record = train_val_split(
+        _split_labels(everything, labels), HELD_OUT_FRACTION, seed=seed + 1, ids=everything.ids
+    )
+    train_set = everything.subset(record["train_indices"])
+    held_out = everything.subset(record["val_indices"])
+    return train_set, held_out, f"{HELD_OUT_FRACTION:.0%} of the data, set aside before training"
+
+
+def _split_labels(data: ImageSet, labels: np.ndarray | None) -> np.ndarray:
+    return labels if labels is not None else np.zeros(len(data), dtype=np.int64)
+
+
+def _config_fields(train: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in train.items() if k not in ("seed", "progress")}
+
+
+def _fit_fold(network, config, data, train_idx, tune_idx, fold_dir, augment, task, resume):
+    from medlens.engine import TensorBatches, Trainer
+    from medlens.metrics import classification_metrics
+
+    labels = torch.from_numpy(np.asarray(data.labels))
+    train_batches = TensorBatches(
+        data.images[train_idx],
+        labels[train_idx],
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=len(train_idx) > config.batch_size,
+        seed=config.seed,
+        augment=augment,
+    )
+    tune_images, tune_labels = data.images[tune_idx], np.asarray(data.labels)[tune_idx]
+
+    def evaluate(model, _val):
+        probs = predict_probs([model], tune_images, data.task)
+        metrics = classification_metrics(tune_labels, probs, task)
+        auc = metrics.get("auc")
+        return {
+            "auc": float("nan") if auc is None else float(auc),
+            "accuracy": float(metrics.get("accuracy", float("nan"))),
+        }
+
+    trainer = Trainer(
+        network,
+        config,
+        train_batches,
+        val_data=tune_idx,
+        output_dir=fold_dir,
+        evaluate_fn=evaluate,
+        task=data.task,
+    )
+    trainer.fit(resume=resume and (fold_dir / "last.pt").exists())
+    best = trainer.tracker.state_dict() if hasattr(trainer.tracker, "state_dict") else {}
+    _write_json(fold_dir / "done.json", {"epochs": trainer.epoch, "best": best})
+
+
+def _best(fold_dir: Path) -> Path:
+    best = fold_dir / "best.pt"
+    return best if best.is_file() else fold_dir / "last.pt"
+
+
+def _evaluate_held_out(output, info, held_out, n_boot, seed, log) -> dict[str, Any]:
+    from medlens.metrics import evaluate_classification
+    from medlens.tasks.classification.bundle import load_run
+
+    run = load_run(output)
+    probs = predict_probs(run.networks, held_out.images, held_out.task)
+    evaluation = evaluate_classification(
+        held_out.labels,
+        probs,
+        run.metric_task,
+        class_names=run.class_names,
+        threshold=info.get("threshold"),
+        n_boot=n_boot,
+        seed=seed,
+    )
+    evaluation["split"] = info["data"]["held_out_from"]
+    _write_json(output / "metrics.json", evaluation)
+    write_predictions(
+        output / "predictions.csv",
+        held_out,
+        probs,
+        run.class_names,
+        run.metric_task,
+        info.get("threshold"),
+    )
+    auc, acc = evaluation["auc"], evaluation["accuracy"]
+    log(f"held-out ({evaluation['split']}, n={len(held_out)}): AUC {_ci(auc)}, accuracy {_ci(acc)}")
+    return evaluation, probs
+
+
+def _ci(metric: dict[str, Any]) -> str:
+    if metric.get("value") is None:
+        return "n/a"
+    if metric.get("low") is None:
+        return f"{metric['value']:.3f}"
+    return f"{metric['value']:.3f} [{metric['low']:.3f}, {metric['high']:.3f}]"
+
+
+def _report(output: Path, info, data: ImageSet, evaluation, probs, log) -> None:
+    from medlens.tasks.classification.reporting import write_run_report
+
+    path = write_run_report(output, info, data, evaluation, probs)
+    log(f"report: {path}")
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=1, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

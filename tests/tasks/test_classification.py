@@ -1,0 +1,231 @@
+"""The classification job end to end: train, evaluate, predict, resume, through API and CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from medlens.cli.main import main
+from medlens.tasks.classification import load_run, predict_probs, train_classification
+
+QUIET = {"progress": False, "n_boot": 100, "log": lambda line: None}
+
+
+def _blobs(n: int, shape: tuple[int, ...], seed: int, classes: int = 2):
+    """Images whose class is the brightness of a central blob (learnable in a few epochs)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    blob = np.exp(-sum(g**2 for g in grids) * 4)
+    images = (
+        rng.normal(60, 20, (n, *shape))
+        + 120 * blob[None] * (labels / (classes - 1))[(slice(None),) + (None,) * len(shape)]
+    )
+    return np.clip(images, 0, 255).astype(np.uint8), labels[:, None]
+
+
+def _npz(path: Path, shape=(16, 16), n=(96, 40), classes: int = 2, test_only: bool = False):
+    train_x, train_y = _blobs(n[0], shape, 0, classes)
+    val_x, val_y = _blobs(n[1], shape, 1, classes)
+    arrays = (
+        {"test_images": val_x}
+        if test_only
+        else {"train_images": train_x, "train_labels": train_y, "val_images": val_x,
+              "val_labels": val_y}
+    )  # fmt: skip
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    (root / "data").mkdir()
+    data = _npz(root / "data" / "blobs.npz")
+    run = root / "run"
+    info = train_classification(data, run, epochs=4, seed=0, **QUIET)
+    return data, run, info
+
+
+def test_run_folder_holds_everything_and_learns(trained):
+    _, run, info = trained
+    for name in (
+        "run.json",
+        "splits.json",
+        "preprocessing.json",
+        "metrics.json",
+        "predictions.csv",
+        "report.html",
+        "fold-0/best.pt",
+        "fold-0/history.jsonl",
+    ):
+        assert (run / name).is_file(), name  # fmt: skip
+    assert info["status"] == "complete" and info["plan"]["model"] == "smallcnn"
+    metrics = json.loads((run / "metrics.json").read_text())
+    for name in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
+        assert metrics[name]["low"] <= metrics[name]["value"] <= metrics[name]["high"]
+    assert metrics["auc"]["value"] > 0.9  # the blob is easy: the pipeline really learns
+    assert isinstance(info["threshold"], float)  # Youden on the tuning split
+    splits = json.loads((run / "splits.json").read_text())["folds"][0]
+    assert not set(splits["train"]) & set(splits["val"])
+    # every checkpoint loads without unpickling anything
+    state = torch.load(run / "fold-0" / "best.pt", weights_only=True)
+    assert "model" in state
+
+
+def test_predictions_follow_input_order_and_match_the_api(trained, tmp_path, capsys):
+    data, run, _ = trained
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run), "--input", str(data), "--split", "val",
+                 "--output", str(out)]) == 0  # fmt: skip
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == [f"val-{i:06d}" for i in range(40)]
+    assert {"prob_0", "prob_1", "pred_label"} <= set(rows[0])
+    probs = np.array([[float(r["prob_0"]), float(r["prob_1"])] for r in rows])
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    images = np.load(data)["val_images"][:, None]
+    expected = predict_probs(load_run(run).networks, images, "classification")
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_predict_without_labels_and_on_a_folder_of_pngs(trained, tmp_path):
+    _, run, _ = trained
+    (tmp_path / "in").mkdir()
+    unlabelled = _npz(tmp_path / "in" / "test.npz", test_only=True)
+    out = tmp_path / "a.csv"
+    assert main(["predict", str(run), "--input", str(unlabelled), "--output", str(out)]) == 0
+    assert len(list(csv.DictReader(out.open()))) == 40
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    images = np.load(unlabelled)["test_images"]
+    for i in (2, 0, 1):
+        # larger RGB pictures: brought to the model's 16x16 grey input
+        rgb = np.repeat(np.kron(images[i], np.ones((2, 2), np.uint8))[..., None], 3, axis=2)
+        PILImage.fromarray(rgb).save(folder / f"case{i}.png")
+    out = tmp_path / "b.csv"
+    assert main(["predict", str(run), "--input", str(folder), "--output", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["id"] for r in rows] == ["case0.png", "case1.png", "case2.png"]
+
+
+def test_evaluate_writes_metrics_with_intervals(trained, tmp_path, capsys):
+    data, run, _ = trained
+    path = tmp_path / "m.json"
+    code = main(["evaluate", str(run), "--data", str(data), "--split", "val", "--json", str(path),
+                 "--bootstrap", "200"])  # fmt: skip
+    assert code == 0
+    result = json.loads(path.read_text())
+    for name in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
+        assert set(result[name]) >= {"value", "low", "high"}
+    saved = json.loads((run / "metrics.json").read_text())
+    assert result["auc"]["value"] == pytest.approx(saved["auc"]["value"])
+    assert "auc" in capsys.readouterr().out
+
+
+def test_bad_input_gives_one_line_errors(trained, tmp_path, capsys):
+    data, run, _ = trained
+    cases = [
+        ["train", "--task", "classification", "--data", str(tmp_path / "missing.npz"),
+         "--output", str(tmp_path / "r")],
+        ["train", "--task", "classification", "--data", str(data), "--output",
+         str(data.parent / "inside")],
+        ["train", "--task", "classification", "--data", str(data), "--output", str(run)],
+        ["train", "--task", "classification", "--data", str(data), "--output",
+         str(tmp_path / "r2"), "--model", "resnet99"],
+        ["train", "--task", "regression-of-dreams", "--data", str(data), "--output",
+         str(tmp_path / "r3")],
+        ["predict", str(tmp_path), "--input", str(data), "--output", str(tmp_path / "p.csv")],
+        ["predict", str(run), "--input", str(data), "--output", str(tmp_path / "p.csv")],
+        ["predict", str(run), "--input", str(data), "--split", "val", "--output",
+         str(data.parent / "p.csv")],
+    ]  # fmt: skip
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases.append(["predict", str(run), "--input", str(empty), "--output", str(tmp_path / "q.csv")])
+    for args in cases:
+        capsys.readouterr()
+        assert main(args) == 1, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and "\n" not in err, (args, err)
+    assert not (data.parent / "inside").exists()
+
+
+def test_multilabel_multiclass_3d_and_folds(tmp_path):
+    # multi-label: two independent findings, one label unknown (NaN)
+    x, _ = _blobs(80, (12, 12), 3)
+    rng = np.random.default_rng(0)
+    y = (rng.random((80, 2)) > 0.5).astype(np.float32)
+    y[0, 1] = np.nan
+    (tmp_path / "in").mkdir()
+    arrays = {"train_images": x[:60], "train_labels": y[:60], "val_images": x[60:]}
+    np.savez(tmp_path / "in" / "ml.npz", val_labels=y[60:], **arrays)
+    info = train_classification(tmp_path / "in" / "ml.npz", tmp_path / "ml", epochs=1, **QUIET)
+    assert info["metric_task"] == "multilabel" and len(info["threshold"]) == 2
+    rows = list(csv.DictReader((tmp_path / "ml" / "predictions.csv").open()))
+    assert {"pred_0", "pred_1"} <= set(rows[0])
+    # multi-class 3D, two folds: an ensemble of two models
+    _npz(tmp_path / "in" / "vol.npz", shape=(8, 8, 8), n=(48, 12), classes=3)
+    info = train_classification(
+        tmp_path / "in" / "vol.npz", tmp_path / "vol", epochs=1, folds=2, **QUIET
+    )
+    assert info["metric_task"] == "multiclass" and info["folds"] == 2
+    assert len(load_run(tmp_path / "vol").networks) == 2
+    assert (tmp_path / "vol" / "fold-1" / "best.pt").is_file()
+
+
+_TRAIN = """
+import sys
+from medlens.cli.main import main
+sys.exit(main(["train", "--task", "classification", "--data", sys.argv[1], "--output",
+               sys.argv[2], "--epochs", "6", "--no-progress", *sys.argv[3:]]))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_the_uninterrupted_result(tmp_path):
+    (tmp_path / "in").mkdir()
+    data = _npz(tmp_path / "in" / "blobs.npz", n=(192, 32))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = tmp_path / "whole"
+    subprocess.run([sys.executable, "-c", _TRAIN, data, whole], check=True, env=env,
+                   capture_output=True)  # fmt: skip
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-c", _TRAIN, data, killed], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    history = killed / "fold-0" / "history.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if history.is_file() and len(history.read_text().splitlines()) >= 2:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert json.loads((killed / "run.json").read_text())["status"] == "training"
+    result = subprocess.run([sys.executable, "-c", _TRAIN, data, killed, "--resume"], env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name in ("best.pt", "last.pt"):
+        a = torch.load(whole / "fold-0" / name, weights_only=True)["model"]
+        b = torch.load(killed / "fold-0" / name, weights_only=True)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    same = json.loads((whole / "metrics.json").read_text())["auc"]
+    assert json.loads((killed / "metrics.json").read_text())["auc"] == same
+
+
+@pytest.mark.slow
+def test_learns_breastmnist(real, tmp_path):
+    data = real("medmnist", "breastmnist.npz")
+    info = train_classification(data, tmp_path / "run", epochs=8, **QUIET)
+    assert info["evaluation"]["auc"]["value"] > 0.75  # real ultrasound, 8 quick epochs
