@@ -105,7 +105,7 @@ def write_demo_data(folder: str | Path, *, seed: int = 0) -> dict[str, Path]:
     save_image(label, out["label"])
     rng = np.random.default_rng(seed)
     splits = {}
-    for split, count in (("train", 64), ("val", 16)):
+    for split, count in (("train", 320), ("val", 80)):
         labels = rng.integers(0, 2, size=(count, 1))
         yy, xx = np.mgrid[:28, :28]
         images = rng.normal(100, 20, size=(count, 28, 28))

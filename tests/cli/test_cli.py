@@ -125,13 +125,21 @@ def test_usage_error_exit_code(capsys):
 
 
 def test_demo_synthetic(tmp_path, capsys):
-    code, _, _ = run(capsys, "demo", "--synthetic", "--output", tmp_path / "demo")
+    code, out, _ = run(
+        capsys, "demo", "--synthetic", "--output", tmp_path / "demo", "--epochs", "3"
+    )
     assert code == 0
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["dicom_series"]["shape"] == [24, 64, 64]
     assert summary["dicom_series"]["modality"] == "CT"
     assert summary["nifti"]["spacing"] == summary["dicom_series"]["spacing"]
-    assert summary["dataset"]["splits"]["train"]["num_samples"] == 64
+    assert summary["dataset"]["splits"]["train"]["num_samples"] == 320
+    run_folder = tmp_path / "demo" / "classifier"
+    assert (run_folder / "report.html").is_file() and "Report:" in out
+    assert json.loads((run_folder / "metrics.json").read_text())["auc"]["value"] > 0.8
+    # a second demo reuses the finished run
+    code, out, _ = run(capsys, "demo", "--synthetic", "--output", tmp_path / "demo")
+    assert code == 0 and "already trained" in out
 
 
 def test_datasets_split(tmp_path, capsys):

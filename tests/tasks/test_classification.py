@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,3 +230,39 @@ def test_learns_breastmnist(real, tmp_path):
     data = real("medmnist", "breastmnist.npz")
     info = train_classification(data, tmp_path / "run", epochs=8, **QUIET)
     assert info["evaluation"]["auc"]["value"] > 0.75  # real ultrasound, 8 quick epochs
+
+
+def test_chexpert_csv_with_uncertain_labels_splits_by_patient(tmp_path):
+    root = tmp_path / "CheXpert-v1.0-small"
+    rng = np.random.default_rng(0)
+    lines = ["Path,Sex,Age,Frontal/Lateral,AP/PA,Cardiomegaly,Edema"]
+    for patient in range(40):
+        for study in (1, 2):
+            findings = rng.integers(0, 2, 2)
+            image = rng.normal(80, 10, (20, 20)) + 100 * findings[0] * (np.arange(20) < 10)
+            rel = f"patient{patient:05d}/study{study}/view1_frontal.png"
+            (root / "train" / rel).parent.mkdir(parents=True, exist_ok=True)
+            PILImage.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "train" / rel)
+            edema = "-1.0" if patient % 7 == 0 else f"{findings[1]:.1f}"  # uncertain: U-Ones
+            lines.append(
+                f"CheXpert-v1.0-small/train/{rel},Male,50,Frontal,AP,{findings[0]:.1f},{edema}"
+            )
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    info = train_classification(root / "train.csv", tmp_path / "run", epochs=2, **QUIET)
+    assert info["metric_task"] == "multilabel" and info["class_names"] == ["Cardiomegaly", "Edema"]
+    assert info["data"]["held_out"] == 12  # 15% of 80 images, whole patients
+    held = {row["id"] for row in csv.DictReader((tmp_path / "run" / "predictions.csv").open())}
+    patients = {re.search(r"patient\d+", i).group(0) for i in held}
+    splits = json.loads((tmp_path / "run" / "splits.json").read_text())["folds"][0]
+    trained_on = {re.search(r"patient\d+", i).group(0) for i in splits["train"] + splits["val"]}
+    assert not patients & trained_on  # no patient on both sides of the held-out line
+
+
+def test_ordinal_task_reports_quadratic_kappa(tmp_path):
+    (tmp_path / "in").mkdir()
+    _npz(tmp_path / "in" / "retinamnist.npz", n=(100, 30), classes=5)
+    info = train_classification(tmp_path / "in" / "retinamnist.npz", tmp_path / "r", epochs=2,
+                                **QUIET)  # fmt: skip
+    assert info["metric_task"] == "ordinal"
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["kappa_weights"] == "quadratic" and metrics["kappa"]["value"] is not None

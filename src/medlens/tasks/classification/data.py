@@ -64,6 +64,7 @@ class ImageSet:
     name: str = "dataset"
     source: str = ""
     split: str | None = None
+    subjects: list[str] | None = None  # patient ids where the source names them (grouped splits)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -89,6 +90,7 @@ class ImageSet:
             self.name,
             self.source,
             self.split,
+            None if self.subjects is None else [self.subjects[i] for i in index],
         )
 
 
@@ -157,6 +159,7 @@ def load_labelled(
         getattr(dataset, "name", path.stem),
         str(path),
         None,
+        dataset.subjects() if dataset.has_subjects() else None,
     )
 
 

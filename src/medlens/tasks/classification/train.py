@@ -102,19 +102,12 @@ def train_classification(
         output.mkdir(parents=True, exist_ok=True)
         plan = make_plan(train_set.spec, len(train_set), train_set.task, model=model, epochs=epochs)
         labels_for_split = None if task == "multilabel" else train_set.labels
+        labels_array = _split_labels(train_set, labels_for_split)
+        grouping = {"groups": train_set.subjects, "ids": train_set.ids}
         if folds:
-            split_records = kfold_splits(
-                _split_labels(train_set, labels_for_split), folds, seed=seed, ids=train_set.ids
-            )
+            split_records = kfold_splits(labels_array, folds, seed=seed, **grouping)
         else:
-            split_records = [
-                train_val_split(
-                    _split_labels(train_set, labels_for_split),
-                    TUNE_FRACTION,
-                    seed=seed,
-                    ids=train_set.ids,
-                )
-            ]
+            split_records = [train_val_split(labels_array, TUNE_FRACTION, seed=seed, **grouping)]
         folds_n = len(split_records)
         save_splits(output / "splits.json", split_records if folds else split_records[0])
         mean, std = fit_normaliser(train_set.images)
@@ -220,7 +213,11 @@ def _split_held_out(data: Path, seed: int, progress: bool):
     everything = load_labelled(data, progress=progress)
     labels = None if everything.task == "multilabel" else everything.labels
     record = train_val_split(
-        _split_labels(everything, labels), HELD_OUT_FRACTION, seed=seed + 1, ids=everything.ids
+        _split_labels(everything, labels),
+        HELD_OUT_FRACTION,
+        seed=seed + 1,
+        ids=everything.ids,
+        groups=everything.subjects,  # one patient's images stay on one side
     )
     train_set = everything.subset(record["train_indices"])
     held_out = everything.subset(record["val_indices"])
