@@ -65,25 +65,31 @@ def accuracy_part(root: Path, names: list[str], epochs: int | None) -> dict:
             "epochs": info["plan"]["train"]["epochs"],
             "auc": evaluation["auc"],
             "accuracy": evaluation["accuracy"],
+            "accuracy_at_0.5": evaluation.get("accuracy_at_0.5"),
             "train_seconds": round(seconds, 1),
             "paper_best_auc": spec["best_auc"],
             "paper_best_acc": spec["best_acc"],
             "beats_best_auc": evaluation["auc"]["value"] > spec["best_auc"],
-            "beats_best_acc": evaluation["accuracy"]["value"] > spec["best_acc"],
+            "beats_best_acc": _argmax_accuracy(evaluation) > spec["best_acc"],
             "within_budget": seconds < spec["budget_min"] * 60,
         }
     rows = []
     for name, r in results.items():
         rows.append([
-            name, f"{r['model']} x{r['epochs']}", _ci(r["auc"]), _ci(r["accuracy"]),
+            name, f"{r['model']} x{r['epochs']}", _ci(r["auc"]),
+            _ci(r["accuracy_at_0.5"] or r["accuracy"]), _ci(r["accuracy"]),
             SETS[name]["paper"], f"{r['train_seconds'] / 60:.1f} min",
         ])  # fmt: skip
     print_table(
-        "Held-out val split (95% bootstrap CI); paper: best test-set AUC / ACC",
-        ["dataset", "model", "AUC", "accuracy", "paper best", "train time"],
+        "Held-out val split (95% bootstrap CI); paper: best test-set AUC / ACC (ACC at argmax)",
+        ["dataset", "model", "AUC", "ACC argmax", "ACC Youden", "paper best", "train time"],
         rows,
     )
     return results
+
+
+def _argmax_accuracy(evaluation: dict) -> float:
+    return (evaluation.get("accuracy_at_0.5") or evaluation["accuracy"])["value"]
 
 
 def _ci(metric: dict) -> str:

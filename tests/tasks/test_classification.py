@@ -266,3 +266,47 @@ def test_ordinal_task_reports_quadratic_kappa(tmp_path):
     assert info["metric_task"] == "ordinal"
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["kappa_weights"] == "quadratic" and metrics["kappa"]["value"] is not None
+
+
+def test_predict_on_dicom_series_and_files(trained, tmp_path):
+    from medlens.synthetic import ct_phantom, write_dicom_series
+
+    _, run2d, _ = trained
+    folder = tmp_path / "dicom"
+    for seed in (0, 1):  # two series in one folder: one volume each for a 3D model
+        write_dicom_series(
+            ct_phantom(shape=(6, 12, 12), seed=seed)[0], folder / f"s{seed}", seed=seed
+        )
+    (tmp_path / "in").mkdir()
+    _npz(tmp_path / "in" / "vol.npz", shape=(6, 12, 12), n=(32, 8))
+    train_classification(tmp_path / "in" / "vol.npz", tmp_path / "run3d", epochs=1, **QUIET)
+    out = tmp_path / "vol.csv"
+    assert (
+        main(["predict", str(tmp_path / "run3d"), "--input", str(folder), "--output", str(out)])
+        == 0
+    )
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and all(r["id"].startswith("1.") for r in rows)  # series UIDs
+    # a 2D model takes each DICOM file (one slice) as an image
+    one = sorted((folder / "s0").iterdir())[0]
+    out = tmp_path / "slice.csv"
+    assert main(["predict", str(run2d), "--input", str(one), "--output", str(out)]) == 0
+    assert len(list(csv.DictReader(out.open()))) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_run(tmp_path):
+    (tmp_path / "in").mkdir()
+    data = _npz(tmp_path / "in" / "blobs.npz", n=(96, 24))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--standalone", "--module", "medlens.cli.main", "train", "--task",
+               "classification", "--data", str(data), "--output", str(tmp_path / "run"),
+               "--epochs", "2", "--no-progress"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["status"] == "complete" and (tmp_path / "run" / "report.html").is_file()
+    assert result.stdout.count("held-out") == 1  # rank 0 alone reports
+    history = (tmp_path / "run" / "fold-0" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 2

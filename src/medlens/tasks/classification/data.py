@@ -9,6 +9,7 @@ or without labels, a folder of images, DICOM files or series) and shapes it like
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,7 +267,8 @@ def _group_inputs(files: list[Path], spatial_dims: int, root: Path) -> list[tupl
         from medlens.io.dicom import list_series_of
 
         for series in list_series_of(dicom):
-            items.append((series.uid, series.files))
+            parent = Path(os.path.commonpath([str(f.parent) for f in series.files]))
+            items.append((series.uid, (parent, series.uid)))
     else:
         items.extend((str(p.relative_to(base)), p) for p in dicom)
     items.extend((str(p.relative_to(base)), p) for p in others)
@@ -278,10 +280,10 @@ def _group_inputs(files: list[Path], spatial_dims: int, root: Path) -> list[tupl
 def _read_one(source: Any, item_id: str, spatial_dims: int) -> np.ndarray:
     from medlens.io import load_image
 
-    if isinstance(source, list):  # one DICOM series
+    if isinstance(source, tuple):  # one DICOM series: (folder, series UID)
         from medlens.io.dicom import read_dicom
 
-        image = read_dicom(source)
+        image = read_dicom(source[0], series_uid=source[1])
     else:
         image = load_image(source)
     array = _as_chw(image.array, image.leading, item_id)

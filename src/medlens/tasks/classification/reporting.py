@@ -25,12 +25,16 @@ def write_run_report(
     run: Path, info: dict[str, Any], data: ImageSet, evaluation: dict[str, Any], probs: np.ndarray
 ) -> Path:
     """Write ``run/report.html`` for ``data`` (the held-out images) and their ``probs``."""
-    from medlens.report import THRESHOLD_YOUDEN, write_classification_report
+    from medlens.report import write_classification_report
 
     plan = info["plan"]
     threshold_source = None
     if info["metric_task"] in ("binary", "multilabel"):
-        threshold_source = THRESHOLD_YOUDEN
+        threshold_source = (
+            "on tuning images split off the training data (never on the images of this report), "
+            "by Youden's J (the point of the ROC curve where sensitivity + specificity - 1 is "
+            "largest), then kept fixed"
+        )
     folds = int(info["folds"])
     notes = [
         f"Evaluated on {evaluation.get('split', 'held-out images')} ({len(data)} images); "
