@@ -17,6 +17,7 @@ from medlens.cli.datasets import app as datasets_app
 from medlens.cli.demo import demo
 from medlens.cli.info import info
 from medlens.cli.learn import evaluate, predict, train
+from medlens.cli.plan import plan
 
 app = typer.Typer(
     name="medlens",
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.command("info")(info)
 app.command("demo")(demo)
+app.command("plan")(plan)
 app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("predict")(predict)

@@ -71,6 +71,7 @@ def _stats(rows: list[tuple[float, ...]]) -> dict[str, list[float]]:
     array = np.asarray(rows, dtype=np.float64)
     return {
         "min": array.min(axis=0).tolist(),
+        "p10": np.percentile(array, 10, axis=0).tolist(),  # nnU-Net's coarse-axis spacing rule
         "median": np.median(array, axis=0).tolist(),
         "max": array.max(axis=0).tolist(),
     }

@@ -1,0 +1,297 @@
+"""Self-configuration of segmentation from the dataset fingerprint: the plan.
+
+The rules follow what nnU-Net showed works, restated for medlens and for ordinary machines:
+
+- **Target spacing**: the median spacing per axis; when the data are anisotropic (coarsest axis
+  more than 3x the finest), the coarse axis takes the 10th percentile of its spacings instead,
+  so thin-slice cases are not thrown away.
+- **Normalisation**: CT is clipped to the foreground's 0.5-99.5 percentiles and z-scored with
+  the foreground's dataset mean and standard deviation (HU mean something across patients);
+  everything else (MR, ultrasound, photographs) is z-scored per image.
+- **Patch and batch size** fit a voxel budget that depends on the device (a CPU affords far
+  less than a GPU): the patch starts from the median image shape after resampling and its
+  largest axis (in millimetres) shrinks until it fits. In 2D, where a CPU cannot afford full
+  resolution in the time budget, the spacing is coarsened (up to ``MAX_COARSEN``x) so that the
+  median image fits in about one patch: the head of a fetus needs context more than the finest
+  pixel.
+- **Network**: a U-Net whose stages halve each axis while it stays at least ``MIN_FEATURE_MAP``
+  voxels long, and (anisotropic data) not the coarse axis until its spacing is within 2x of the
+  others, with kernel size 1 on that axis until then; features 32, 64, ... capped at 320 (3D)
+  or 512 (2D); deep supervision.
+
+The plan is a JSON file (``medlens plan DATA -o plan.json``), editable by hand and overridable
+with ``key=value``; :class:`SegmentationPlan` gives typed access and checks it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medlens.errors import MedlensError
+
+__all__ = ["PLAN_FORMAT", "PlanError", "SegmentationPlan", "apply_plan_overrides", "make_plan"]
+
+PLAN_FORMAT = "medlens.segmentation-plan/1"
+ANISOTROPY = 3.0
+MIN_FEATURE_MAP = 4
+MAX_STAGES = 6
+MAX_COARSEN = 4.0
+#: Voxels per patch and per batch the planner allows, by device (per-batch = batch x patch).
+BUDGETS = {
+    "cpu": {
+        2: {"patch": 256 * 256, "batch": 8 * 256 * 256},
+        3: {"patch": 64**3, "batch": 2 * 64**3},
+    },
+    "gpu": {
+        2: {"patch": 512 * 512, "batch": 12 * 512 * 512},
+        3: {"patch": 128**3, "batch": 2 * 128**3},
+    },
+}
+
+
+class PlanError(MedlensError):
+    """A plan file that cannot be used, or an override that does not fit it."""
+
+
+@dataclass
+class SegmentationPlan:
+    """Everything training and inference need to know about a segmentation dataset.
+
+    Geometry: ``target_spacing`` is in index order ``(x, y[, z])`` like
+    :attr:`medlens.Image.spacing`; ``patch_size``, ``median_shape`` and the network's strides and
+    kernel sizes are in array order ``([z,] y, x)`` like the tensors they shape.
+    """
+
+    dataset: str
+    spatial_dims: int
+    in_channels: int
+    num_classes: int
+    label_values: list[int]
+    target_spacing: list[float]
+    median_shape: list[int]
+    patch_size: list[int]
+    batch_size: int
+    normalisation: dict[str, Any]
+    network: dict[str, Any]
+    modality: str | None = None
+    ignore_label: int | None = None
+    foreground_oversampling: float = 0.33
+    train: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    notes: list[str] = field(default_factory=list)
+    format: str = PLAN_FORMAT
+
+    def __post_init__(self) -> None:
+        n = self.spatial_dims
+        if n not in (2, 3):
+            raise PlanError(f"spatial_dims must be 2 or 3, got {n}")
+        for name in ("target_spacing", "median_shape", "patch_size"):
+            if len(getattr(self, name)) != n:
+                raise PlanError(f"{name} needs {n} values, got {getattr(self, name)}")
+        if any(v <= 0 for v in self.target_spacing):
+            raise PlanError(f"target_spacing must be positive, got {self.target_spacing}")
+        strides = self.network.get("strides", [])
+        divisor = [math.prod(s[i] for s in strides) for i in range(n)] if strides else [1] * n
+        bad = [i for i in range(n) if self.patch_size[i] % divisor[i]]
+        if bad:
+            raise PlanError(
+                f"patch_size {self.patch_size} is not divisible by the network's total stride "
+                f"{divisor} along axis {bad[0]}"
+            )
+        if self.batch_size < 1 or not 0.0 <= self.foreground_oversampling <= 1.0:
+            raise PlanError("batch_size must be >= 1 and foreground_oversampling in [0, 1]")
+        if self.normalisation.get("scheme") not in ("ct", "zscore", "none"):
+            raise PlanError(f"unknown normalisation {self.normalisation.get('scheme')!r}")
+
+    @property
+    def divisor(self) -> list[int]:
+        """Per array axis, what patch sizes must be multiples of."""
+        strides = self.network["strides"]
+        return [math.prod(s[i] for s in strides) for i in range(self.spatial_dims)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> Path:
+        from medlens._atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        return Path(path)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SegmentationPlan:
+        if data.get("format") != PLAN_FORMAT:
+            raise PlanError(f'not a {PLAN_FORMAT} plan (its "format" is {data.get("format")!r})')
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise PlanError(f"unknown plan keys: {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> SegmentationPlan:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PlanError(f"{path}: plan file not found") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PlanError(f"{path}: not valid JSON ({exc})") from None
+        try:
+            return cls.from_dict(data)
+        except (PlanError, TypeError) as exc:
+            raise PlanError(f"{path}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------------- planning
+def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
+    """The plan for a dataset from its :func:`medlens.data.fingerprint` (segmentation)."""
+    if fp.get("task") != "segmentation":
+        raise PlanError(f"dataset {fp.get('name')!r} is a {fp.get('task')} dataset")
+    n = int(fp["spatial_dims"])
+    budget = BUDGETS["gpu" if device != "cpu" else "cpu"][n]
+    notes: list[str] = []
+    spacing_x = list(fp["spacing"]["median"])  # index order
+    sizes_x = list(fp["size"]["median"])
+    if fp.get("anisotropic"):
+        coarse = max(range(n), key=lambda i: spacing_x[i])
+        spacing_x[coarse] = float(fp["spacing"].get("p10", fp["spacing"]["median"])[coarse])
+        notes.append(f"anisotropic: axis {coarse} (index order) at its 10th percentile spacing")
+    median_mm = [s * p for s, p in zip(sizes_x, fp["spacing"]["median"], strict=True)]
+    if n == 2:  # fit the median image in about one patch: coarsen up to MAX_COARSEN
+        voxels = math.prod(m / s for m, s in zip(median_mm, spacing_x, strict=True))
+        factor = min(MAX_COARSEN, max(1.0, math.sqrt(voxels / budget["patch"])))
+        if factor > 1.0:
+            spacing_x = [s * factor for s in spacing_x]
+            notes.append(f"2D spacing coarsened {factor:.2f}x so the median image fits a patch")
+    shape = [max(1, round(m / s)) for m, s in zip(median_mm, spacing_x, strict=True)][::-1]
+    spacing_a = spacing_x[::-1]  # array order
+    patch = _fit_patch(shape, spacing_a, budget["patch"])
+    strides, kernels = _topology(patch, spacing_a)
+    divisor = [math.prod(s[i] for s in strides) for i in range(n)]
+    patch = [max(d, _round_to(p, d)) for p, d in zip(patch, divisor, strict=True)]
+    batch = max(2, min(64, budget["batch"] // math.prod(patch)))
+    cap = 320 if n == 3 else 512
+    features = [min(cap, 32 * 2**i) for i in range(len(strides))]
+    modality = fp.get("modality")
+    values = [int(v) for v in fp.get("label_values", [0, 1])]
+    intensity = (fp.get("intensity") or [{}])[0]
+    if (modality or "").upper() == "CT" and intensity.get("n_voxels"):
+        normalisation = {
+            "scheme": "ct",
+            "clip": [intensity["p00_5"], intensity["p99_5"]],
+            "mean": intensity["mean"],
+            "std": intensity["std"],
+        }
+    else:
+        normalisation = {"scheme": "zscore"}
+    return SegmentationPlan(
+        dataset=str(fp.get("name", "dataset")),
+        spatial_dims=n,
+        in_channels=int(fp.get("channels", 1)),
+        num_classes=max(values) + 1,
+        label_values=values,
+        target_spacing=[float(s) for s in spacing_x],
+        median_shape=[int(s) for s in shape],
+        patch_size=[int(p) for p in patch],
+        batch_size=int(batch),
+        normalisation=normalisation,
+        network={
+            "name": "unet",
+            "features": features,
+            "strides": strides,
+            "kernel_sizes": kernels,
+            "encoder": "plain",
+            "deep_supervision": True,
+        },
+        modality=modality,
+        train={
+            "epochs": 100,
+            "optimizer": "sgd",
+            "lr": 0.01,
+            "momentum": 0.99,
+            "nesterov": True,
+            "weight_decay": 3e-5,
+            "schedule": "cosine",
+            "loss": "dice_ce",
+        },
+        device="cpu" if device == "cpu" else "gpu",
+        notes=notes,
+    )
+
+
+def _fit_patch(shape: list[int], spacing: list[float], voxels: int) -> list[int]:
+    """Start from the median shape; shrink the axis longest in millimetres until it fits."""
+    patch = [float(s) for s in shape]
+    while math.prod(patch) > voxels:
+        axis = max(range(len(patch)), key=lambda i: patch[i] * spacing[i] if patch[i] > 8 else -1)
+        patch[axis] = max(8.0, patch[axis] * 0.9)
+        if all(p <= 8 for p in patch):
+            break
+    return [max(8, round(p)) for p in patch]
+
+
+def _topology(patch: list[int], spacing: list[float]) -> tuple[list[list[int]], list[list[int]]]:
+    """Strides and kernel sizes per stage (array order), nnU-Net's rules restated."""
+    n = len(patch)
+    size, current = list(patch), list(spacing)
+    strides, kernels = [[1] * n], [[3] * n]
+    finest = min(current)
+    kernels[0] = [1 if current[i] > 2 * finest else 3 for i in range(n)]
+    while len(strides) < MAX_STAGES:
+        finest = min(current)
+        step = [
+            2 if size[i] >= 2 * MIN_FEATURE_MAP and current[i] <= 2 * finest else 1
+            for i in range(n)
+        ]
+        if not any(s == 2 for s in step):
+            break
+        size = [s // st for s, st in zip(size, step, strict=True)]
+        current = [c * st for c, st in zip(current, step, strict=True)]
+        finest = min(current)
+        strides.append(step)
+        kernels.append([1 if current[i] > 2 * finest else 3 for i in range(n)])
+    return strides, kernels
+
+
+def _round_to(value: int, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
+
+
+# ---------------------------------------------------------------------------------- overrides
+def apply_plan_overrides(plan: SegmentationPlan, overrides: list[str]) -> SegmentationPlan:
+    """A copy of ``plan`` with ``key=value`` items applied (``patch_size=96,96,96``,
+    ``batch_size=4``, ``network.encoder=residual``, ``train.epochs=50``); values parse as JSON
+    when they can, lists also as comma-separated numbers."""
+    data = plan.to_dict()
+    for item in overrides:
+        if "=" not in item:
+            raise PlanError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        value = _parse(raw.strip())
+        target, parts = data, key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                raise PlanError(f"override {key!r}: {part!r} is not a section of the plan")
+            target = target[part]
+        if len(parts) == 1 and parts[0] not in data:
+            raise PlanError(f"override {key!r}: unknown plan key")
+        target[parts[-1]] = value
+    if "patch_size" in {o.split("=", 1)[0] for o in overrides}:
+        data["notes"] = [*data.get("notes", []), "patch_size set by hand"]
+    return SegmentationPlan.from_dict(data)
+
+
+def _parse(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        pass
+    if "," in raw:
+        return [_parse(part) for part in raw.split(",")]
+    return raw

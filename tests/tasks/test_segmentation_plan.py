@@ -1,0 +1,105 @@
+"""Segmentation planning: spacing, normalisation, patch, topology, the JSON file and overrides."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from medlens.cli.main import main
+from medlens.tasks.segmentation import (
+    PlanError,
+    SegmentationPlan,
+    apply_plan_overrides,
+    make_plan,
+)
+
+
+def _fingerprint(spacings, sizes, *, modality="MR", dims=3, p10=None):
+    return {
+        "name": "toy",
+        "task": "segmentation",
+        "spatial_dims": dims,
+        "channels": 1,
+        "modality": modality,
+        "size": {"median": sizes},
+        "spacing": {"median": spacings, "p10": p10 or spacings},
+        "anisotropic": max(spacings) / min(spacings) > 3,
+        "label_values": [0, 1, 2],
+        "intensity": [
+            {"n_voxels": 100, "mean": 40.0, "std": 50.0, "p00_5": -100.0, "p99_5": 300.0}
+        ],
+    }
+
+
+def _divisible(plan: SegmentationPlan) -> bool:
+    return all(p % d == 0 for p, d in zip(plan.patch_size, plan.divisor, strict=True))
+
+
+def test_isotropic_ct_volume():
+    plan = make_plan(_fingerprint([1.0, 1.0, 1.0], [200, 180, 160], modality="CT"))
+    assert plan.spatial_dims == 3 and plan.num_classes == 3
+    assert plan.target_spacing == [1.0, 1.0, 1.0]
+    assert plan.median_shape == [160, 180, 200]  # array order (z, y, x)
+    assert plan.normalisation == {
+        "scheme": "ct",
+        "clip": [-100.0, 300.0],
+        "mean": 40.0,
+        "std": 50.0,
+    }
+    assert math.prod(plan.patch_size) <= 1.2 * 64**3 and _divisible(plan)
+    assert all(k == [3, 3, 3] for k in plan.network["kernel_sizes"])
+    assert plan.network["features"][0] == 32 and max(plan.network["features"]) <= 320
+    assert plan.batch_size >= 2
+
+
+def test_anisotropic_volume_follows_the_thin_slices_and_spares_the_coarse_axis():
+    plan = make_plan(
+        _fingerprint([0.7, 0.7, 5.0], [512, 512, 40], p10=[0.7, 0.7, 2.5]), device="gpu"
+    )
+    assert plan.target_spacing == [0.7, 0.7, 2.5]  # coarse axis at its 10th percentile
+    assert plan.normalisation == {"scheme": "zscore"}  # MR: per image
+    strides, kernels = plan.network["strides"], plan.network["kernel_sizes"]
+    assert kernels[0][0] == 1 and kernels[0][1:] == [3, 3]  # in-plane kernels first
+    assert strides[1][0] == 1 and strides[1][1:] == [2, 2]  # z not downsampled at first
+    assert _divisible(plan)
+
+
+def test_2d_images_are_coarsened_to_fit_a_patch():
+    plan = make_plan(_fingerprint([0.1, 0.1], [800, 540], modality="US", dims=2))
+    assert plan.spatial_dims == 2 and plan.target_spacing[0] > 0.1
+    assert plan.median_shape[0] <= plan.patch_size[0] + plan.divisor[0]
+    assert any("coarsened" in note for note in plan.notes) and _divisible(plan)
+
+
+def test_json_round_trip_overrides_and_errors(tmp_path):
+    plan = make_plan(_fingerprint([1.0, 1.0, 1.0], [128, 128, 128]))
+    path = plan.save(tmp_path / "plan.json")
+    assert SegmentationPlan.load(path) == plan
+    edited = apply_plan_overrides(plan, ["patch_size=32,64,64", "batch_size=3",
+                                         "network.encoder=residual", "train.epochs=5"])  # fmt: skip
+    assert edited.patch_size == [32, 64, 64] and edited.batch_size == 3
+    assert edited.network["encoder"] == "residual" and edited.train["epochs"] == 5
+    with pytest.raises(PlanError, match="not divisible"):
+        apply_plan_overrides(plan, ["patch_size=33,64,64"])
+    with pytest.raises(PlanError, match="unknown plan key"):
+        apply_plan_overrides(plan, ["patchsize=32,64,64"])
+    data = json.loads(path.read_text())
+    data["format"] = "something else"
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(PlanError, match=r"bad\.json"):
+        SegmentationPlan.load(tmp_path / "bad.json")
+    with pytest.raises(PlanError, match="classification"):
+        make_plan({**_fingerprint([1.0] * 3, [8] * 3), "task": "classification"})
+
+
+def test_cli_plans_hc18(real, tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["plan", str(real("hc18")), "-o", str(out), "--max-samples", "20",
+                 "--set", "train.epochs=7"]) == 0  # fmt: skip
+    plan = SegmentationPlan.load(out)
+    assert plan.spatial_dims == 2 and plan.modality == "US" and plan.train["epochs"] == 7
+    assert plan.normalisation["scheme"] == "zscore" and plan.label_values == [0, 1]
+    assert "patch" in capsys.readouterr().out
+    assert main(["plan", str(tmp_path / "missing"), "-o", str(tmp_path / "p.json")]) == 1
