@@ -1,0 +1,62 @@
+"""Segmentation data: preprocessing onto the plan's grid and patch sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medlens.data.dataset import Sample
+from medlens.image import Image, Role
+from medlens.tasks.segmentation import make_plan
+from medlens.tasks.segmentation.data import PatchBatches, normalise, preprocess_case
+
+
+def _plan(dims=2, modality="US"):
+    fp = {
+        "name": "toy", "task": "segmentation", "spatial_dims": dims, "channels": 1,
+        "modality": modality, "size": {"median": [64] * dims},
+        "spacing": {"median": [0.5] * dims}, "anisotropic": False, "label_values": [0, 1, 2],
+        "intensity": [{"n_voxels": 10, "mean": 5.0, "std": 2.0, "p00_5": 0.0, "p99_5": 9.0}],
+    }  # fmt: skip
+    return make_plan(fp)
+
+
+def _sample(shape=(40, 50), spacing=(0.25, 0.25)):
+    rng = np.random.default_rng(0)
+    array = rng.normal(100, 10, shape).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    labels[10:20, 10:30] = 1
+    labels[30:34, 40:44] = 2
+    image = Image(array, spacing=spacing)
+    return Sample(image=image, mask=image.with_array(labels, role=Role.LABEL), id="case0")
+
+
+def test_preprocess_resamples_both_onto_one_grid_and_normalises():
+    plan = _plan()
+    case = preprocess_case(_sample(), plan)
+    factor = 0.25 / plan.target_spacing[0]
+    assert case.image.shape == (1, round(40 * factor), round(50 * factor))
+    assert case.label.shape == case.image.shape[1:]
+    assert set(np.unique(case.label)) <= {0, 1, 2}  # nearest: no blended labels
+    assert abs(case.image.mean()) < 1e-4 and abs(case.image.std() - 1) < 1e-3  # z-score
+    assert set(case.foreground) == {1, 2} and case.meta["shape"] == [40, 50]
+    ct = _plan(modality="CT")
+    assert np.allclose(normalise(np.array([[-5.0, 5.0, 20.0]]), ct), [[-2.5, 0.0, 2.0]])
+
+
+def test_patches_are_seeded_padded_and_oversample_foreground():
+    plan = _plan()
+    case = preprocess_case(_sample(), plan)
+    batches = PatchBatches([case], (32, 32), 6, batches_per_epoch=20, seed=3,
+                           foreground_oversampling=0.5)  # fmt: skip
+    first = [y.clone() for _, y in batches]
+    again = [y for _, y in batches]
+    assert all((a == b).all() for a, b in zip(first, again, strict=True))  # same epoch, same
+    batches.set_epoch(1)
+    assert any((a != b).any() for a, b in zip(first, list(y for _, y in batches), strict=True))
+    x, y = next(iter(batches))
+    assert x.shape == (6, 1, 32, 32) and y.shape == (6, 1, 32, 32)
+    forced = [float((y[i] > 0).any()) for _, y in batches for i in range(3, 6)]
+    assert np.mean(forced) == 1.0  # the forced half always holds foreground
+    with pytest.raises(Exception, match="no training cases"):
+        PatchBatches([], (8, 8), 2)
