@@ -60,3 +60,19 @@ def test_patches_are_seeded_padded_and_oversample_foreground():
     assert np.mean(forced) == 1.0  # the forced half always holds foreground
     with pytest.raises(Exception, match="no training cases"):
         PatchBatches([], (8, 8), 2)
+
+
+def test_augmentation_moves_labels_with_images_and_keeps_their_values():
+    import torch
+
+    from medlens.tasks.segmentation.augment import segmentation_augment
+
+    images = torch.zeros(8, 1, 32, 32)
+    images[:, :, 8:20, 6:18] = 5.0
+    labels = (images > 0).long()
+    out_x, out_y = segmentation_augment(2)(images, labels, torch.Generator().manual_seed(0))
+    assert out_y.dtype == labels.dtype and set(out_y.unique().tolist()) <= {0, 1}
+    moved = out_y.sum(dim=(1, 2, 3)) > 0
+    # where the image's square went, the label went: compare with the brightest region
+    agree = ((out_x > out_x.mean(dim=(2, 3), keepdim=True)).long() == out_y).float().mean()
+    assert moved.all() and agree > 0.9
