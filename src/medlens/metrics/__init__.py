@@ -3,6 +3,9 @@
 Classification: binary, multi-class, multi-label (with ignored / uncertain labels) and ordinal,
 point estimates checked against scikit-learn, percentile bootstrap intervals, Youden thresholds
 chosen on validation data, calibration error and curve data for reports.
+
+Segmentation: Dice, IoU, HD95, ASSD and normalised surface Dice per class, spacing-aware, with
+empty masks handled as Metrics Reloaded recommends and per-case records for reports.
 """
 
 from __future__ import annotations
@@ -23,20 +26,46 @@ from medlens.metrics.classification import (
     roc_curve_data,
     youden_threshold,
 )
+from medlens.metrics.segmentation import (
+    EMPTY_STATES,
+    SEGMENTATION_METRICS,
+    SegmentationMetric,
+    aggregate_segmentation,
+    array_spacing,
+    assd,
+    dice,
+    hausdorff95,
+    hausdorff_distance,
+    iou,
+    segmentation_metrics,
+    surface_dice,
+)
 
 __all__ = [
     "CLASSIFICATION_TASKS",
+    "EMPTY_STATES",
     "HEADLINE",
+    "SEGMENTATION_METRICS",
     "ClassificationMetric",
     "MetricInputError",
+    "SegmentationMetric",
+    "aggregate_segmentation",
+    "array_spacing",
+    "assd",
     "bootstrap_ci",
     "calibration_curve_data",
     "choose_thresholds",
     "classification_metrics",
+    "dice",
     "ece_kind",
     "evaluate_classification",
     "expected_calibration_error",
+    "hausdorff95",
+    "hausdorff_distance",
+    "iou",
     "pr_curve_data",
     "roc_curve_data",
+    "segmentation_metrics",
+    "surface_dice",
     "youden_threshold",
 ]
