@@ -58,10 +58,11 @@ def test_resnet10_3d_small_stem_count():
 
 def test_model_sizes_and_widths():
     sizes = {
-        n: count_parameters(create_model(n, in_channels=3, num_classes=1000)) for n in list_models()
+        n: count_parameters(create_model(n, in_channels=3, num_classes=1000))
+        for n in list_models(task="classification")
     }
     assert sizes["smallcnn"] < 1_000_000 < sizes["resnet10"] < sizes["resnet18"] < sizes["resnet34"]
-    widths = {n: create_model(n).num_features for n in list_models()}
+    widths = {n: create_model(n).num_features for n in list_models(task="classification")}
     assert widths == {
         "densenet121": 1024,
         "resnet10": 512,
@@ -186,7 +187,7 @@ def test_densenet_memory_efficient_is_the_same_computation():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models(task="classification"))
 def test_3d_small_stem_on_28_cubed(name):
     """The MedMNIST 3D setting at full size: 28^3, batch 2, small stem, train step."""
     torch.manual_seed(0)

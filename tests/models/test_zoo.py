@@ -18,7 +18,7 @@ import torch
 from medlens.models import Backbone, count_parameters, create_model, list_models, register_model
 from medlens.models import registry as registry_module
 
-MODELS = list_models()
+MODELS = list_models(task="classification")  # the Backbone interface; U-Nets: test_unet.py
 DIMS = (2, 3)
 NUM_CLASSES = 3
 

@@ -32,8 +32,9 @@ def train(
     if model is not None:
         from medlens.models import list_models
 
-        if model not in list_models():
-            raise MedlensError(f"--model {model}: unknown (models: {', '.join(list_models())})")
+        known = list_models(task="classification")
+        if model not in known:
+            raise MedlensError(f"--model {model}: not a classification model ({', '.join(known)})")
     from medlens.tasks.classification import train_classification
 
     info = train_classification(

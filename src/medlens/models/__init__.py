@@ -1,9 +1,13 @@
-"""The model zoo: 2D/3D classification backbones built by name with :func:`create_model`.
+"""The model zoo: 2D/3D networks built by name with :func:`create_model`.
 
-Every model is a :class:`Backbone` (``forward_features`` -> feature map, ``forward_head`` ->
-logits, ``feature_layer`` for Grad-CAM hooks), written on ``torch.nn`` for both 2D and 3D::
+Every classification model is a :class:`Backbone` (``forward_features`` -> feature map,
+``forward_head`` -> logits, ``feature_layer`` for Grad-CAM hooks), written on ``torch.nn`` for
+both 2D and 3D::
 
     model = create_model("resnet18", spatial_dims=3, in_channels=1, num_classes=2, input_size=28)
+
+Segmentation models (``list_models(task="segmentation")``: ``"unet"``, ``"resunet"``) are
+:class:`UNet` s built from a plan's features, strides and kernel sizes.
 
 The model modules are imported below by name: importing them is what registers their models,
 so the registry never depends on what else happens to be imported.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 from medlens.models.base import Backbone, count_parameters
 from medlens.models.densenet import DenseNet, densenet121
-from medlens.models.registry import create_model, list_models, register_model
+from medlens.models.registry import TASKS, create_model, list_models, model_task, register_model
 from medlens.models.resnet import (
     BasicBlock,
     Bottleneck,
@@ -25,21 +29,30 @@ from medlens.models.resnet import (
 )
 from medlens.models.small_cnn import SmallCNN, smallcnn
 
+# Not the builders unet/resunet: as package attributes they would hide the unet module.
+from medlens.models.unet import UNet, deep_supervision_weights, downsample_targets, stage_features
+
 __all__ = [
+    "TASKS",
     "Backbone",
     "BasicBlock",
     "Bottleneck",
     "DenseNet",
     "ResNet",
     "SmallCNN",
+    "UNet",
     "count_parameters",
     "create_model",
+    "deep_supervision_weights",
     "densenet121",
+    "downsample_targets",
     "list_models",
+    "model_task",
     "register_model",
     "resnet10",
     "resnet18",
     "resnet34",
     "resnet50",
     "smallcnn",
+    "stage_features",
 ]

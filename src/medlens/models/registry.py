@@ -3,6 +3,10 @@
 Models are registered explicitly with :func:`register_model` in their own module, and
 :mod:`medlens.models` imports those modules by name, so what is registered never depends on
 import side effects elsewhere. Training scripts, configs and the CLI name models by string.
+
+Each model is registered for a task (``"classification"`` or ``"segmentation"``), so that code
+that only handles one kind of network (a classification job, the classifier zoo tests) can ask
+:func:`list_models` for that kind only.
 """
 
 from __future__ import annotations
@@ -10,40 +14,82 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
-from medlens.models.base import Backbone, check_model_args
+from torch import nn
 
-__all__ = ["create_model", "list_models", "register_model"]
+from medlens.models.base import check_model_args
 
-ModelBuilder = Callable[..., Backbone]
+__all__ = ["TASKS", "create_model", "list_models", "model_task", "register_model"]
+
+# A closed set, so that a misspelt task fails at registration instead of making a new task.
+TASKS = ("classification", "segmentation")
+
+ModelBuilder = Callable[..., nn.Module]
 B = TypeVar("B", bound=ModelBuilder)
 
-_REGISTRY: dict[str, ModelBuilder] = {}
+
+class _Entry(NamedTuple):
+    builder: ModelBuilder
+    task: str
 
 
-def register_model(name: str) -> Callable[[B], B]:
+# One dict holds builder and task together, so copying it (as tests do) isolates both.
+_REGISTRY: dict[str, _Entry] = {}
+
+
+def _check_task(task: object) -> str:
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task!r}")
+    return str(task)
+
+
+def register_model(name: str, task: str = "classification") -> Callable[[B], B]:
     """Decorator registering a builder ``f(spatial_dims=, in_channels=, num_classes=, **kw)``.
 
     The builder is returned unchanged. Registering a name twice is an error, so that two models
-    cannot silently shadow each other.
+    cannot silently shadow each other. ``task`` is one of :data:`TASKS`; classification builders
+    return a :class:`~medlens.models.base.Backbone`.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    task = _check_task(task)
 
     def decorator(builder: B) -> B:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is already registered")
-        _REGISTRY[name] = builder
+        _REGISTRY[name] = _Entry(builder, task)
         return builder
 
     return decorator
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Sorted names of the registered models, optionally filtered by a glob (``"resnet*"``)."""
-    names = sorted(_REGISTRY)
+def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
+    """Sorted names of the registered models, optionally filtered by a glob (``"resnet*"``).
+
+    Args:
+        pattern: glob on the name, e.g. ``"resnet*"``.
+        task: only models for this task (``"classification"``, ``"segmentation"``); all if None.
+    """
+    if task is not None:
+        task = _check_task(task)
+    names = sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
     return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+
+
+def model_task(name: str) -> str:
+    """The task ``name`` was registered for, e.g. to reject a U-Net in a classification job."""
+    return _lookup(name).task
+
+
+def _lookup(name: str) -> _Entry:
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        known = sorted(_REGISTRY)
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint}; known models: {', '.join(known)}")
+    return entry
 
 
 def create_model(
@@ -52,25 +98,26 @@ def create_model(
     in_channels: int = 1,
     num_classes: int = 2,
     **kw: Any,
-) -> Backbone:
+) -> nn.Module:
     """Build the registered model ``name`` for 2D or 3D inputs.
 
     Args:
         name: a name from :func:`list_models`.
         spatial_dims: 2 for images ``(B, C, H, W)``, 3 for volumes ``(B, C, D, H, W)``.
         in_channels: input channels (1 for CT/MR/grey X-ray, 3 for RGB).
-        num_classes: classifier outputs; 0 gives a head returning pooled features.
-        **kw: model options, e.g. ``stem``, ``input_size``, ``dropout``, ``width``.
+        num_classes: classifier outputs (0 gives a head returning pooled features), or the
+            segmentation classes (output channels) of a segmentation model.
+        **kw: model options, e.g. ``stem``, ``input_size``, ``dropout``, ``width``; for the
+            U-Nets ``features``, ``strides``, ``kernel_sizes``, ``deep_supervision``.
+
+    Returns:
+        A :class:`~medlens.models.base.Backbone` for classification models, the network (e.g. a
+        :class:`~medlens.models.unet.UNet`) for segmentation ones.
 
     Raises:
         ValueError: unknown name (the message lists the known ones) or bad arguments.
     """
-    builder = _REGISTRY.get(name)
-    if builder is None:
-        known = sorted(_REGISTRY)
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; known models: {', '.join(known)}")
+    builder = _lookup(name).builder
     check_model_args(spatial_dims, in_channels, num_classes)
     return builder(
         spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, **kw

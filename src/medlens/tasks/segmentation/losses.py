@@ -8,8 +8,9 @@ step, Dice counters the class imbalance of small structures. Details that matter
   into one volume (better for small, rare structures), otherwise it averages per sample.
 - ``ignore_index`` voxels (unlabelled regions) count in neither term.
 - Deep supervision: a list of logits from full to coarse resolution gets the targets downsampled
-  by nearest neighbour and weights halving per level (normalised; the coarsest gets 0 as in
-  nnU-Net) so coarse outputs guide training without dominating it.
+  by nearest neighbour and weights halving per level (normalised) so coarse outputs guide
+  training without dominating it. medlens' U-Net never computes nnU-Net's zero-weighted lowest
+  level, so no level here is zeroed: the weights equal nnU-Net's.
 """
 
 from __future__ import annotations
@@ -95,14 +96,10 @@ class DiceCELoss(nn.Module):
 
 
 def deep_supervision_weights(levels: int) -> list[float]:
-    """Weights 1, 1/2, 1/4, ... from full to coarse resolution; the coarsest 0; sum 1."""
-    if levels < 1:
-        raise ValueError(f"levels must be >= 1, got {levels}")
-    raw = [0.5**i for i in range(levels)]
-    if levels > 1:
-        raw[-1] = 0.0
-    total = sum(raw)
-    return [w / total for w in raw]
+    """Weights 1, 1/2, 1/4, ... from full to coarse resolution, normalised to sum 1."""
+    from medlens.models.unet import deep_supervision_weights as weights
+
+    return weights(levels)
 
 
 class DeepSupervisionLoss(nn.Module):
