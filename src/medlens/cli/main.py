@@ -17,6 +17,7 @@ from medlens.cli.datasets import app as datasets_app
 from medlens.cli.demo import demo
 from medlens.cli.info import info
 from medlens.cli.learn import evaluate, predict, train
+from medlens.cli.measure import app as measure_app
 from medlens.cli.plan import plan
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("predict")(predict)
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(measure_app, name="measure")
 
 _STATE = {"debug": False}
 

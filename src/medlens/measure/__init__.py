@@ -1,0 +1,31 @@
+"""Clinical measurements from predicted masks: fetal head circumference (HC18).
+
+Heavy dependencies (scipy, scikit-image, the image readers) are imported when a measurement
+runs, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+from medlens.measure.head_circumference import (
+    LINE_HALF_WIDTH_PX,
+    Ellipse,
+    EmptyMaskError,
+    MeasurementError,
+    fit_head_ellipse,
+    head_circumference_mm,
+    measure_directory,
+    ramanujan_circumference,
+    read_pixel_sizes,
+)
+
+__all__ = [
+    "LINE_HALF_WIDTH_PX",
+    "Ellipse",
+    "EmptyMaskError",
+    "MeasurementError",
+    "fit_head_ellipse",
+    "head_circumference_mm",
+    "measure_directory",
+    "ramanujan_circumference",
+    "read_pixel_sizes",
+]
