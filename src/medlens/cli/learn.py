@@ -7,11 +7,11 @@ from pathlib import Path
 
 import typer
 
-TASKS = ("classification",)
+TASKS = ("classification", "segmentation")
 
 
 def train(
-    task: str = typer.Option(..., "--task", help="What to learn: classification."),
+    task: str = typer.Option(..., "--task", help="What to learn: classification, segmentation."),
     data: Path = typer.Option(..., "--data", help="Dataset: MedMNIST .npz, CSV of labels, folder."),
     output: Path = typer.Option(..., "--output", help="Run folder to create (or resume)."),
     model: str | None = typer.Option(None, "--model", help="Model name; default: chosen."),
@@ -23,12 +23,25 @@ def train(
         [], "--set", help="Training setting key=value (e.g. --set lr=0.001); repeatable."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
+    plan: Path | None = typer.Option(
+        None, "--plan", help="Segmentation: a plan.json (from medlens plan) instead of planning."
+    ),
 ) -> None:
     """Train, tune and evaluate a model; write the run folder with its report."""
     from medlens.errors import MedlensError
 
     if task not in TASKS:
         raise MedlensError(f"--task {task}: not available (tasks: {', '.join(TASKS)})")
+    if task == "segmentation":
+        from medlens.tasks.segmentation.train import train_segmentation
+
+        if folds is not None or model is not None:
+            raise MedlensError("segmentation: --folds and --model are not available yet")
+        info = train_segmentation(data, output, plan=plan, epochs=epochs, seed=seed,
+                                  resume=resume, overrides=overrides, progress=progress,
+                                  log=typer.echo)  # fmt: skip
+        typer.echo(f"run folder: {output} ({info['train_seconds']:.0f} s)")
+        return
     if model is not None:
         from medlens.models import list_models
 
@@ -97,11 +110,23 @@ def evaluate(
 def predict(
     run: Path = typer.Argument(..., help="Run folder written by medlens train."),
     input_path: Path = typer.Option(..., "--input", help=".npz, image folder, image or DICOM."),
-    output: Path = typer.Option(..., "--output", help="CSV to write (one row per image)."),
+    output: Path = typer.Option(
+        ..., "--output", help="Classification: CSV to write. Segmentation: folder for the masks."
+    ),
     split: str | None = typer.Option(None, "--split", help="The .npz split when it has several."),
+    mirror: bool = typer.Option(
+        False, "--mirror/--no-mirror", help="Segmentation: mirroring test-time augmentation."
+    ),
 ) -> None:
-    """Class probabilities for every image, in input order, as CSV."""
+    """Classification: probabilities per image as CSV. Segmentation: one mask per image."""
     from medlens._atomic import ensure_outside
+
+    if _is_segmentation_run(run):
+        from medlens.tasks.segmentation.predict import load_segmentation_run, predict_inputs
+
+        written = predict_inputs(load_segmentation_run(run), input_path, output, mirror=mirror)
+        typer.echo(f"{len(written)} masks: {output}")
+        return
     from medlens.tasks.classification import load_run, predict_probs, read_inputs
     from medlens.tasks.classification.bundle import write_predictions
 
@@ -114,6 +139,13 @@ def predict(
         output, images, probs, trained.class_names, trained.metric_task, trained.threshold
     )
     typer.echo(f"{len(images)} predictions: {output}")
+
+
+def _is_segmentation_run(run: Path) -> bool:
+    try:
+        return json.loads((run / "run.json").read_text()).get("task") == "segmentation"
+    except (OSError, ValueError):
+        return False
 
 
 def _interval(metric: dict) -> str:

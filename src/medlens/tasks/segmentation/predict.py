@@ -1,0 +1,150 @@
+"""Segmentation prediction: whole images in, label maps on the input's own grid out.
+
+Each image is brought to the plan's grid as in training, predicted by sliding window (Gaussian
+blending, optionally mirrored), and its class probabilities (not labels) are resampled back onto
+the input's original grid before the argmax, so boundaries stay smooth at any resolution change.
+Outputs are named after the input: ``case.png`` -> ``case.png`` (2D), ``ct.nii.gz`` or a DICOM
+series folder ``ct/`` -> ``ct.nii.gz`` (3D), with the label values used in training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medlens.errors import DatasetError, MedlensError
+from medlens.image import Image, Role
+from medlens.tasks.segmentation.plan import SegmentationPlan
+
+__all__ = ["SegmentationRun", "load_segmentation_run", "predict_image", "predict_inputs"]
+
+_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".dcm", ".npz")
+
+
+class SegmentationRun:
+    """A finished segmentation run: its plan and its network(s)."""
+
+    def __init__(self, path: Path, info: dict[str, Any], plan: SegmentationPlan, networks) -> None:
+        self.path, self.info, self.plan, self.networks = path, info, plan, networks
+
+
+def load_segmentation_run(path: str | Path) -> SegmentationRun:
+    from medlens.engine import load_weights
+    from medlens.tasks.segmentation.train import RUN_FORMAT, build_network
+
+    path = Path(path)
+    try:
+        info = json.loads((path / "run.json").read_text())
+    except FileNotFoundError:
+        raise MedlensError(f"{path}: not a medlens run folder (no run.json)") from None
+    if info.get("format") != RUN_FORMAT:
+        raise MedlensError(f"{path}: not a segmentation run")
+    if info.get("status") != "complete":
+        raise MedlensError(f"{path}: training has not finished (resume it with --resume)")
+    plan = SegmentationPlan.load(path / "plan.json")
+    networks = []
+    for fold in sorted(path.glob("fold-*")):
+        checkpoint = fold / "best.pt" if (fold / "best.pt").is_file() else fold / "last.pt"
+        network = build_network(plan)
+        load_weights(network, checkpoint)
+        networks.append(network.eval())
+    if not networks:
+        raise MedlensError(f"{path}: no trained fold (fold-*/best.pt)")
+    return SegmentationRun(path, info, plan, networks)
+
+
+def predict_image(run: SegmentationRun, image: Image, *, mirror: bool = False) -> Image:
+    """The label map of ``image`` on ``image``'s own grid."""
+    from medlens.data.dataset import Sample
+    from medlens.geometry import resample
+    from medlens.tasks.segmentation.data import preprocess_case
+    from medlens.tasks.segmentation.train import predict_case
+
+    plan = run.plan
+    image = _squeeze_2d(image, plan.spatial_dims)
+    case = preprocess_case(Sample(image=image, id=str(image.meta.get("path", "image"))), plan)
+    probs = predict_case(run.networks, case.image, plan, mirror=mirror)
+    spatial = image.with_array(np.zeros(image.spatial_shape, np.float32), leading=())
+    grid = Image(
+        probs.astype(np.float32),
+        spacing=tuple(plan.target_spacing),
+        origin=image.origin,
+        direction=image.direction,
+        leading=("channel",),
+    )
+    if tuple(probs.shape[1:]) != tuple(image.spatial_shape) or not np.allclose(
+        image.spacing, plan.target_spacing, rtol=1e-3
+    ):
+        probs = resample(grid, like=spatial).array
+    values = np.asarray(plan.label_values)
+    labels = values[np.argmax(probs, axis=0)].astype(np.uint8 if values.max() < 256 else np.int16)
+    return spatial.with_array(labels, role=Role.LABEL)
+
+
+def _squeeze_2d(image: Image, dims: int) -> Image:
+    if image.spatial_dims == dims:
+        return image
+    if dims == 2 and image.spatial_dims == 3 and image.spatial_shape[0] == 1:
+        array = image.array[..., 0, :, :]
+        return Image(array, spacing=tuple(image.spacing[:2]), origin=tuple(image.origin[:2]),
+                     direction=np.asarray(image.direction)[:2, :2], modality=image.modality,
+                     leading=image.leading, meta=dict(image.meta))  # fmt: skip
+    raise MedlensError(
+        f"{image.meta.get('path', 'image')}: a {image.spatial_dims}D image for a {dims}D model"
+    )
+
+
+def predict_inputs(
+    run: SegmentationRun, source: str | Path, output: str | Path, *, mirror: bool = False
+) -> list[Path]:
+    """Predict every image under ``source`` into ``output``, one mask per image."""
+    from medlens._atomic import ensure_outside
+    from medlens.io import load_image, save_image
+
+    source, output = Path(source), Path(output)
+    if not source.exists():
+        raise DatasetError("does not exist", source)
+    ensure_outside(output, source)
+    items = _inputs(source, run.plan.spatial_dims)
+    if not items:
+        raise DatasetError("no images to segment (PNG, JPEG, TIFF, NIfTI or DICOM)", source)
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, path in items:
+        image = load_image(path)
+        image.meta.setdefault("path", str(path))
+        labels = predict_image(run, image, mirror=mirror)
+        suffix = ".png" if run.plan.spatial_dims == 2 else ".nii.gz"
+        written.append(save_image(labels, output / f"{name}{suffix}"))
+    return written
+
+
+def _inputs(source: Path, dims: int) -> list[tuple[str, Path]]:
+    from medlens.data.paired import file_stem
+    from medlens.io._detect import looks_like_raw_dicom
+
+    if source.is_file():
+        return [(file_stem(source.name), source)]
+    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
+    folders = sorted(p for p in source.iterdir() if p.is_dir())
+    items = [(file_stem(p.name), p) for p in files if p.name.lower().endswith(_SUFFIXES)]
+    if dims == 3:  # a folder of DICOM files is one series: named after the folder
+        for folder in folders:
+            if any(_is_dicom(p, looks_like_raw_dicom) for p in folder.iterdir() if p.is_file()):
+                items.append((folder.name, folder))
+        dicom_here = [p for p in files if _is_dicom(p, looks_like_raw_dicom)]
+        if dicom_here and not items:
+            items.append((source.name, source))
+    return items
+
+
+def _is_dicom(path: Path, raw_check) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" or raw_check(head)

@@ -1,0 +1,258 @@
+"""``medlens train --task segmentation``: plan, preprocess, train a U-Net on patches, validate.
+
+The job: fingerprint the dataset and plan (or take ``plan.json``), split the cases into training
+and validation grouped by subject (``splits.json``), bring every case to the plan's grid once,
+train the plan's U-Net on patch batches with foreground oversampling, Dice + cross-entropy with
+deep supervision and batched augmentation, validate each epoch by sliding-window prediction of
+the validation cases (mean foreground Dice picks the best epoch), and write the validation
+metrics (Dice, IoU, HD95, ASSD, NSD per case and class) to ``metrics.json``. Checkpoints are
+written every epoch; ``resume=True`` continues a killed run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medlens import __version__
+from medlens._atomic import atomic_write_text, ensure_outside
+from medlens.errors import DatasetError, MedlensError
+from medlens.tasks.segmentation.data import Case, PatchBatches, preprocess_case
+from medlens.tasks.segmentation.plan import SegmentationPlan, apply_plan_overrides, make_plan
+
+__all__ = ["RUN_FORMAT", "build_network", "predict_case", "train_segmentation"]
+
+RUN_FORMAT = "medlens.segmentation/1"
+VAL_FRACTION = 0.2
+
+
+def build_network(plan: SegmentationPlan) -> torch.nn.Module:
+    """The plan's U-Net."""
+    from medlens.models import create_model
+
+    net = plan.network
+    name = "resunet" if net.get("encoder") == "residual" else net.get("name", "unet")
+    return create_model(
+        name,
+        spatial_dims=plan.spatial_dims,
+        in_channels=plan.in_channels,
+        num_classes=plan.num_classes,
+        features=net["features"],
+        strides=net["strides"],
+        kernel_sizes=net["kernel_sizes"],
+        deep_supervision=bool(net.get("deep_supervision", True)),
+    )
+
+
+@torch.no_grad()
+def predict_case(
+    networks: Sequence[torch.nn.Module],
+    image: np.ndarray,
+    plan: SegmentationPlan,
+    *,
+    mirror: bool = False,
+) -> np.ndarray:
+    """Class probabilities ``(K, *shape)`` of a preprocessed image ``(C, *shape)``."""
+    from medlens.inference import sliding_window
+
+    x = torch.from_numpy(np.ascontiguousarray(image))[None]
+    total = None
+    axes = tuple(range(plan.spatial_dims)) if mirror else ()
+    for network in networks:
+        network.eval()
+        logits = sliding_window(x, network, tuple(plan.patch_size), overlap=0.5,
+                                batch_size=max(1, plan.batch_size), mirror_axes=axes)  # fmt: skip
+        probs = logits.float().softmax(dim=1)[0]
+        total = probs if total is None else total + probs
+    return (total / len(networks)).numpy()
+
+
+def train_segmentation(
+    data: str | Path,
+    output: str | Path,
+    *,
+    plan: str | Path | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    resume: bool = False,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Plan (unless ``plan`` is given), train and validate; returns ``run.json``'s content."""
+    from medlens.data import fingerprint, open_dataset, save_splits, train_val_split
+
+    data, output = Path(data), Path(output)
+    if not data.exists():
+        raise DatasetError("does not exist", data)
+    ensure_outside(output, data)
+    dataset = open_dataset(data)
+    if dataset.task != "segmentation":
+        raise DatasetError(f"a {dataset.task} dataset, not a segmentation one", data)
+    started = time.perf_counter()
+    if resume:
+        the_plan = SegmentationPlan.load(output / "plan.json")
+        split = json.loads((output / "splits.json").read_text())["folds"][0]
+    else:
+        if (output / "run.json").exists():
+            raise MedlensError(f"{output}: holds a run already; use --resume or a new folder")
+        if plan is not None:
+            the_plan = SegmentationPlan.load(plan)
+        else:
+            fp = fingerprint(dataset, max_samples=200, progress=progress)
+            the_plan = make_plan(fp, device=device)
+        the_plan = apply_plan_overrides(the_plan, list(overrides)) if overrides else the_plan
+        if epochs is not None:
+            the_plan.train["epochs"] = int(epochs)
+        output.mkdir(parents=True, exist_ok=True)
+        the_plan.save(output / "plan.json")
+        groups = dataset.subjects() if dataset.has_subjects() else None
+        split = train_val_split(dataset, VAL_FRACTION, seed=seed, groups=groups, stratify=False)
+        save_splits(output / "splits.json", split)
+        _write_json(output / "run.json", _info(the_plan, dataset, data, seed, "training"))
+        log(_describe(the_plan, len(split["train"]), len(split["val"])))
+    train_cases = _preprocess(dataset, split["train_indices"], the_plan, progress, "training")
+    val_cases = _preprocess(dataset, split["val_indices"], the_plan, progress, "validation")
+    _fit(the_plan, train_cases, val_cases, output / "fold-0", seed, progress, resume)
+    info = _info(the_plan, dataset, data, seed, "complete")
+    info["train_seconds"] = round(time.perf_counter() - started, 1)
+    info["evaluation"] = _validate(output, the_plan, val_cases, log)
+    _write_json(output / "run.json", info)
+    return info
+
+
+# ------------------------------------------------------------------------------ the pieces
+def _preprocess(dataset, indices, plan, progress, what) -> list[Case]:
+    items = [int(i) for i in indices]
+    if progress:
+        from rich.progress import track
+
+        items = track(items, description=f"preparing {what} cases")
+    return [preprocess_case(dataset[i], plan) for i in items]
+
+
+def _config(plan: SegmentationPlan, seed: int, progress: bool):
+    from medlens.engine import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"loss", "seed", "progress"}
+    settings = {k: v for k, v in plan.train.items() if k in fields}
+    settings.setdefault("batch_size", plan.batch_size)
+    return TrainConfig(seed=seed, progress=progress, monitor="val_dice", monitor_mode="max",
+                       **settings)  # fmt: skip
+
+
+def _fit(plan, train_cases, val_cases, fold_dir: Path, seed, progress, resume) -> None:
+    from medlens.engine import Trainer
+    from medlens.tasks.segmentation.augment import segmentation_augment
+    from medlens.tasks.segmentation.losses import DeepSupervisionLoss, DiceCELoss
+
+    torch.manual_seed(seed)
+    network = build_network(plan)
+    batches = PatchBatches(
+        train_cases,
+        tuple(plan.patch_size),
+        plan.batch_size,
+        batches_per_epoch=int(plan.train.get("batches_per_epoch", 50)),
+        foreground_oversampling=plan.foreground_oversampling,
+        ignore_label=plan.ignore_label,
+        seed=seed,
+        augment=segmentation_augment(plan.spatial_dims, anisotropic_axis=_coarse_axis(plan)),
+    )
+
+    def evaluate(model, cases):
+        scores = []
+        for case in cases:
+            probs = predict_case([model], case.image, plan)
+            scores.append(_mean_dice(probs.argmax(0), case.label, plan))
+        return {"dice": float(np.nanmean(scores)) if scores else float("nan")}
+
+    loss = DeepSupervisionLoss(DiceCELoss(ignore_index=plan.ignore_label))
+    trainer = Trainer(network, _config(plan, seed, progress), batches, val_data=val_cases,
+                      output_dir=fold_dir, evaluate_fn=evaluate, loss_fn=loss,
+                      task="segmentation")  # fmt: skip
+    trainer.fit(resume=resume and (fold_dir / "last.pt").exists())
+
+
+def _coarse_axis(plan: SegmentationPlan) -> int | None:
+    spacing = plan.target_spacing[::-1]  # array order
+    coarse = int(np.argmax(spacing))
+    return coarse if max(spacing) > 3 * min(spacing) else None
+
+
+def _mean_dice(pred: np.ndarray, ref: np.ndarray, plan: SegmentationPlan) -> float:
+    scores = []
+    for value in plan.label_values:
+        if value == 0 or value == plan.ignore_label:
+            continue
+        p, r = pred == value, ref == value
+        if plan.ignore_label is not None:
+            keep = ref != plan.ignore_label
+            p, r = p & keep, r & keep
+        total = p.sum() + r.sum()
+        scores.append(1.0 if total == 0 else 2.0 * (p & r).sum() / total)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def _validate(output: Path, plan, val_cases, log) -> dict[str, Any]:
+    """Full metrics of the best checkpoint on the validation cases (on the plan's grid)."""
+    from medlens.engine import load_weights
+    from medlens.metrics import SegmentationMetric
+
+    network = build_network(plan)
+    best = output / "fold-0" / "best.pt"
+    load_weights(network, best if best.is_file() else output / "fold-0" / "last.pt")
+    labels = [v for v in plan.label_values if v not in (0, plan.ignore_label)]
+    metric = SegmentationMetric(labels=labels, tolerance_mm=1.0, n_boot=1000)
+    spacing = tuple(plan.target_spacing[::-1])
+    for case in val_cases:
+        pred = predict_case([network], case.image, plan).argmax(0)
+        metric.update(pred, case.label, spacing, case_id=case.id)
+    result = metric.compute()
+    _write_json(output / "metrics.json", result)
+    mean = result["aggregate"]["mean"]
+    dice = mean.get("dice", {})
+    if dice.get("mean") is not None:
+        log(f"validation ({len(val_cases)} cases): mean Dice {dice['mean']:.4f}")
+    return {"dice": dice, "hd95": mean.get("hd95", {}), "n_cases": len(val_cases)}
+
+
+def _info(plan, dataset, data, seed, status) -> dict[str, Any]:
+    return {
+        "format": RUN_FORMAT,
+        "medlens": __version__,
+        "status": status,
+        "task": "segmentation",
+        "data": {"source": str(data), "name": dataset.name, "cases": len(dataset)},
+        "label_values": plan.label_values,
+        "class_names": list(dataset.class_names),
+        "seed": seed,
+    }
+
+
+def _describe(plan: SegmentationPlan, n_train: int, n_val: int) -> str:
+    patch = "x".join(map(str, plan.patch_size))
+    return (
+        f"plan: {plan.spatial_dims}D U-Net, {len(plan.network['features'])} stages, patch {patch}, "
+        f"batch {plan.batch_size}, {plan.train.get('epochs')} epochs; {n_train} training and "
+        f"{n_val} validation cases"
+    )
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=1, default=_plain) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

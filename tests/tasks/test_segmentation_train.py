@@ -1,0 +1,97 @@
+"""The segmentation job end to end on small synthetic images (a tiny U-Net, a few epochs)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from medlens.cli.main import main
+
+TINY = ["network.features=[8,16,16]", "network.strides=[[1,1],[2,2],[2,2]]",
+        "network.kernel_sizes=[[3,3],[3,3],[3,3]]", "patch_size=32,32", "batch_size=4",
+        "train.batches_per_epoch=8", "train.lr=0.01"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def disks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg") / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :48]
+    for i in range(10):
+        cy, cx, r = rng.integers(14, 26), rng.integers(16, 32), rng.integers(6, 10)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        image = np.clip(rng.normal(70, 15, (40, 48)) + 100 * disk, 0, 255).astype(np.uint8)
+        PILImage.fromarray(image).save(root / "images" / f"case{i:02d}.png")
+        PILImage.fromarray((disk * 255).astype(np.uint8)).save(
+            root / "masks" / f"case{i:02d}_mask.png"
+        )
+    return root
+
+
+def test_cli_trains_a_unet_and_validates_it(disks, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--task", "segmentation", "--data", str(disks), "--output", str(run),
+            "--epochs", "3", "--no-progress"]  # fmt: skip
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0, capsys.readouterr().err
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "complete" and info["task"] == "segmentation"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_cases"] == 2 and metrics["aggregate"]["mean"]["dice"]["mean"] > 0.6
+    history = (run / "fold-0" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 3 and "val_dice" in json.loads(history[-1])
+    state = torch.load(run / "fold-0" / "best.pt", weights_only=True)
+    assert "model" in state
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["patch_size"] == [32, 32] and plan["train"]["epochs"] == 3
+    # resume of a finished run trains nothing more and gives the same metrics
+    assert main([*args, "--resume"]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert (
+        again["aggregate"]["mean"]["dice"]["mean"] == metrics["aggregate"]["mean"]["dice"]["mean"]
+    )
+
+
+def test_refuses_classification_data_and_missing_plan(disks, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    np.savez(tmp_path / "in" / "x.npz", train_images=np.zeros((4, 8, 8), np.uint8),
+             train_labels=np.zeros((4, 1)))  # fmt: skip
+    for args in (
+        ["train", "--task", "segmentation", "--data", str(tmp_path / "in" / "x.npz"),
+         "--output", str(tmp_path / "a")],
+        ["train", "--task", "segmentation", "--data", str(disks), "--output", str(tmp_path / "b"),
+         "--plan", str(tmp_path / "missing.json")],
+    ):  # fmt: skip
+        capsys.readouterr()
+        assert main(args) == 1
+        assert capsys.readouterr().err.startswith("error:")
+
+
+def test_predict_writes_one_mask_per_image_on_its_grid(disks, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--task", "segmentation", "--data", str(disks), "--output", str(run),
+            "--epochs", "3", "--no-progress"]  # fmt: skip
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0
+    out = tmp_path / "masks"
+    assert main(["predict", str(run), "--input", str(disks / "images"), "--output", str(out),
+                 "--mirror"]) == 0  # fmt: skip
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [f"case{i:02d}.png" for i in range(10)]
+    scores = []
+    for i in range(10):
+        pred = np.asarray(PILImage.open(out / f"case{i:02d}.png"))
+        truth = np.asarray(PILImage.open(disks / "masks" / f"case{i:02d}_mask.png")) > 0
+        assert pred.shape == (40, 48) and set(np.unique(pred)) <= {0, 1}  # training's values
+        scores.append(2 * ((pred > 0) & truth).sum() / ((pred > 0).sum() + truth.sum()))
+    assert np.mean(scores) > 0.6
+    assert main(["predict", str(run), "--input", str(disks), "--output",
+                 str(disks / "images" / "out")]) == 1  # never into the input folder  # fmt: skip
