@@ -23,7 +23,14 @@ from medlens.io._detect import looks_like_raw_dicom
 from medlens.io._dicom_assemble import SliceSpacingWarning, assemble
 from medlens.io._dicom_frames import frames_from_dataset, read_dataset
 
-__all__ = ["SeriesInfo", "SliceSpacingWarning", "find_dicom_files", "list_series", "read_dicom"]
+__all__ = [
+    "SeriesInfo",
+    "SliceSpacingWarning",
+    "find_dicom_files",
+    "is_dicom_file",
+    "list_series",
+    "read_dicom",
+]
 
 _NOT_DICOM_SUFFIXES = {
     ".txt", ".md", ".csv", ".json", ".xml", ".html", ".pdf", ".png", ".jpg", ".jpeg", ".nii",
@@ -114,7 +121,7 @@ def find_dicom_files(folder: str | Path) -> list[Path]:
             if name.startswith(".") or name.upper() == "DICOMDIR":
                 continue
             candidate = Path(root) / name
-            if _maybe_dicom(candidate):
+            if is_dicom_file(candidate):
                 found.append(candidate)
     if not found:
         problem = "folder holds no DICOM files" if seen_any else "folder is empty"
@@ -173,7 +180,8 @@ def _dicomdir_files(dicomdir: Path, ds) -> list[Path]:
     return files
 
 
-def _maybe_dicom(path: Path) -> bool:
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` looks like a DICOM file: by suffix, else by its header (no parsing)."""
     suffix = path.suffix.lower()
     if suffix in _DICOM_SUFFIXES:
         return True

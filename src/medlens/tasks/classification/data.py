@@ -249,17 +249,9 @@ def _read_npz(path: Path, spec: InputSpec, split: str | None) -> ImageSet:
 
 def _group_inputs(files: list[Path], spatial_dims: int, root: Path) -> list[tuple[str, Any]]:
     """``(id, source)`` per input: a file, or for 3D models a DICOM series (list of files)."""
-    from medlens.io._detect import looks_like_raw_dicom
+    from medlens.io.dicom import is_dicom_file
 
-    def is_dicom(p: Path) -> bool:
-        try:
-            with open(p, "rb") as handle:
-                head = handle.read(132)
-        except OSError:
-            return False
-        return head[128:132] == b"DICM" or looks_like_raw_dicom(head)
-
-    dicom = [p for p in files if p.suffix.lower() == ".dcm" or is_dicom(p)]
+    dicom = [p for p in files if is_dicom_file(p)]
     others = [p for p in files if p not in set(dicom) and p.name.lower().endswith(_IMAGE_SUFFIXES)]
     items: list[tuple[str, Any]] = []
     base = root if root.is_dir() else root.parent

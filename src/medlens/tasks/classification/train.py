@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from medlens import __version__
-from medlens._atomic import atomic_write_text, ensure_outside
+from medlens._atomic import atomic_write_json, ensure_outside
 from medlens.errors import DatasetError, MedlensError
 from medlens.tasks.classification.bundle import (
     RUN_FORMAT,
@@ -94,7 +94,7 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
     from medlens.engine import TrainConfig, apply_overrides
 
     main = dist.is_main
-    write = _write_json if main else _skip
+    write = atomic_write_json if main else _skip
     if not main:
         log, progress = _skip, False
 
@@ -203,7 +203,7 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
     if not main:  # evaluation and report are rank 0's
         barrier()
         return info
-    _write_json(output / "run.json", info)
+    atomic_write_json(output / "run.json", info)
     if held_out is not None:
         evaluation, probs = _evaluate_held_out(output, info, held_out, n_boot, seed, log)
         keys = ("auc", "accuracy", "sensitivity", "specificity", "f1", "accuracy_at_0.5")
@@ -218,8 +218,8 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
             threshold=threshold, n_boot=n_boot, seed=seed,
         )  # fmt: skip
         evaluation["split"] = "tuning images (out-of-fold): optimistic, nothing was held out"
-        _write_json(output / "metrics.json", evaluation)
-    _write_json(output / "run.json", info)
+        atomic_write_json(output / "metrics.json", evaluation)
+    atomic_write_json(output / "run.json", info)
     _report(output, info, report_data, evaluation, probs, log)
     barrier()
     return info
@@ -301,7 +301,7 @@ def _fit_fold(network, config, data, train_idx, tune_idx, fold_dir, augment, tas
     trainer.fit(resume=resume and (fold_dir / "last.pt").exists())
     best = trainer.tracker.state_dict() if hasattr(trainer.tracker, "state_dict") else {}
     if trainer.dist.is_main:
-        _write_json(fold_dir / "done.json", {"epochs": trainer.epoch, "best": best})
+        atomic_write_json(fold_dir / "done.json", {"epochs": trainer.epoch, "best": best})
 
 
 def _best(fold_dir: Path) -> Path:
@@ -331,7 +331,7 @@ def _evaluate_held_out(output, info, held_out, n_boot, seed, log) -> dict[str, A
             held_out.labels, probs, "binary", class_names=run.class_names, n_boot=n_boot, seed=seed
         )
         evaluation["accuracy_at_0.5"] = plain["accuracy"]
-    _write_json(output / "metrics.json", evaluation)
+    atomic_write_json(output / "metrics.json", evaluation)
     write_predictions(
         output / "predictions.csv",
         held_out,
@@ -362,15 +362,3 @@ def _report(output: Path, info, data: ImageSet, evaluation, probs, log) -> None:
 
 def _skip(*args: Any, **kwargs: Any) -> None:
     """What ranks other than 0 do instead of writing or printing."""
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1, default=_plain) + "\n")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

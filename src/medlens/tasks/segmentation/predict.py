@@ -124,7 +124,7 @@ def predict_inputs(
 
 def _inputs(source: Path, dims: int) -> list[tuple[str, Path]]:
     from medlens.data.paired import file_stem
-    from medlens.io._detect import looks_like_raw_dicom
+    from medlens.io.dicom import is_dicom_file
 
     if source.is_file():
         return [(file_stem(source.name), source)]
@@ -133,18 +133,9 @@ def _inputs(source: Path, dims: int) -> list[tuple[str, Path]]:
     items = [(file_stem(p.name), p) for p in files if p.name.lower().endswith(_SUFFIXES)]
     if dims == 3:  # a folder of DICOM files is one series: named after the folder
         for folder in folders:
-            if any(_is_dicom(p, looks_like_raw_dicom) for p in folder.iterdir() if p.is_file()):
+            if any(is_dicom_file(p) for p in folder.iterdir() if p.is_file()):
                 items.append((folder.name, folder))
-        dicom_here = [p for p in files if _is_dicom(p, looks_like_raw_dicom)]
+        dicom_here = [p for p in files if is_dicom_file(p)]
         if dicom_here and not items:
             items.append((source.name, source))
     return items
-
-
-def _is_dicom(path: Path, raw_check) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM" or raw_check(head)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from medlens import __version__
-from medlens._atomic import atomic_write_text, ensure_outside
+from medlens._atomic import atomic_write_json, ensure_outside
 from medlens.errors import DatasetError, MedlensError
 from medlens.tasks.segmentation.data import Case, PatchBatches, preprocess_case
 from medlens.tasks.segmentation.plan import SegmentationPlan, apply_plan_overrides, make_plan
@@ -117,7 +117,7 @@ def train_segmentation(
         groups = dataset.subjects() if dataset.has_subjects() else None
         split = train_val_split(dataset, VAL_FRACTION, seed=seed, groups=groups, stratify=False)
         save_splits(output / "splits.json", split)
-        _write_json(output / "run.json", _info(the_plan, dataset, data, seed, "training"))
+        atomic_write_json(output / "run.json", _info(the_plan, dataset, data, seed, "training"))
         log(_describe(the_plan, len(split["train"]), len(split["val"])))
     train_cases = _preprocess(dataset, split["train_indices"], the_plan, progress, "training")
     val_cases = _preprocess(dataset, split["val_indices"], the_plan, progress, "validation")
@@ -125,7 +125,7 @@ def train_segmentation(
     info = _info(the_plan, dataset, data, seed, "complete")
     info["train_seconds"] = round(time.perf_counter() - started, 1)
     info["evaluation"] = _validate(output, the_plan, val_cases, log)
-    _write_json(output / "run.json", info)
+    atomic_write_json(output / "run.json", info)
     return info
 
 
@@ -216,7 +216,7 @@ def _validate(output: Path, plan, val_cases, log) -> dict[str, Any]:
         pred = predict_case([network], case.image, plan).argmax(0)
         metric.update(pred, case.label, spacing, case_id=case.id)
     result = metric.compute()
-    _write_json(output / "metrics.json", result)
+    atomic_write_json(output / "metrics.json", result)
     mean = result["aggregate"]["mean"]
     dice = mean.get("dice", {})
     if dice.get("mean") is not None:
@@ -244,15 +244,3 @@ def _describe(plan: SegmentationPlan, n_train: int, n_val: int) -> str:
         f"batch {plan.batch_size}, {plan.train.get('epochs')} epochs; {n_train} training and "
         f"{n_val} validation cases"
     )
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=1, default=_plain) + "\n")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
