@@ -153,6 +153,20 @@ def test_min_delta_and_missing_monitor(toy):
     assert len(Trainer(mlp(), config.replace(early_stopping_patience=None), toy[0]).fit()) == 2
 
 
+def test_validation_every_few_epochs_and_always_after_the_last(tmp_path, toy):
+    config = TrainConfig(**FAST, epochs=7, monitor="val_score", monitor_mode="max", val_every=3,
+                         early_stopping_patience=5)  # fmt: skip
+    trainer = Trainer(mlp(), config, toy[0], evaluate_fn=scripted([0.5, 0.9, 0.7]),
+                      output_dir=tmp_path)  # fmt: skip
+    history = trainer.fit()
+    assert [r["epoch"] for r in history if "val_score" in r] == [3, 6, 7]
+    assert [r["val_score"] for r in history if "val_score" in r] == [0.5, 0.9, 0.7]
+    assert trainer.tracker.best_epoch == 6 and trainer.tracker.bad_epochs == 1
+    assert torch.load(tmp_path / "best.pt", weights_only=True)["epoch"] == 6
+    with pytest.raises(ConfigError, match="val_every"):
+        TrainConfig(val_every=0)
+
+
 def test_same_seed_gives_identical_weights(toy):
     def run(seed):
         seed_everything(seed)

@@ -46,7 +46,9 @@ class TrainConfig:
     Schedules step per iteration; ``warmup_epochs`` may be fractional. ``ema_decay``,
     ``grad_clip``, ``early_stopping_patience`` and ``class_weights`` are off when ``None``.
     ``monitor`` names a key of the per-epoch record (``val_loss``, ``val_accuracy``,
-    ``train_loss``, or ``val_<name>`` for a custom evaluation's ``<name>``).
+    ``train_loss``, or ``val_<name>`` for a custom evaluation's ``<name>``). ``val_every``
+    validates every so many epochs (and always after the last); early stopping's patience
+    then counts validated epochs only.
     """
 
     epochs: int = 10
@@ -81,6 +83,7 @@ class TrainConfig:
     early_stopping_min_delta: float = 0.0
     monitor: str = "val_loss"
     monitor_mode: Literal["min", "max"] = "min"
+    val_every: int = 1
     # reproducibility and runtime
     seed: int = 0
     deterministic: bool = False
@@ -126,6 +129,7 @@ class TrainConfig:
         need(self.num_threads is None or self.num_threads >= 1, "num_threads", ">= 1")
         need(self.num_workers >= 0, "num_workers", "must be >= 0")
         need(bool(self.monitor), "monitor", "must name a metric")
+        need(self.val_every >= 1, "val_every", "must be at least 1 epoch")
 
     # ------------------------------------------------------------------ conversions
     def to_dict(self) -> dict[str, Any]:

@@ -324,7 +324,7 @@ class Trainer:
         record: dict[str, Any] = {"epoch": epoch, "train_loss": float(totals[0] / totals[1])}
         for name, lr in lrs.items():  # the rate of the epoch's last step
             record["lr" if len(lrs) == 1 else f"lr_{name}"] = float(lr)
-        if self.val_batches is not None or self.evaluate_fn is not None:
+        if self._validates(epoch):
             record.update({f"val_{k}": v for k, v in self.evaluate().items()})
         record["time"] = round(time.perf_counter() - started, 4)
         improved = self._track(record)
@@ -332,10 +332,18 @@ class Trainer:
         self._save(improved)
         self._emit("on_epoch_end", epoch, record)
 
+    def _validates(self, epoch: int) -> bool:
+        if self.val_batches is None and self.evaluate_fn is None:
+            return False
+        every = self.config.val_every
+        return every == 1 or epoch % every == 0 or epoch >= self.config.epochs
+
     def _track(self, record: dict[str, Any]) -> bool:
         config = self.config
         value = record.get(config.monitor)
         if value is None:
+            if config.monitor.startswith("val_") and not self._validates(record["epoch"]):
+                return False  # not a validation epoch
             if config.early_stopping_patience is not None:
                 keys = ", ".join(k for k in record if k not in ("epoch", "time"))
                 raise ConfigError(f"monitor={config.monitor!r}: not among the metrics ({keys})")
