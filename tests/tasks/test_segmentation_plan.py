@@ -50,8 +50,15 @@ def test_isotropic_ct_volume():
     }
     assert math.prod(plan.patch_size) <= 1.2 * 64**3 and _divisible(plan)
     assert all(k == [3, 3, 3] for k in plan.network["kernel_sizes"])
-    assert plan.network["features"][0] == 32 and max(plan.network["features"]) <= 320
+    # a CPU plan: half of nnU-Net's widths, the CPU schedule; a GPU plan: the full widths
+    assert plan.network["features"][0] == 16 and max(plan.network["features"]) <= 160
+    assert plan.train["epochs"] * plan.train["batches_per_epoch"] == 2000
     assert plan.batch_size >= 2
+    gpu = make_plan(_fingerprint([1.0, 1.0, 1.0], [200, 180, 160], modality="CT"), device="gpu")
+    assert gpu.network["features"][0] == 32 and max(gpu.network["features"]) == 320
+    assert math.prod(gpu.patch_size) > math.prod(plan.patch_size)
+    with pytest.raises(PlanError, match="device"):
+        make_plan(_fingerprint([1.0, 1.0, 1.0], [200, 180, 160]), device="tpu")
 
 
 def test_anisotropic_volume_follows_the_thin_slices_and_spares_the_coarse_axis():

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image as PILImage
+from scipy import ndimage
 
 from medlens.cli.main import main
+from medlens.data import load_splits
+from medlens.io import load_image
+from medlens.tasks.segmentation.predict import load_segmentation_run, predict_image
 
 TINY = ["network.features=[8,16,16]", "network.strides=[[1,1],[2,2],[2,2]]",
         "network.kernel_sizes=[[3,3],[3,3],[3,3]]", "patch_size=32,32", "batch_size=4",
@@ -95,3 +99,32 @@ def test_predict_writes_one_mask_per_image_on_its_grid(disks, tmp_path, capsys):
     assert np.mean(scores) > 0.6
     assert main(["predict", str(run), "--input", str(disks), "--output",
                  str(disks / "images" / "out")]) == 1  # never into the input folder  # fmt: skip
+
+
+def test_cross_validation_folds_ensemble_and_postprocessing(disks, tmp_path, capsys):
+    run = tmp_path / "cv"
+    args = ["train", "--task", "segmentation", "--data", str(disks), "--output", str(run),
+            "--epochs", "2", "--folds", "2", "--model", "resunet", "--no-progress"]  # fmt: skip
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0, capsys.readouterr().err
+    folds = load_splits(run / "splits.json")
+    assert len(folds) == 2 and sorted(folds[0]["val"] + folds[1]["val"]) == [
+        f"case{i:02d}" for i in range(10)
+    ]
+    assert (run / "fold-0" / "best.pt").is_file() and (run / "fold-1" / "best.pt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_cases"] == 10  # every case predicted once, by the fold that did not see it
+    rules = json.loads((run / "postprocessing.json").read_text())
+    assert rules["n_cases"] == 10 and set(rules["classes"]) == {"1"}
+    assert metrics["postprocessing"] == rules
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["network"]["encoder"] == "residual"
+    trained = load_segmentation_run(run)
+    assert len(trained.networks) == 2 and trained.postprocessing == rules
+    # the ensemble's prediction, and with both postprocessing steps forced: one component
+    labels = predict_image(trained, load_image(disks / "images" / "case00.png")).array
+    rules["classes"]["1"].update(largest_component=True, fill_holes=True)
+    forced = predict_image(trained, load_image(disks / "images" / "case00.png")).array
+    assert ndimage.label(forced == 1)[1] <= 1
+    assert forced.shape == labels.shape

@@ -35,11 +35,14 @@ def train(
     if task == "segmentation":
         from medlens.tasks.segmentation.train import train_segmentation
 
-        if folds is not None or model is not None:
-            raise MedlensError("segmentation: --folds and --model are not available yet")
-        info = train_segmentation(data, output, plan=plan, epochs=epochs, seed=seed,
-                                  resume=resume, overrides=overrides, progress=progress,
-                                  log=typer.echo)  # fmt: skip
+        if model is not None:  # the plan's U-Net with a plain or residual encoder
+            encoders = {"unet": "plain", "resunet": "residual"}
+            if model not in encoders:
+                raise MedlensError(f"--model {model}: not a segmentation model (unet, resunet)")
+            overrides = [f"network.encoder={encoders[model]}", *(overrides or [])]
+        info = train_segmentation(data, output, plan=plan, epochs=epochs, folds=folds,
+                                  seed=seed, resume=resume, overrides=overrides,
+                                  progress=progress, log=typer.echo)  # fmt: skip
         typer.echo(f"run folder: {output} ({info['train_seconds']:.0f} s)")
         return
     if model is not None:
@@ -68,13 +71,54 @@ def train(
 def evaluate(
     run: Path = typer.Argument(..., help="Run folder written by medlens train."),
     data: Path = typer.Option(..., "--data", help="Labelled images: .npz, CSV, folder."),
-    split: str | None = typer.Option(None, "--split", help="The .npz split (train, val, test)."),
+    split: str | None = typer.Option(
+        None,
+        "--split",
+        help="The .npz split (train, val, test). Segmentation: val (the run's validation cases; "
+        "the default on its training data) or all.",
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="Write the metrics here as JSON."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the CIs."),
+    output: Path | None = typer.Option(
+        None, "--output", help="Segmentation: evaluation folder; default RUN/evaluation."
+    ),
+    mirror: bool = typer.Option(
+        False, "--mirror/--no-mirror", help="Segmentation: mirroring test-time augmentation."
+    ),
+    tolerance_mm: float | None = typer.Option(
+        None, "--tolerance-mm", help="Segmentation: surface Dice tolerance in mm (default 1)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Metrics with 95% bootstrap confidence intervals on labelled data."""
     from medlens._atomic import atomic_write_text
     from medlens.errors import MedlensError
+
+    if _is_segmentation_run(run):
+        from medlens.tasks.segmentation.evaluate import evaluate_segmentation, format_table
+
+        result = evaluate_segmentation(
+            run,
+            data,
+            split=split,
+            tolerance_mm=1.0 if tolerance_mm is None else tolerance_mm,
+            output=output,
+            n_boot=n_boot,
+            mirror=mirror,
+            progress=progress,
+        )
+        typer.echo(format_table(result))
+        files = result["files"]
+        typer.echo(f"metrics: {files['metrics']}")
+        typer.echo(f"per case: {files['per_case']}")
+        typer.echo(f"report: {files['report']}")
+        if json_path is not None:
+            metrics = {k: v for k, v in result.items() if k != "files"}
+            atomic_write_text(json_path, json.dumps(metrics, indent=1) + "\n")
+            typer.echo(f"metrics (copy): {json_path}")
+        return
+    if output is not None or mirror or tolerance_mm is not None:
+        raise MedlensError("--output, --mirror and --tolerance-mm are for segmentation runs")
     from medlens.metrics import evaluate_classification
     from medlens.tasks.classification import load_run, predict_probs, read_inputs
     from medlens.tasks.classification.data import load_labelled
@@ -125,7 +169,9 @@ def predict(
         from medlens.tasks.segmentation.predict import load_segmentation_run, predict_inputs
 
         written = predict_inputs(load_segmentation_run(run), input_path, output, mirror=mirror)
-        typer.echo(f"{len(written)} masks: {output}")
+        segs = sum(p.name.endswith(".seg.dcm") for p in written)
+        extra = f" and {segs} DICOM SEG" if segs else ""
+        typer.echo(f"{len(written) - segs} masks{extra}: {output}")
         return
     from medlens.tasks.classification import load_run, predict_probs, read_inputs
     from medlens.tasks.classification.bundle import write_predictions

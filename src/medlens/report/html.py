@@ -24,7 +24,7 @@ from medlens.metrics import HEADLINE
 from medlens.metrics._inputs import prepare
 from medlens.report import plots
 
-__all__ = ["THRESHOLD_YOUDEN", "write_classification_report"]
+__all__ = ["THRESHOLD_YOUDEN", "html_page", "write_classification_report"]
 
 #: ``threshold_source`` for a threshold from :func:`medlens.metrics.choose_thresholds`.
 THRESHOLD_YOUDEN = (
@@ -372,7 +372,7 @@ def write_classification_report(
         text = json.dumps(config, indent=2, default=str, allow_nan=True)
         body = f"<details><summary>Configuration (JSON)</summary><pre>{_e(text)}</pre></details>"
         sections.append(_section("config", "Configuration", body))
-    page = _page(title, sections)
+    page = html_page(title, sections, "Classification report")
     path = Path(path)
     atomic_write_text(path, page)
     return path
@@ -395,7 +395,9 @@ def _predictions(prep: Any) -> np.ndarray:
     return np.argmax(prep.prob, axis=1)
 
 
-def _page(title: str, sections: list[tuple[str, str, str]]) -> str:
+def html_page(title: str, sections: list[tuple[str, str, str]], kind: str = "Report") -> str:
+    """One self-contained page: ``sections`` are ``(anchor, heading, html)`` from
+    :func:`_section`, linked from a navigation bar; ``kind`` opens the page's byline."""
     from medlens import __version__
 
     stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -405,6 +407,6 @@ def _page(title: str, sections: list[tuple[str, str, str]]) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body><main>"
-        f'<h1>{_e(title)}</h1><p class="meta">Classification report, written {_e(stamp)} '
+        f'<h1>{_e(title)}</h1><p class="meta">{_e(kind)}, written {_e(stamp)} '
         f"by medlens {_e(__version__)}.</p><nav>{nav}</nav>\n{body}\n</main></body></html>\n"
     )

@@ -25,10 +25,19 @@ _SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz"
 
 
 class SegmentationRun:
-    """A finished segmentation run: its plan and its network(s)."""
+    """A finished segmentation run: its plan, its network(s) (one per fold, ensembled) and the
+    postprocessing rules decided on validation (``None``: none)."""
 
-    def __init__(self, path: Path, info: dict[str, Any], plan: SegmentationPlan, networks) -> None:
+    def __init__(
+        self,
+        path: Path,
+        info: dict[str, Any],
+        plan: SegmentationPlan,
+        networks,
+        postprocessing: dict[str, Any] | None = None,
+    ) -> None:
         self.path, self.info, self.plan, self.networks = path, info, plan, networks
+        self.postprocessing = postprocessing
 
 
 def load_segmentation_run(path: str | Path) -> SegmentationRun:
@@ -53,11 +62,16 @@ def load_segmentation_run(path: str | Path) -> SegmentationRun:
         networks.append(network.eval())
     if not networks:
         raise MedlensError(f"{path}: no trained fold (fold-*/best.pt)")
-    return SegmentationRun(path, info, plan, networks)
+    rules_path = path / "postprocessing.json"
+    rules = json.loads(rules_path.read_text()) if rules_path.is_file() else None
+    return SegmentationRun(path, info, plan, networks, rules)
 
 
-def predict_image(run: SegmentationRun, image: Image, *, mirror: bool = False) -> Image:
-    """The label map of ``image`` on ``image``'s own grid."""
+def predict_image(
+    run: SegmentationRun, image: Image, *, mirror: bool = False, postprocess: bool = True
+) -> Image:
+    """The label map of ``image`` on ``image``'s own grid, with the run's postprocessing
+    (largest component, hole filling: whatever validation chose) unless ``postprocess=False``."""
     from medlens.data.dataset import Sample
     from medlens.geometry import resample
     from medlens.tasks.segmentation.data import preprocess_case
@@ -81,6 +95,10 @@ def predict_image(run: SegmentationRun, image: Image, *, mirror: bool = False) -
         probs = resample(grid, like=spatial).array
     values = np.asarray(plan.label_values)
     labels = values[np.argmax(probs, axis=0)].astype(np.uint8 if values.max() < 256 else np.int16)
+    if postprocess and run.postprocessing:
+        from medlens.tasks.segmentation.postprocess import apply_postprocessing
+
+        labels = apply_postprocessing(labels, run.postprocessing)
     return spatial.with_array(labels, role=Role.LABEL)
 
 
@@ -100,9 +118,14 @@ def _squeeze_2d(image: Image, dims: int) -> Image:
 def predict_inputs(
     run: SegmentationRun, source: str | Path, output: str | Path, *, mirror: bool = False
 ) -> list[Path]:
-    """Predict every image under ``source`` into ``output``, one mask per image."""
+    """Predict every image under ``source`` into ``output``, one mask per image.
+
+    A DICOM series folder (3D models) also gets ``<name>.seg.dcm``: a DICOM Segmentation
+    referencing the series' instances (see :mod:`medlens.tasks.segmentation.dicomseg`).
+    """
     from medlens._atomic import ensure_outside
     from medlens.io import load_image, save_image
+    from medlens.tasks.segmentation.dicomseg import write_dicom_seg
 
     source, output = Path(source), Path(output)
     if not source.exists():
@@ -119,6 +142,11 @@ def predict_inputs(
         labels = predict_image(run, image, mirror=mirror)
         suffix = ".png" if run.plan.spatial_dims == 2 else ".nii.gz"
         written.append(save_image(labels, output / f"{name}{suffix}"))
+        if run.plan.spatial_dims == 3 and path.is_dir():  # a DICOM series: a SEG beside it
+            seg = write_dicom_seg(labels, path, output / f"{name}.seg.dcm",
+                                  label_values=run.plan.label_values,
+                                  class_names=run.info.get("class_names"))  # fmt: skip
+            written.append(seg)
     return written
 
 

@@ -80,6 +80,7 @@ def train_segmentation(
     *,
     plan: str | Path | None = None,
     epochs: int | None = None,
+    folds: int | None = None,
     seed: int = 0,
     resume: bool = False,
     overrides: Sequence[str] = (),
@@ -87,8 +88,19 @@ def train_segmentation(
     device: str = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Plan (unless ``plan`` is given), train and validate; returns ``run.json``'s content."""
-    from medlens.data import fingerprint, open_dataset, save_splits, train_val_split
+    """Plan (unless ``plan`` is given), train and validate; returns ``run.json``'s content.
+
+    ``folds=K`` trains K models on a K-fold split grouped by subject (``fold-0`` ...
+    ``fold-K-1``); validation metrics and the postprocessing decision then use the out-of-fold
+    predictions of every case, and ``medlens predict`` ensembles the K models.
+    """
+    from medlens.data import (
+        fingerprint,
+        kfold_splits,
+        open_dataset,
+        save_splits,
+        train_val_split,
+    )
 
     data, output = Path(data), Path(output)
     if not data.exists():
@@ -100,7 +112,7 @@ def train_segmentation(
     started = time.perf_counter()
     if resume:
         the_plan = SegmentationPlan.load(output / "plan.json")
-        split = json.loads((output / "splits.json").read_text())["folds"][0]
+        splits = json.loads((output / "splits.json").read_text())["folds"]
     else:
         if (output / "run.json").exists():
             raise MedlensError(f"{output}: holds a run already; use --resume or a new folder")
@@ -115,16 +127,29 @@ def train_segmentation(
         output.mkdir(parents=True, exist_ok=True)
         the_plan.save(output / "plan.json")
         groups = dataset.subjects() if dataset.has_subjects() else None
-        split = train_val_split(dataset, VAL_FRACTION, seed=seed, groups=groups, stratify=False)
-        save_splits(output / "splits.json", split)
+        if folds is not None and folds > 1:
+            splits = kfold_splits(dataset, folds, groups=groups, stratify=False, seed=seed)
+            save_splits(output / "splits.json", splits)
+        else:
+            split = train_val_split(dataset, VAL_FRACTION, seed=seed, groups=groups,
+                                    stratify=False)  # fmt: skip
+            save_splits(output / "splits.json", split)
+            splits = [split]
         atomic_write_json(output / "run.json", _info(the_plan, dataset, data, seed, "training"))
-        log(_describe(the_plan, len(split["train"]), len(split["val"])))
-    train_cases = _preprocess(dataset, split["train_indices"], the_plan, progress, "training")
-    val_cases = _preprocess(dataset, split["val_indices"], the_plan, progress, "validation")
-    _fit(the_plan, train_cases, val_cases, output / "fold-0", seed, progress, resume)
+        log(_describe(the_plan, len(splits[0]["train"]), len(splits[0]["val"]), len(splits)))
+    needed = sorted({int(i) for s in splits for i in (*s["train_indices"], *s["val_indices"])})
+    cases = dict(zip(needed, _preprocess(dataset, needed, the_plan, progress, "cases"),
+                     strict=True))  # fmt: skip
+    for k, split in enumerate(splits):
+        if len(splits) > 1:
+            log(f"fold {k + 1} of {len(splits)}")
+        _fit(the_plan, [cases[int(i)] for i in split["train_indices"]],
+             [cases[int(i)] for i in split["val_indices"]], output / f"fold-{k}",
+             seed + k, progress, resume)  # fmt: skip
     info = _info(the_plan, dataset, data, seed, "complete")
+    info["folds"] = len(splits)
     info["train_seconds"] = round(time.perf_counter() - started, 1)
-    info["evaluation"] = _validate(output, the_plan, val_cases, log)
+    info["evaluation"] = _validate(output, the_plan, splits, cases, log)
     atomic_write_json(output / "run.json", info)
     return info
 
@@ -201,27 +226,49 @@ def _mean_dice(pred: np.ndarray, ref: np.ndarray, plan: SegmentationPlan) -> flo
     return float(np.mean(scores)) if scores else float("nan")
 
 
-def _validate(output: Path, plan, val_cases, log) -> dict[str, Any]:
-    """Full metrics of the best checkpoint on the validation cases (on the plan's grid)."""
+def _validate(output: Path, plan, splits, cases: dict[int, Case], log) -> dict[str, Any]:
+    """Out-of-fold predictions of the best checkpoints (on the plan's grid): decide the
+    postprocessing on them, then write the full metrics of the postprocessed predictions."""
     from medlens.engine import load_weights
     from medlens.metrics import SegmentationMetric
+    from medlens.tasks.segmentation.postprocess import (
+        apply_postprocessing,
+        decide_postprocessing,
+    )
 
-    network = build_network(plan)
-    best = output / "fold-0" / "best.pt"
-    load_weights(network, best if best.is_file() else output / "fold-0" / "last.pt")
+    ids, predictions, references = [], [], []
+    for k, split in enumerate(splits):
+        network = build_network(plan)
+        best = output / f"fold-{k}" / "best.pt"
+        load_weights(network, best if best.is_file() else output / f"fold-{k}" / "last.pt")
+        for i in split["val_indices"]:
+            case = cases[int(i)]
+            ids.append(case.id)
+            values = np.asarray(plan.label_values)
+            predictions.append(values[predict_case([network], case.image, plan).argmax(0)])
+            references.append(case.label)
+    rules = decide_postprocessing(predictions, references, plan.label_values,
+                                  ignore_label=plan.ignore_label)  # fmt: skip
+    atomic_write_json(output / "postprocessing.json", rules)
     labels = [v for v in plan.label_values if v not in (0, plan.ignore_label)]
     metric = SegmentationMetric(labels=labels, tolerance_mm=1.0, n_boot=1000)
     spacing = tuple(plan.target_spacing[::-1])
-    for case in val_cases:
-        pred = predict_case([network], case.image, plan).argmax(0)
-        metric.update(pred, case.label, spacing, case_id=case.id)
+    for case_id, pred, ref in zip(ids, predictions, references, strict=True):
+        metric.update(apply_postprocessing(pred, rules), ref, spacing, case_id=case_id)
     result = metric.compute()
+    result["postprocessing"] = rules
     atomic_write_json(output / "metrics.json", result)
     mean = result["aggregate"]["mean"]
     dice = mean.get("dice", {})
+    for value, rule in rules["classes"].items():
+        chosen = [n for n in ("largest_component", "fill_holes") if rule[n]] or ["none"]
+        log(f"postprocessing of label {value}: {' + '.join(chosen)} (validation Dice "
+            f"{rule['dice']['none']:.4f} raw, {rule['dice']['largest_component']:.4f} largest "
+            f"component, {rule['dice']['fill_holes']:.4f} holes filled)")  # fmt: skip
     if dice.get("mean") is not None:
-        log(f"validation ({len(val_cases)} cases): mean Dice {dice['mean']:.4f}")
-    return {"dice": dice, "hd95": mean.get("hd95", {}), "n_cases": len(val_cases)}
+        what = "out-of-fold " if len(splits) > 1 else ""
+        log(f"validation ({len(ids)} {what}cases): mean Dice {dice['mean']:.4f}")
+    return {"dice": dice, "hd95": mean.get("hd95", {}), "n_cases": len(ids)}
 
 
 def _info(plan, dataset, data, seed, status) -> dict[str, Any]:
@@ -230,17 +277,18 @@ def _info(plan, dataset, data, seed, status) -> dict[str, Any]:
         "medlens": __version__,
         "status": status,
         "task": "segmentation",
-        "data": {"source": str(data), "name": dataset.name, "cases": len(dataset)},
+        "data": {"source": str(Path(data).resolve()), "name": dataset.name, "cases": len(dataset)},
         "label_values": plan.label_values,
         "class_names": list(dataset.class_names),
         "seed": seed,
     }
 
 
-def _describe(plan: SegmentationPlan, n_train: int, n_val: int) -> str:
+def _describe(plan: SegmentationPlan, n_train: int, n_val: int, n_folds: int = 1) -> str:
     patch = "x".join(map(str, plan.patch_size))
+    folds = f"{n_folds} folds of " if n_folds > 1 else ""
     return (
         f"plan: {plan.spatial_dims}D U-Net, {len(plan.network['features'])} stages, patch {patch}, "
-        f"batch {plan.batch_size}, {plan.train.get('epochs')} epochs; {n_train} training and "
-        f"{n_val} validation cases"
+        f"batch {plan.batch_size}, {plan.train.get('epochs')} epochs; {folds}{n_train} training "
+        f"and {n_val} validation cases"
     )
