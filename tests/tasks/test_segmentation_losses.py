@@ -85,3 +85,21 @@ def test_gradients_flow():
     labels = torch.randint(0, 3, (1, 4, 4, 4))
     DiceCELoss()(logits, labels).backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_the_plan_chooses_the_loss():
+    from medlens.errors import MedlensError
+    from medlens.tasks.segmentation.plan import make_plan
+    from medlens.tasks.segmentation.train import _loss
+
+    fp = {"task": "segmentation", "name": "x", "spatial_dims": 2, "spacing": {"median": [1, 1]},
+          "size": {"median": [64, 64]}, "label_values": [0, 1]}  # fmt: skip
+    plan = make_plan(fp)
+    loss = _loss(plan)
+    assert loss.batch_dice and loss.focal_gamma is None
+    plan.train.update(loss="dice_focal", batch_dice=False, focal_gamma=1.5)
+    loss = _loss(plan)
+    assert not loss.batch_dice and loss.focal_gamma == 1.5
+    plan.train["loss"] = "dice_bce"
+    with pytest.raises(MedlensError, match=r"train\.loss"):
+        _loss(plan)

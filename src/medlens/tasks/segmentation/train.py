@@ -177,7 +177,7 @@ def _config(plan: SegmentationPlan, seed: int, progress: bool):
 def _fit(plan, train_cases, val_cases, fold_dir: Path, seed, progress, resume) -> None:
     from medlens.engine import Trainer
     from medlens.tasks.segmentation.augment import segmentation_augment
-    from medlens.tasks.segmentation.losses import DeepSupervisionLoss, DiceCELoss
+    from medlens.tasks.segmentation.losses import DeepSupervisionLoss
 
     torch.manual_seed(seed)
     network = build_network(plan)
@@ -199,11 +199,24 @@ def _fit(plan, train_cases, val_cases, fold_dir: Path, seed, progress, resume) -
             scores.append(_mean_dice(probs.argmax(0), case.label, plan))
         return {"dice": float(np.nanmean(scores)) if scores else float("nan")}
 
-    loss = DeepSupervisionLoss(DiceCELoss(ignore_index=plan.ignore_label))
+    loss = DeepSupervisionLoss(_loss(plan))
     trainer = Trainer(network, _config(plan, seed, progress), batches, val_data=val_cases,
                       output_dir=fold_dir, evaluate_fn=evaluate, loss_fn=loss,
                       task="segmentation")  # fmt: skip
     trainer.fit(resume=resume and (fold_dir / "last.pt").exists())
+
+
+def _loss(plan: SegmentationPlan) -> torch.nn.Module:
+    """The plan's loss: ``train.loss`` dice_ce (default) or dice_focal (``train.focal_gamma``,
+    default 2); ``train.batch_dice`` pools the batch for the Dice term (default) or not."""
+    from medlens.tasks.segmentation.losses import DiceCELoss
+
+    name = plan.train.get("loss", "dice_ce")
+    if name not in ("dice_ce", "dice_focal"):
+        raise MedlensError(f"plan train.loss={name!r}: use dice_ce or dice_focal")
+    gamma = float(plan.train.get("focal_gamma", 2.0)) if name == "dice_focal" else None
+    return DiceCELoss(ignore_index=plan.ignore_label, focal_gamma=gamma,
+                      batch_dice=bool(plan.train.get("batch_dice", True)))  # fmt: skip
 
 
 def _coarse_axis(plan: SegmentationPlan) -> int | None:
