@@ -62,11 +62,6 @@ def apply_postprocessing(labels: np.ndarray, rules: dict[str, Any] | None) -> np
     return out
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    total = int(pred.sum()) + int(ref.sum())
-    return 1.0 if total == 0 else 2.0 * int((pred & ref).sum()) / total
-
-
 def decide_postprocessing(
     predictions: Sequence[np.ndarray],
     references: Sequence[np.ndarray],
@@ -81,36 +76,32 @@ def decide_postprocessing(
     bool, "fill_holes": bool, "dice": {"none": .., "largest_component": .., "fill_holes": ..}}},
     "n_cases": N}``.
     """
+    from medlens.metrics import dice
+
     if len(predictions) != len(references):
         raise ValueError("predictions and references differ in number")
     classes: dict[str, Any] = {}
     for value in label_values:
         if value == 0 or value == ignore_label:
             continue
-        scores: dict[str, list[float]] = {"none": [], "largest_component": [], "fill_holes": []}
-        lcc_masks = []
-        for pred, ref in zip(predictions, references, strict=True):
+        # per case: raw, largest component, holes filled in each (only into background)
+        scores = np.zeros((len(predictions), 4))
+        for i, (pred, ref) in enumerate(zip(predictions, references, strict=True)):
             keep = ref != ignore_label if ignore_label is not None else np.ones(ref.shape, bool)
             r = (ref == value) & keep
             m = pred == value
             lcc = largest_component(m) if m.any() else m
-            lcc_masks.append(lcc)
-            scores["none"].append(_dice(m & keep, r))
-            scores["largest_component"].append(_dice(lcc & keep, r))
-        means = {"none": float(np.mean(scores["none"]))}
-        means["largest_component"] = float(np.mean(scores["largest_component"]))
-        use_lcc = bool(means["largest_component"] >= means["none"] - 1e-12)
-        base = means["largest_component"] if use_lcc else means["none"]
-        for pred, ref, lcc in zip(predictions, references, lcc_masks, strict=True):
-            keep = ref != ignore_label if ignore_label is not None else np.ones(ref.shape, bool)
-            mask = lcc if use_lcc else pred == value
-            occupied = (pred != 0) & (pred != value)  # other classes are never overwritten
-            filled = ndimage.binary_fill_holes(mask) & ~occupied if mask.any() else mask
-            scores["fill_holes"].append(_dice(filled & keep, (ref == value) & keep))
-        means["fill_holes"] = float(np.mean(scores["fill_holes"]))
+            free = (pred == 0) | (pred == value)  # other classes are never overwritten
+            for j, mask in enumerate((m, lcc)):
+                filled = ndimage.binary_fill_holes(mask) & free if mask.any() else mask
+                scores[i, j] = dice(mask & keep, r)
+                scores[i, 2 + j] = dice(filled & keep, r)
+        none, lcc_mean, fill_raw, fill_lcc = (float(v) for v in scores.mean(axis=0))
+        use_lcc = lcc_mean >= none - 1e-12
+        base, filled_mean = (lcc_mean, fill_lcc) if use_lcc else (none, fill_raw)
         classes[str(int(value))] = {
-            "largest_component": use_lcc,
-            "fill_holes": bool(means["fill_holes"] >= base - 1e-12),
-            "dice": means,
+            "largest_component": bool(use_lcc),
+            "fill_holes": bool(filled_mean >= base - 1e-12),
+            "dice": {"none": none, "largest_component": lcc_mean, "fill_holes": filled_mean},
         }
     return {"classes": classes, "n_cases": len(predictions)}

@@ -226,16 +226,14 @@ def _coarse_axis(plan: SegmentationPlan) -> int | None:
 
 
 def _mean_dice(pred: np.ndarray, ref: np.ndarray, plan: SegmentationPlan) -> float:
-    scores = []
-    for value in plan.label_values:
-        if value == 0 or value == plan.ignore_label:
-            continue
-        p, r = pred == value, ref == value
-        if plan.ignore_label is not None:
-            keep = ref != plan.ignore_label
-            p, r = p & keep, r & keep
-        total = p.sum() + r.sum()
-        scores.append(1.0 if total == 0 else 2.0 * (p & r).sum() / total)
+    from medlens.metrics import dice
+
+    keep = ref != plan.ignore_label if plan.ignore_label is not None else True
+    scores = [
+        dice((pred == value) & keep, (ref == value) & keep)
+        for value in plan.label_values
+        if value not in (0, plan.ignore_label)
+    ]
     return float(np.mean(scores)) if scores else float("nan")
 
 
@@ -254,10 +252,10 @@ def _validate(output: Path, plan, splits, cases: dict[int, Case], log) -> dict[s
         network = build_network(plan)
         best = output / f"fold-{k}" / "best.pt"
         load_weights(network, best if best.is_file() else output / f"fold-{k}" / "last.pt")
+        values = np.asarray(plan.label_values)
         for i in split["val_indices"]:
             case = cases[int(i)]
             ids.append(case.id)
-            values = np.asarray(plan.label_values)
             predictions.append(values[predict_case([network], case.image, plan).argmax(0)])
             references.append(case.label)
     rules = decide_postprocessing(predictions, references, plan.label_values,
