@@ -78,6 +78,9 @@ def test_run_folder_holds_everything_and_learns(trained):
         assert metrics[name]["low"] <= metrics[name]["value"] <= metrics[name]["high"]
     assert metrics["auc"]["value"] > 0.9  # the blob is easy: the pipeline really learns
     assert isinstance(info["threshold"], float)  # Youden on the tuning split
+    page = (run / "report.html").read_text()  # explained examples: a Grad-CAM grid, not a note
+    assert "Explained examples (Grad-CAM)" in page and 'alt="Grad-CAM overlays"' in page
+    assert "Not drawn" not in page
     splits = json.loads((run / "splits.json").read_text())["folds"][0]
     assert not set(splits["train"]) & set(splits["val"])
     # every checkpoint loads without unpickling anything

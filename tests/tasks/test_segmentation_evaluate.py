@@ -128,6 +128,11 @@ def test_api_scores_the_validation_cases_by_default(run, ellipses, tmp_path, cap
     for data, _, _ in overlays:
         assert base64.b64decode(data).startswith(b"\x89PNG\r\n\x1a\n")
     assert 'alt="Learning curves"' in page and "<script" not in page
+    # explained examples: a Grad-CAM figure of each example case's predicted region
+    explained = re.findall(
+        r'alt="(best|median|worst) case [^"]*: label 1 in its predicted region"', page
+    )
+    assert explained == ["best", "median", "worst"], explained
     assert all(case in page for case in result["case_ids"])
 
 

@@ -15,6 +15,7 @@ import typer
 from medlens import __version__
 from medlens.cli.datasets import app as datasets_app
 from medlens.cli.demo import demo
+from medlens.cli.explain import explain
 from medlens.cli.info import info
 from medlens.cli.learn import evaluate, predict, train
 from medlens.cli.measure import app as measure_app
@@ -34,6 +35,7 @@ app.command("plan")(plan)
 app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("predict")(predict)
+app.command("explain")(explain)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(measure_app, name="measure")
 

@@ -360,6 +360,19 @@ class UNet(nn.Module):
         """The bottleneck stage, whose output :meth:`forward_features` returns (for hooks)."""
         return self.encoder[-1]
 
+    @property
+    def explain_layer(self) -> nn.Module:
+        """The layer Grad-CAM hooks for a segmentation score: the decoder stage at 1/8 of the
+        input's resolution (the deepest one if the network is shallower). The bottleneck is too
+        coarse and, for a region's score, its channel gradients often cancel to an empty map;
+        this stage still knows the context and localises."""
+        scale, chosen = 1, 0
+        for s in range(len(self.decoder)):
+            scale *= max(self.strides[s])  # cumulative stride of stage s
+            if scale <= 8:
+                chosen = s
+        return self.decoder[chosen]
+
     def _check_input(self, x: torch.Tensor) -> None:
         axes = _AXES[self.spatial_dims]
         if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:

@@ -49,6 +49,7 @@ def write_run_report(
         labels = np.asarray(labels).reshape(-1).astype(int)
     return write_classification_report(
         run / "report.html",
+        extra_sections=_explained(run, info, data, probs, labels),
         title=f"{info['data']['name']}: {info['task']} with {plan['model']}",
         evaluation=evaluation,
         history=read_history(run),
@@ -71,3 +72,36 @@ def write_run_report(
         notes=notes,
         threshold_source=threshold_source,
     )
+
+
+def _explained(run: Path, info: dict[str, Any], data: ImageSet, probs: np.ndarray, labels):
+    """The report's "Explained examples" section: Grad-CAM of the first fold's network on the
+    most confident held-out predictions (mistakes first). A failure leaves a note, not a crash."""
+    heading = "Explained examples (Grad-CAM)"
+    if info["metric_task"] == "multilabel" or len(data) == 0:
+        return []
+    try:
+        from medlens.engine import load_weights
+        from medlens.explain.render import explained_examples
+        from medlens.tasks.classification.data import InputSpec
+        from medlens.tasks.classification.plan import Plan, build_network
+
+        norm = info["normalisation"]
+        network = build_network(
+            Plan.from_dict(info["plan"]),
+            InputSpec.from_dict(info["input"]),
+            int(info["num_outputs"]),
+            norm["mean"],
+            norm["std"],
+        )
+        checkpoint = run / "fold-0" / "best.pt"
+        load_weights(network, checkpoint if checkpoint.is_file() else run / "fold-0" / "last.pt")
+        png = explained_examples(network.eval(), data.images, probs, info["class_names"], labels)
+    except Exception as exc:  # the report must not fail for want of a picture
+        return [(heading, f"Not drawn: {type(exc).__name__}: {exc}")]
+    text = (
+        "Where the network looked: Grad-CAM of the predicted class on the most confident "
+        "held-out predictions, mistakes first (the first fold's network). Run `medlens explain` "
+        "for every method with faithfulness checks."
+    )
+    return [(heading, text), ("Grad-CAM overlays", png)]

@@ -38,8 +38,13 @@ __all__ = ["evaluate_segmentation", "format_table", "overlay_figure"]
 SPLITS = ("val", "all")
 REFERENCE_COLOUR = "#ffc400"  # amber and azure: distinct on grey and for colour-blind readers
 PREDICTION_COLOUR = "#00a8ff"
-_COLUMNS = (("dice", "dice"), ("iou", "iou"), ("hd95", "hd95_mm"), ("assd", "assd_mm"),
-            ("nsd", "nsd"))  # fmt: skip
+_COLUMNS = (
+    ("dice", "dice"),
+    ("iou", "iou"),
+    ("hd95", "hd95_mm"),
+    ("assd", "assd_mm"),
+    ("nsd", "nsd"),
+)
 _HEADINGS = {
     "dice": "Dice",
     "iou": "IoU",
@@ -113,8 +118,12 @@ def evaluate_segmentation(
     labels = [int(v) for v in plan.label_values if v not in (0, plan.ignore_label)]
     if not labels:
         raise MedlensError(f"{run_dir}: the run has no foreground label to evaluate")
-    metric = SegmentationMetric(labels=labels, tolerance_mm=tolerance_mm, n_boot=n_boot,
-                                class_names=_class_names(run.info, labels))  # fmt: skip
+    metric = SegmentationMetric(
+        labels=labels,
+        tolerance_mm=tolerance_mm,
+        n_boot=n_boot,
+        class_names=_class_names(run.info, labels),
+    )
     items: Sequence[tuple[int, int | None]] = selected
     if progress:
         from rich.progress import track
@@ -149,7 +158,8 @@ def evaluate_segmentation(
     atomic_write_json(files["metrics"], result)
     _write_per_case(files["per_case"], result)
     overlays = _overlays(run, dataset, selected, ranked, cases, mirror)
-    _write_report(files["report"], run, result, overlays)
+    explained = _explained(run, dataset, selected, ranked)
+    _write_report(files["report"], run, result, overlays, explained)
     return {**result, "files": {name: str(path) for name, path in files.items()}}
 
 
@@ -350,10 +360,12 @@ def format_table(result: Mapping[str, Any]) -> str:
     tolerance = result.get("tolerance_mm", result.get("settings", {}).get("tolerance_mm"))
     headings = {**_HEADINGS, "nsd": f"NSD ({float(tolerance):g} mm)"}
     width = max(12, *(len(name) for name, _ in rows))
-    cells = [[_text_interval(entry.get(metric), metric) for metric, _ in _COLUMNS]
-             for _, entry in rows]  # fmt: skip
-    widths = [max(len(headings[m]), *(len(row[j]) for row in cells))
-              for j, (m, _) in enumerate(_COLUMNS)]  # fmt: skip
+    cells = [
+        [_text_interval(entry.get(metric), metric) for metric, _ in _COLUMNS] for _, entry in rows
+    ]
+    widths = [
+        max(len(headings[m]), *(len(row[j]) for row in cells)) for j, (m, _) in enumerate(_COLUMNS)
+    ]
     lines = [
         f"{result['n_cases']} cases: {result.get('cases_description', '')}",
         (
@@ -392,9 +404,15 @@ def _overlays(run, dataset, selected, ranked, cases, mirror) -> list[tuple[str, 
         dice = cases[i]["mean"].get("dice")
         title = f"{role}: {case['id']}" + ("" if dice is None else f" (mean Dice {dice:.3f})")
         image = case["image"]
-        png = overlay_figure(image.array, case["ref"], case["pred"],
-                             spacing=tuple(image.spacing[::-1]), labels=labels, title=title,
-                             channels="channel" in image.leading)  # fmt: skip
+        png = overlay_figure(
+            image.array,
+            case["ref"],
+            case["pred"],
+            spacing=tuple(image.spacing[::-1]),
+            labels=labels,
+            title=title,
+            channels="channel" in image.leading,
+        )
         out.append((role, case["id"], png))
     return out
 
@@ -433,8 +451,9 @@ def overlay_figure(
         array = array[0]
     shape = ref.shape
     if pred.shape != shape or (array.shape[1:] if rgb else array.shape) != shape:
-        raise ValueError(f"image, reference and prediction differ in shape: {array.shape}, "
-                         f"{shape}, {pred.shape}")  # fmt: skip
+        raise ValueError(
+            f"image, reference and prediction differ in shape: {array.shape}, {shape}, {pred.shape}"
+        )
     if labels is None:
         labels = sorted(int(v) for v in np.union1d(np.unique(ref), np.unique(pred)) if v != 0)
     sp = tuple(float(s) for s in (spacing or (1.0,) * len(shape)))
@@ -466,8 +485,15 @@ def overlay_figure(
             shown = np.clip((shown - low) / max(high - low, 1e-12), 0.0, 1.0)
             ax.imshow(shown, aspect=aspect, origin=origin, interpolation="nearest")
         else:
-            ax.imshow(array[index], cmap="gray", vmin=low, vmax=high, aspect=aspect,
-                      origin=origin, interpolation="nearest")  # fmt: skip
+            ax.imshow(
+                array[index],
+                cmap="gray",
+                vmin=low,
+                vmax=high,
+                aspect=aspect,
+                origin=origin,
+                interpolation="nearest",
+            )
         # the reference drawn wider beneath the prediction: where they agree, both show
         outlines = ((ref[index], REFERENCE_COLOUR, 2.4), (pred[index], PREDICTION_COLOUR, 1.1))
         for mask, colour, width in outlines:
@@ -496,7 +522,44 @@ def overlay_figure(
 
 
 # ---------------------------------------------------------------------------------- report
-def _write_report(path: Path, run, result: Mapping[str, Any], overlays) -> Path:
+def _explained(run, dataset, selected, ranked, max_voxels: int = 2**22) -> list[tuple[str, bytes]]:
+    """Grad-CAM of each example case's predicted regions (the report's explained examples):
+    ``(caption, PNG)``; cases too large to explain whole on a CPU, or failures, leave a note."""
+    from medlens.explain import attribute
+    from medlens.explain.render import attribution_figure
+    from medlens.explain.run import segmentation_job
+    from medlens.tasks.segmentation.predict import _squeeze_2d
+
+    out: list[tuple[str, bytes]] = []
+    for role, i in ranked:
+        index, fold = selected[i]
+        sample = dataset[index]
+        image = _squeeze_2d(sample.image, run.plan.spatial_dims)
+        target = np.prod(image.spatial_shape) * np.prod(
+            np.asarray(image.spacing) / np.asarray(run.plan.target_spacing)
+        )
+        if target > max_voxels:
+            out.append((f"{role} case {sample.id}: too large to explain whole here", b""))
+            continue
+        try:
+            job = segmentation_job(_fold_run(run, fold), [(str(sample.id), image)])
+            for k, name in enumerate(job.ids):
+                amap = attribute(job.models[k], job.inputs[k][None], "gradcam", 0)[0].numpy()
+                png = attribution_figure(
+                    job.display[k],
+                    {"Grad-CAM": amap},
+                    title=f"{role}: {name}",
+                    signed={"Grad-CAM": False},
+                )
+                out.append((f"{role} case {name}: {job.target_names[k]}", png))
+        except Exception as exc:  # the report must not fail for want of a picture
+            out.append(
+                (f"{role} case {sample.id}: not explained ({type(exc).__name__}: {exc})", b"")
+            )
+    return out
+
+
+def _write_report(path: Path, run, result: Mapping[str, Any], overlays, explained=()) -> Path:
     from medlens._atomic import atomic_write_text
     from medlens.report.html import _figure, _section, html_page
 
@@ -526,6 +589,24 @@ def _write_report(path: Path, run, result: Mapping[str, Any], overlays) -> Path:
             f'{explain}<div class="figs">{figures}</div>',
         )
     )
+    if explained:
+        body = "".join(
+            _figure(png, caption, caption) if png else f'<p class="note">{_esc(caption)}</p>'
+            for caption, png in explained
+        )
+        intro = (
+            "<p>Where the network looked when it drew each class: Grad-CAM of the mean logit of "
+            "the class inside its predicted region, on the plan's grid (first fold's network for "
+            "an ensemble). <code>medlens explain</code> gives every method with faithfulness "
+            "checks.</p>"
+        )
+        sections.append(
+            _section(
+                "explained",
+                "Explained examples (Grad-CAM)",
+                f'{intro}<div class="figs">{body}</div>',
+            )
+        )
     history = _history(run.path)
     if history:
         curves = _learning_curves(history)
