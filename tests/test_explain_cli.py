@@ -328,3 +328,25 @@ def test_segmentation_run_is_explained_per_predicted_region(segmentation, tmp_pa
         assert 0 <= entry["deletion_auc"] <= 1 and 0 <= entry["insertion_auc"] <= 1
         assert entry["randomisation"]["steps"][0].startswith("network.")
     assert (out / "explain.html").is_file()
+
+
+def test_layer_option_picks_the_grad_cam_layer(breast, tmp_path, capsys):
+    """``--layer`` hooks Grad-CAM on the named module (same map as the API with that layer); a
+    misspelt name fails with one line, before anything is written."""
+    data, run = breast
+    out = tmp_path / "layer"
+    argv = ["explain", str(run), "--input", str(data), "--split", "val", "--limit", "2",
+            "--method", "gradcam", "--no-faithfulness", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--layer", "blocks.2", "--output", str(out)]) == 0
+    network = load_run(run).networks[0]
+    from medlens.tasks.classification import read_inputs
+
+    images = read_inputs(data, load_run(run).spec, split="val")
+    x = torch.from_numpy(np.array(images.images[:2])).float() / 255.0
+    expected = attribute(network, x, "gradcam", layer=network.backbone.blocks[2]).numpy()
+    for i, name in enumerate(images.ids[:2]):
+        saved = np.load(out / f"{name}.gradcam.npy")
+        np.testing.assert_allclose(saved, expected[i], rtol=1e-5, atol=1e-7)
+    bad = tmp_path / "bad"
+    assert main([*argv, "--layer", "nope", "--output", str(bad)]) != 0
+    assert "--layer nope" in _error(capsys) and not bad.exists()

@@ -24,6 +24,9 @@ def explain(
         None, "--target", help="Class (name or index) / label value to explain; default: predicted."
     ),
     limit: int | None = typer.Option(None, "--limit", help="Explain only the first N images."),
+    layer: str | None = typer.Option(
+        None, "--layer", help="Grad-CAM layer by module name (e.g. blocks.2, decoder.3)."
+    ),
     faithfulness: bool = typer.Option(
         True,
         "--faithfulness/--no-faithfulness",
@@ -44,6 +47,7 @@ def explain(
         target=target,
         limit=limit,
         faithfulness=faithfulness,
+        layer=layer,
         progress=progress,
         seed=seed,
         log=typer.echo,

@@ -83,6 +83,7 @@ def explain_run(
     limit: int | None = None,
     faithfulness: bool = True,
     randomisation_images: int = 8,
+    layer: str | None = None,
     progress: bool = True,
     seed: int = 0,
     log: Callable[[str], Any] = print,
@@ -101,6 +102,9 @@ def explain_run(
         faithfulness: compute deletion/insertion curves and the randomisation check.
         randomisation_images: images used for the randomisation check (it explains them once
             per re-initialisation step).
+        layer: Grad-CAM(++)'s layer by module name (``blocks.2``, ``decoder.3``; see
+            ``model.named_modules()``); default the backbone's last stage, a U-Net's decoder
+            stage at 1/8 resolution.
 
     Returns:
         ``faithfulness.json``'s content plus ``files``.
@@ -120,12 +124,15 @@ def explain_run(
         job = _classification_job(run_dir, input_path, split, target, limit)
     if not job.ids:
         raise MedlensError(f"{input_path}: nothing to explain")
+    find_layer(job.models[0], layer)  # a misspelt --layer fails before anything is written
     output.mkdir(parents=True, exist_ok=True)
     log(f"explaining {len(job.ids)} image(s) with {', '.join(methods)} ({job.kind})")
     maps: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     for method in methods:
-        maps[method], seconds[method] = _explain_all(job, method, progress and method in SLOW, seed)
+        maps[method], seconds[method] = _explain_all(
+            job, method, progress and method in SLOW, seed, layer
+        )
         log(f"  {METHOD_NAMES[method]}: {1000 * seconds[method] / len(job.ids):.0f} ms per image")
     files: list[Path] = []
     for i, item in enumerate(job.ids):
@@ -174,7 +181,7 @@ def explain_run(
         "notes": job.notes,
     }
     if faithfulness:
-        _faithfulness(job, methods, maps, figures, randomisation_images, seed, log)
+        _faithfulness(job, methods, maps, figures, randomisation_images, seed, log, layer)
     atomic_write_json(output / "faithfulness.json", figures)
     files.append(output / "faithfulness.json")
     from medlens.explain.report import write_explain_html
@@ -184,7 +191,9 @@ def explain_run(
     return {**figures, "files": [str(p) for p in files]}
 
 
-def _explain_all(job: _Job, method: str, progress: bool, seed: int) -> tuple[list, float]:
+def _explain_all(
+    job: _Job, method: str, progress: bool, seed: int, layer: str | None = None
+) -> tuple[list, float]:
     """Maps per image (``(*spatial)`` float32 arrays) and the seconds they took."""
     import time
 
@@ -199,11 +208,20 @@ def _explain_all(job: _Job, method: str, progress: bool, seed: int) -> tuple[lis
                 job.targets[s : s + 32],
                 progress=progress,
                 seed=seed,
+                layer=find_layer(job.models[0], layer),
             )
             maps.extend(part.numpy())
     else:  # segmentation: one region scorer per (image, class)
         maps = [
-            attribute(model, _one(job, i), method, 0, progress=progress, seed=seed)[0].numpy()
+            attribute(
+                model,
+                _one(job, i),
+                method,
+                0,
+                progress=progress,
+                seed=seed,
+                layer=find_layer(model, layer),
+            )[0].numpy()
             for i, model in enumerate(job.models)
         ]
     return [m.astype(np.float32) for m in maps], time.perf_counter() - start
@@ -217,7 +235,21 @@ def _one(job: _Job, i: int) -> torch.Tensor:
     return job.inputs[i][None]
 
 
-def _faithfulness(job, methods, maps, figures, n_random, seed, log) -> None:
+def find_layer(model: torch.nn.Module, name: str | None) -> torch.nn.Module | None:
+    """The submodule ``name`` of ``model`` (also under its ``backbone`` or ``network``)."""
+    if name is None:
+        return None
+    for prefix in ("", "backbone.", "network."):
+        try:
+            return model.get_submodule(prefix + name)
+        except AttributeError:
+            continue
+    inner = getattr(model, "backbone", None) or getattr(model, "network", None) or model
+    known = [n for n, m in inner.named_modules() if n and list(m.children())][:12]
+    raise MedlensError(f"--layer {name}: no such layer (for example: {', '.join(known)})")
+
+
+def _faithfulness(job, methods, maps, figures, n_random, seed, log, layer=None) -> None:
     from functools import partial
 
     from medlens.explain.faithfulness import (
@@ -254,7 +286,9 @@ def _faithfulness(job, methods, maps, figures, n_random, seed, log) -> None:
         check = randomisation_check(
             job.models[0],
             inputs,
-            lambda model, x, t, _m=method: attribute(model, x, _m, t, seed=seed),
+            lambda model, x, t, _m=method: attribute(
+                model, x, _m, t, seed=seed, layer=find_layer(model, layer)
+            ),
             job.targets[:k],
             seed=seed,
             reference=reference,
