@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -27,6 +28,7 @@ from medlens.engine.distributed import (
 
 from .conftest import SCRIPT, load_script, without_time
 
+GLOO_EXIT_ABORT = "terminate called without an active exception"
 PLAIN = ["optimizer=sgd", "lr=0.05", "schedule=constant", "ema_decay=none", "grad_clip=none"]
 
 
@@ -74,6 +76,11 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
         *PLAIN,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
+    if result.returncode != 0 and GLOO_EXIT_ABORT in result.stdout + result.stderr:
+        # Seen in a clean-clone CI run (2026-11-21): a rank aborted in gloo's teardown (a
+        # C++ thread still joinable at exit). Run again once; a second failure is real.
+        shutil.rmtree(out, ignore_errors=True)
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     rank0 = torch.load(out / "final_rank0.pt", weights_only=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import re
 import signal
 import subprocess
@@ -307,6 +308,10 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
                "--epochs", "2", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    if result.returncode != 0 and "terminate called without an active exception" in result.stderr:
+        # gloo's teardown abort (see tests/engine/test_distributed.py): run again once
+        shutil.rmtree(tmp_path / "run", ignore_errors=True)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert info["status"] == "complete" and (tmp_path / "run" / "report.html").is_file()
