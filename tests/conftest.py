@@ -173,3 +173,42 @@ def ct_small_image(real):
 @pytest.fixture(scope="session")
 def ct_small_sitk(real):
     return sitk_read(real(*CT_SMALL))
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks: one torch thread is faster, and far faster on a busy machine (no spinning
+    OpenMP workers competing for the cores). Modules opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def write_ellipses(root: Path, n: int, seed: int = 1) -> Path:
+    """Paired ``root/images`` + ``root/masks`` PNGs (40x48): a bright ellipse on noise each."""
+    from PIL import Image as PILImage
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:40, :48]
+    for i in range(n):
+        cy, cx = rng.integers(14, 26), rng.integers(16, 32)
+        ry, rx = rng.integers(5, 11), rng.integers(5, 12)
+        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+        image = np.clip(rng.normal(70, 20, (40, 48)) + 90 * inside, 0, 255).astype(np.uint8)
+        PILImage.fromarray(image).save(root / "images" / f"case{i:02d}.png")
+        PILImage.fromarray((inside * 255).astype(np.uint8)).save(
+            root / "masks" / f"case{i:02d}_mask.png"
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def ellipse_images():
+    """:func:`write_ellipses`, for tests that need a tiny paired segmentation folder."""
+    return write_ellipses

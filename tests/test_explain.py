@@ -27,14 +27,7 @@ from medlens.explain.faithfulness import (
 )
 from medlens.explain.lesions import lesion_npz, simulate_lesions
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one torch thread is faster, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- tiny models

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image as PILImage
 
 from medlens import Image, load_image, save_image
 from medlens.cli.main import main
@@ -26,13 +25,7 @@ QUIET = {"progress": False, "n_boot": 50, "log": lambda line: None}
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one torch thread is faster, and far faster on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _error(capsys) -> str:
@@ -286,25 +279,12 @@ TINY_SEG = ["network.features=[8,16,16]", "network.strides=[[1,1],[2,2],[2,2]]",
 
 
 @pytest.fixture(scope="module")
-def segmentation(tmp_path_factory):
+def segmentation(tmp_path_factory, ellipse_images):
     """A tiny 2D U-Net run on synthetic ellipses (as in the segmentation evaluation tests)."""
     from medlens.tasks.segmentation.train import train_segmentation
 
     root = tmp_path_factory.mktemp("explain-seg")
-    data = root / "data"
-    (data / "images").mkdir(parents=True)
-    (data / "masks").mkdir()
-    rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[:40, :48]
-    for i in range(8):
-        cy, cx = rng.integers(14, 26), rng.integers(16, 32)
-        ry, rx = rng.integers(5, 11), rng.integers(5, 12)
-        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-        image = np.clip(rng.normal(70, 20, (40, 48)) + 90 * inside, 0, 255).astype(np.uint8)
-        PILImage.fromarray(image).save(data / "images" / f"case{i:02d}.png")
-        PILImage.fromarray((inside * 255).astype(np.uint8)).save(
-            data / "masks" / f"case{i:02d}_mask.png"
-        )
+    data = ellipse_images(root / "data", 8)
     run = root / "run"
     train_segmentation(data, run, epochs=2, overrides=TINY_SEG, progress=False, log=lambda _: None)
     return data, run

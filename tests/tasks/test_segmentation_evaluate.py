@@ -28,36 +28,13 @@ TINY = ["network.features=[8,16,16]", "network.strides=[[1,1],[2,2],[2,2]]",
 N_CASES = 15
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny networks: one torch thread is faster, and far faster on a busy machine (no spinning
-    OpenMP workers competing for the cores)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def ellipses(tmp_path_factory):
+def ellipses(tmp_path_factory, ellipse_images):
     """Paired ``images/`` + ``masks/`` PNGs: a bright ellipse on noise per image."""
-    root = tmp_path_factory.mktemp("segeval") / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(1)
-    yy, xx = np.mgrid[:40, :48]
-    for i in range(N_CASES):
-        cy, cx = rng.integers(14, 26), rng.integers(16, 32)
-        ry, rx = rng.integers(5, 11), rng.integers(5, 12)
-        inside = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
-        image = np.clip(rng.normal(70, 20, (40, 48)) + 90 * inside, 0, 255).astype(np.uint8)
-        PILImage.fromarray(image).save(root / "images" / f"case{i:02d}.png")
-        PILImage.fromarray((inside * 255).astype(np.uint8)).save(
-            root / "masks" / f"case{i:02d}_mask.png"
-        )
-    return root
+    return ellipse_images(tmp_path_factory.mktemp("segeval") / "data", N_CASES)
 
 
 @pytest.fixture(scope="module")

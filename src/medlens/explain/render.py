@@ -30,12 +30,10 @@ def planes_through_max(volume: np.ndarray, attribution: np.ndarray) -> list[tupl
 
 
 def _display(image: np.ndarray) -> np.ndarray:
-    """A 2D picture in [0, 1] (first channel, or RGB for 3 channels), 0.5-99.5 % stretched."""
-    a = np.asarray(image, dtype=np.float32)
-    if a.ndim == 3:
-        a = np.moveaxis(a, 0, -1) if a.shape[0] == 3 else a[0]
-    low, high = np.percentile(a, [0.5, 99.5])
-    return np.clip((a - low) / (high - low if high > low else 1.0), 0, 1)
+    """A 2D picture in [0, 1] (first channel, or RGB for 3 channels), as the reports draw them."""
+    from medlens.report._examples import _display as report_display
+
+    return report_display(image)[0]
 
 
 def _draw(ax, picture: np.ndarray, amap: np.ndarray, signed: bool, scale: float) -> Any:

@@ -18,7 +18,6 @@ layer for Grad-CAM); the page says so.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +112,9 @@ def explain_run(
 
     run_dir, input_path, output = Path(run_dir), Path(input_path), Path(output)
     methods = parse_methods(methods)
-    info = _run_info(run_dir)  # first: a missing run is named as such, not as an input folder
+    from medlens.tasks.classification.bundle import read_run_info
+
+    info = read_run_info(run_dir, run_format=None)  # first: a missing run is named as such
     if not input_path.exists():
         raise MedlensError("does not exist", input_path)
     ensure_outside(output, input_path)
@@ -301,16 +302,6 @@ def _faithfulness(job, methods, maps, figures, n_random, seed, log, layer=None) 
         )
 
 
-def _run_info(run_dir: Path) -> dict[str, Any]:
-    manifest = run_dir / "run.json"
-    if not manifest.is_file():
-        raise MedlensError(f"{run_dir}: not a medlens run folder (no run.json)")
-    try:
-        return json.loads(manifest.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MedlensError(f"{manifest}: not valid JSON ({exc})") from None
-
-
 def _classification_job(run_dir, input_path, split, target, limit) -> _Job:
     from medlens.tasks.classification import load_run, read_inputs
 
@@ -448,19 +439,9 @@ def _volume_writer(input_path: Path, ids: list[str], shape: tuple[int, ...]):
     """For 3D inputs read from image files: write the map on each input's own grid (NIfTI)."""
     if Path(input_path).suffix.lower() == ".npz":
         return None
-    from medlens.tasks.classification.data import _group_inputs
+    from medlens.tasks.classification.data import input_items
 
-    path = Path(input_path)
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
-        )
-    )
-    sources = dict(_group_inputs(files, 3, path))
+    sources = dict(input_items(Path(input_path), 3))
 
     def write(i: int, amap: np.ndarray, target: Path) -> Path | None:
         from medlens import load_image, save_image

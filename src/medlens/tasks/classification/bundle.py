@@ -69,7 +69,8 @@ class Run:
         return metric_task(self.task, len(self.class_names))
 
 
-def read_run_info(path: Path) -> dict[str, Any]:
+def read_run_info(path: Path, run_format: str | None = RUN_FORMAT) -> dict[str, Any]:
+    """``run.json`` of a run folder, checked to be a ``run_format`` run (None: any task)."""
     manifest = path / "run.json"
     if not manifest.is_file():
         raise MedlensError(f"{path}: not a medlens run folder (no run.json)")
@@ -77,8 +78,8 @@ def read_run_info(path: Path) -> dict[str, Any]:
         info = json.loads(manifest.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MedlensError(f"{manifest}: not valid JSON ({exc})") from None
-    if info.get("format") != RUN_FORMAT:
-        raise MedlensError(f"{manifest}: not a {RUN_FORMAT} run")
+    if run_format is not None and info.get("format") != run_format:
+        raise MedlensError(f"{manifest}: not a {run_format} run")
     return info
 
 

@@ -191,17 +191,7 @@ def read_inputs(
         raise DatasetError("does not exist", path)
     if path.is_file() and path.suffix.lower() == ".npz":
         return _read_npz(path, spec, split)
-    if path.is_file():
-        files = [path]
-    else:
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
-        )
-    if not files:
-        raise DatasetError("empty folder: no images in it", path)
-    items = _group_inputs(files, spec.spatial_dims, path)
+    items = input_items(path, spec.spatial_dims)
     if progress:
         from rich.progress import track
 
@@ -212,6 +202,23 @@ def read_inputs(
         ids.append(item_id)
     images = _stack(arrays, spec.channels, spec.shape, spec.uint8)
     return ImageSet(images, None, ids, source=str(path), split=None)
+
+
+def input_items(path: Path, spatial_dims: int) -> list[tuple[str, Any]]:
+    """``(id, source)`` per image under ``path`` (a file or a folder tree; hidden files and
+    DICOMDIR skipped; for 3D each DICOM series is one source), as :func:`read_inputs` reads
+    them."""
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+        )
+    if not files:
+        raise DatasetError("empty folder: no images in it", path)
+    return _group_inputs(files, spatial_dims, path)
 
 
 def _read_npz(path: Path, spec: InputSpec, split: str | None) -> ImageSet:
