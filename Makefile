@@ -23,8 +23,8 @@ demo: $(STAMP)
 	$(BIN)/medlens demo --output demo_out
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 
 test: lint
 	$(BIN)/python -m pytest -n 2 -q

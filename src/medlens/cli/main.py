@@ -13,6 +13,7 @@ import sys
 import typer
 
 from medlens import __version__
+from medlens.cli.anonymize import anonymize
 from medlens.cli.datasets import app as datasets_app
 from medlens.cli.demo import demo
 from medlens.cli.explain import explain
@@ -36,6 +37,7 @@ app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("predict")(predict)
 app.command("explain")(explain)
+app.command("anonymize")(anonymize)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(measure_app, name="measure")
 

@@ -1,0 +1,116 @@
+"""De-identify a DICOMDIR: its directory records, with their byte offsets rewritten.
+
+A DICOMDIR's records hold the same identifying attributes as the instances (patient name and
+ID, study dates, instance UIDs) and point at each other by byte offset. Replacing values
+changes the records' lengths, so the offsets are recomputed: the records are de-identified with
+the patient of the PATIENT record above them (so pseudonyms, date shifts and UIDs match the
+instances), written once to learn where each record now starts, and written again with the new
+offsets (same length, since offsets are fixed-size).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from medlens._atomic import atomic_path
+from medlens.deid.engine import Deidentifier, Outcome, _Context, patient_key
+
+__all__ = ["anonymize_dicomdir"]
+
+_FIRST = 0x00041200
+_LAST = 0x00041202
+_NEXT = 0x00041400
+_LOWER = 0x00041420
+
+
+def anonymize_dicomdir(deid: Deidentifier, path: Path, out: Path):
+    """Write the de-identified DICOMDIR ``path`` to ``out``; returns audit entries and counts."""
+    import pydicom
+
+    from medlens.errors import ImageReadError
+
+    try:
+        ds = pydicom.dcmread(path)
+        records = list(ds.DirectoryRecordSequence)
+    except Exception as exc:
+        raise ImageReadError(f"not a readable DICOMDIR ({exc})", path) from None
+    index = {int(record.seq_item_tell): n for n, record in enumerate(records)}
+    first = index.get(int(ds.get(_FIRST).value or 0)) if _FIRST in ds else None
+    links = [
+        (index.get(int(r.get(_NEXT).value or 0)), index.get(int(r.get(_LOWER).value or 0)))
+        for r in records
+    ]
+    patients = _patients(records, links, first)
+    outcome = Outcome()
+    for n, record in enumerate(records):
+        key = patients[n]
+        context = _Context(None, deid.pseudonym(key), deid.shift_days(key), outcome)
+        deid.clean(record, context, "DirectoryRecordSequence", f"(0004,1220)[{n}]")
+    for tag in list(ds.keys()):  # top level: File-set ID and descriptor file are kept
+        if int(tag) >> 16 & 1:
+            del ds[tag]
+    if "FileSetID" in ds:
+        ds.FileSetID = "ANONYMIZED"
+    from medlens.deid.run import _new_meta
+
+    ds.SOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+    ds.SOPInstanceUID = deid.uid(str(ds.file_meta.MediaStorageSOPInstanceUID))
+    _new_meta(ds, deid)
+    del ds.SOPClassUID, ds.SOPInstanceUID
+    _write(ds, records, links, first, out)
+    return [(e.path, e.keyword, e.action) for e in outcome.entries], outcome.counts
+
+
+def _patients(records, links, first) -> list[str]:
+    """The patient key of each record: its PATIENT ancestor's (or its own)."""
+    keys = ["" for _ in records]
+    seen: set[int] = set()
+
+    def visit(start: int | None, patient: str) -> None:
+        node = start
+        while node is not None and node not in seen:
+            seen.add(node)
+            record = records[node]
+            own = patient
+            if str(record.get("DirectoryRecordType", "")).strip() == "PATIENT":
+                own = patient_key(record)
+            keys[node] = own
+            visit(links[node][1], own)
+            node = links[node][0]
+
+    visit(first if first is not None else (0 if records else None), "")
+    for n in range(len(records)):  # records no chain reaches keep the empty patient
+        if n not in seen:
+            keys[n] = patient_key(records[n])
+    return keys
+
+
+def _write(ds, records, links, first, out: Path) -> None:
+    import pydicom
+
+    def encode() -> bytes:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    for record in records:  # placeholders, then the real offsets (same encoded length)
+        record[_NEXT].value = 0
+        record[_LOWER].value = 0
+    ds[_FIRST].value = 0
+    ds[_LAST].value = 0
+    ds.DirectoryRecordSequence = records
+    draft = pydicom.dcmread(io.BytesIO(encode()))
+    offsets = [int(item.seq_item_tell) for item in draft.DirectoryRecordSequence]
+    for record, (next_index, lower_index) in zip(records, links, strict=True):
+        record[_NEXT].value = 0 if next_index is None else offsets[next_index]
+        record[_LOWER].value = 0 if lower_index is None else offsets[lower_index]
+    if first is not None:
+        ds[_FIRST].value = offsets[first]
+        last = first
+        while links[last][0] is not None:
+            last = links[last][0]
+        ds[_LAST].value = offsets[last]
+    data = encode()
+    with atomic_path(out, suffix="") as tmp:
+        tmp.write_bytes(data)
