@@ -124,6 +124,20 @@ def test_uids_are_keyed_uuid_derived_and_consistent():
 
 
 # ----------------------------------------------------------------------------- real series
+@pytest.mark.parametrize("folder", ["fmri_epi_human", "fmri_epi_phantom"])
+def test_no_marker_survives_in_the_fmri_series(real, folder, tmp_path):
+    files = sorted(real("dicom", folder).glob("*.dcm"))[::6]  # every sixth: slices and times
+    markers = planted(files, tmp_path / "in")
+    assert set(find_leaks(markers, outputs(tmp_path / "in"))) == set(markers)
+    summary = anonymize(tmp_path / "in", tmp_path / "out", key=KEY)
+    assert summary.written == len(files) and not summary.failed
+    assert find_leaks(markers, outputs(tmp_path / "out")) == {}
+    data = b"".join(p.read_bytes() for p in outputs(tmp_path / "out"))
+    source = pydicom.dcmread(files[0])
+    for value in (source.StudyInstanceUID, source.InstitutionName, source.StudyDate):
+        assert str(value).encode() not in data
+
+
 def test_no_marker_survives_in_the_mr_series(t1_files, tmp_path):
     markers = planted(t1_files, tmp_path / "in")
     before = find_leaks(markers, outputs(tmp_path / "in"))

@@ -5,7 +5,8 @@ files, give every attribute of Table E.1-1 a distinct marker value (also inside 
 sequence the table does not list, in private attributes and in overlays), de-identify, then
 search the output files' raw bytes with :func:`find_leaks`. Every marker shares a searchable
 form: text contains :data:`TEXT_MARK`, UIDs start with :data:`UID_ROOT`, dates are days of
-1901-1902 (never produced by a date shift, which moves dates back at least a year).
+days of 1901 (a date shift moves dates back a year or more, so a shifted marker never lands on
+another marker), times end in ``.0042nn``.
 
 Numeric and binary attributes (US, DS, OB, ...) cannot hold a searchable marker and are left
 alone; so are attributes the chosen profile keeps on purpose.
@@ -26,8 +27,8 @@ UID_ROOT = "1.2.826.0.1.3680043.10.1051."
 _TEXT_VRS = {"LO": 64, "SH": 16, "ST": 80, "LT": 80, "UT": 80, "UC": 64, "PN": 64, "CS": 16,
              "AE": 16, "UR": 64}  # fmt: skip
 _INSTANCE = {"SOPInstanceUID", "MediaStorageSOPInstanceUID"}
-_CANDIDATE = re.compile(
-    re.escape(TEXT_MARK.encode()) + b"|" + re.escape(UID_ROOT.encode()) + rb"|190[12]\d{4}|\.\d{6}"
+_CANDIDATE = re.compile(  # cheap pre-filter; an exact search follows where it hits
+    re.escape(TEXT_MARK.encode()) + b"|" + re.escape(UID_ROOT.encode()) + rb"|1901\d{4}|\.0042\d\d"
 )
 _UNLISTED_SEQUENCE = "AnatomicRegionSequence"  # not in Table E.1-1: kept, and cleaned inside
 
@@ -49,15 +50,18 @@ def plant_markers(ds, instance: int = 0, profile: Profile | None = None) -> dict
     rules = (profile or Profile()).rules()
     planted: dict[str, str] = {}
     counter = iter(range(1, 1_000_000))
+    dates, times = iter(range(1, 365)), iter(range(100))  # all dates within 1901
     seen: set[int] = set()  # a few attributes appear twice in the table
 
     def marker(vr: str, where: str) -> str | None:
         n = next(counter)
         if vr in ("DA", "DT"):
-            value = (dt.date(1901, 1, 1) + dt.timedelta(days=n)).strftime("%Y%m%d")
+            day = next(dates)
+            value = (dt.date(1901, 1, 1) + dt.timedelta(days=day)).strftime("%Y%m%d")
             value += "120000" if vr == "DT" else ""
         elif vr == "TM":
-            value = f"{n % 24:02d}{n // 24 % 60:02d}{n // 1440 % 60:02d}.{n:06d}"
+            k = next(times)
+            value = f"{k % 24:02d}{k % 60:02d}00.0042{k:02d}"
         elif vr == "UI":
             value = f"{UID_ROOT}{n}"
         elif vr in _TEXT_VRS:
