@@ -27,6 +27,11 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import UID_dictionary
+
 from medlens.deid.profile import Profile, iod_of, resolve_compound, safe_private
 
 __all__ = ["AuditEntry", "Deidentifier", "Outcome"]
@@ -143,9 +148,6 @@ class Deidentifier:
 
     def mark(self, ds, outcome: Outcome) -> None:
         """Add the attributes that record the de-identification (PS3.15 E.1.1, E.3.6)."""
-        from pydicom.dataset import Dataset
-        from pydicom.sequence import Sequence
-
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = self.profile.description
         items = []
@@ -363,14 +365,10 @@ def _tag_text(tag: int) -> str:
 
 
 def _keyword(tag: int) -> str:
-    from pydicom.datadict import keyword_for_tag
-
     return keyword_for_tag(tag) or ""
 
 
 def _dictionary_vr(tag: int) -> str:
-    from pydicom.datadict import dictionary_VR
-
     try:
         return dictionary_VR(tag)
     except KeyError:
@@ -378,6 +376,4 @@ def _dictionary_vr(tag: int) -> str:
 
 
 def _standard_uid(value: str) -> bool:
-    from pydicom.uid import UID_dictionary
-
     return value.strip("\0 ") in UID_dictionary
