@@ -41,7 +41,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run", type=Path, help="Evaluate this finished run instead of training.")
     parser.add_argument("--workdir", type=Path, help="Keep the run and masks here (default: tmp).")
     parser.add_argument("--set", action="append", default=[], help="Plan override key=value.")
-    parser.add_argument("--mirror", action="store_true", help="Mirroring test-time augmentation.")
+    parser.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Mirroring test-time augmentation (default: medlens' default, on in 2D).",
+    )
     args = parser.parse_args(argv)
 
     root = require_data("hc18", "hc18")
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate(run: Path, data: Path, masks: Path, *, mirror: bool) -> dict:
+def evaluate(run: Path, data: Path, masks: Path, *, mirror: bool | None) -> dict:
     import json
 
     import numpy as np
@@ -86,6 +91,10 @@ def evaluate(run: Path, data: Path, masks: Path, *, mirror: bool) -> dict:
     from medlens.tasks.segmentation.predict import load_segmentation_run, predict_image
 
     trained = load_segmentation_run(run)
+    if mirror is None:
+        from medlens.tasks.segmentation.predict import mirror_default
+
+        mirror = mirror_default(trained.plan)
     dataset = open_dataset(data)
     split = json.loads((run / "splits.json").read_text())["folds"][0]
     val = [int(i) for i in split["val_indices"]]
@@ -137,6 +146,7 @@ def evaluate(run: Path, data: Path, masks: Path, *, mirror: bool) -> dict:
         "postprocessing": trained.postprocessing,
         "plan": {
             "target_spacing": trained.plan.target_spacing,
+            "target_scale": trained.plan.target_scale,
             "patch_size": trained.plan.patch_size,
             "batch_size": trained.plan.batch_size,
             "features": trained.plan.network["features"],

@@ -55,6 +55,10 @@ def test_segmentation_fingerprint_uses_foreground(tmp_path, files):
     np.testing.assert_allclose(fp["spacing"]["median"], [0.7, 0.7, 6.0], rtol=1e-6)
     np.testing.assert_allclose(fp["spacing"]["max"], [0.7, 0.7, 7.0], rtol=1e-6)
     assert fp["anisotropic"] and fp["anisotropy_ratio"] == pytest.approx(6.0 / 0.7, rel=1e-5)
+    extent = fp["foreground_extent"]  # bounding box of labels 1 and 2, index order
+    assert extent["voxels"]["median"] == [6, 5, 4]
+    np.testing.assert_allclose(extent["mm"]["median"], [4.2, 3.5, 24.0], rtol=1e-6)
+    np.testing.assert_allclose(extent["mm"]["max"], [4.2, 3.5, 28.0], rtol=1e-6)
     stats = fp["intensity"][0]
     assert stats["region"] == "foreground" and stats["n_voxels"] == 75
     assert stats["mean"] == pytest.approx(101.0) and stats["min"] == 100.0 and stats["max"] == 102.0

@@ -76,3 +76,40 @@ def test_augmentation_moves_labels_with_images_and_keeps_their_values():
     # where the image's square went, the label went: compare with the brightest region
     agree = ((out_x > out_x.mean(dim=(2, 3), keepdim=True)).long() == out_y).float().mean()
     assert moved.all() and agree > 0.9
+
+
+def test_zoomed_plan_scales_each_image_and_predicts_back_onto_its_grid():
+    import torch
+
+    from medlens.tasks.segmentation import apply_plan_overrides
+    from medlens.tasks.segmentation.predict import SegmentationRun, mirror_default, predict_image
+
+    assert mirror_default(_plan()) and not mirror_default(_plan(dims=3))  # TTA: 2D on, 3D off
+
+    plan = apply_plan_overrides(_plan(), ["target_scale=2,2", "patch_size=32,32"])
+    yy, xx = np.mgrid[:40, :50]
+    disk = (yy - 20) ** 2 + (xx - 24) ** 2 <= 100
+    shapes, grids = [], []
+    for spacing in ((0.1, 0.1), (0.3, 0.3)):  # a zoomed and a wide view of the same picture
+        image = Image(np.where(disk, 200.0, 50.0).astype(np.float32), spacing=spacing)
+        sample = Sample(image=image, mask=image.with_array(disk.astype(np.uint8)), id="c")
+        case = preprocess_case(sample, plan)
+        shapes.append(case.image.shape)
+        grids.append(case.meta["grid_spacing"])
+        assert case.label.sum() == pytest.approx(disk.sum() / 4, rel=0.1)  # same pixel share
+
+        class Bright(torch.nn.Module):  # "foreground where the normalised image is positive"
+            def forward(self, x):
+                return torch.cat([-x, x], dim=1) * 10
+
+        run = SegmentationRun(None, {}, plan, [Bright()])
+        predicted = predict_image(run, image, postprocess=False)
+        assert predicted.spatial_shape == (40, 50) and predicted.spacing == spacing
+        mask = predicted.array.astype(bool)  # half the pixels and back: the edge blurs a pixel
+        assert 2 * (mask & disk).sum() / (mask.sum() + disk.sum()) > 0.92
+    assert shapes == [(1, 20, 25), (1, 20, 25)]  # both halved, whatever their spacing
+    np.testing.assert_allclose(grids, [[0.2, 0.2], [0.6, 0.6]])
+    from medlens.tasks.segmentation import PlanError
+
+    with pytest.raises(PlanError, match="target_scale"):
+        apply_plan_overrides(plan, ["target_scale=0,2"])

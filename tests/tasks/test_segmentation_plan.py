@@ -80,6 +80,35 @@ def test_2d_images_are_coarsened_to_fit_a_patch():
     assert any("coarsened" in note for note in plan.notes) and _divisible(plan)
 
 
+def _zoom_fingerprint(extent_voxels, extent_mm, spacing_p10=0.05, spacing_p90=0.15):
+    fp = _fingerprint([0.1, 0.1], [800, 540], modality="US", dims=2)
+    fp["spacing"].update(p10=[spacing_p10] * 2, p90=[spacing_p90] * 2)
+    fp["foreground_extent"] = {
+        "voxels": {"p10": [extent_voxels[0]] * 2, "p90": [extent_voxels[1]] * 2},
+        "mm": {"p10": [extent_mm[0]] * 2, "p90": [extent_mm[1]] * 2},
+    }
+    return fp
+
+
+def test_zoomed_2d_acquisitions_are_scaled_not_resampled_to_one_spacing():
+    # HC18-like: pixel sizes vary 3x, the head's size varies less in pixels than in mm
+    zoomed = make_plan(_zoom_fingerprint((240, 500), (20, 60)))
+    coarse = make_plan(_fingerprint([0.1, 0.1], [800, 540], modality="US", dims=2))
+    assert zoomed.target_scale is not None and coarse.target_scale is None
+    assert zoomed.target_scale[0] == pytest.approx(zoomed.target_spacing[0] / 0.1)
+    assert zoomed.patch_size == coarse.patch_size and any("zoomed" in n for n in zoomed.notes)
+    assert zoomed.grid_spacing((0.05, 0.05)) == pytest.approx((0.05 * zoomed.target_scale[0],) * 2)
+    assert coarse.grid_spacing((0.05, 0.05)) == tuple(coarse.target_spacing)
+    # anatomy of one size in mm (a scanner's fixed field of view), or one spacing: not zoomed
+    assert make_plan(_zoom_fingerprint((100, 300), (20, 22))).target_scale is None
+    assert make_plan(_zoom_fingerprint((240, 500), (20, 60), 0.1, 0.12)).target_scale is None
+    # the plan file keeps it; older plans without it load as spacing plans
+    data = zoomed.to_dict()
+    assert SegmentationPlan.from_dict(data) == zoomed
+    del data["target_scale"]
+    assert SegmentationPlan.from_dict(data).target_scale is None
+
+
 def test_json_round_trip_overrides_and_errors(tmp_path):
     plan = make_plan(_fingerprint([1.0, 1.0, 1.0], [128, 128, 128]))
     path = plan.save(tmp_path / "plan.json")
@@ -108,5 +137,6 @@ def test_cli_plans_hc18(real, tmp_path, capsys):
     plan = SegmentationPlan.load(out)
     assert plan.spatial_dims == 2 and plan.modality == "US" and plan.train["epochs"] == 7
     assert plan.normalisation["scheme"] == "zscore" and plan.label_values == [0, 1]
-    assert "patch" in capsys.readouterr().out
+    assert plan.target_scale is not None  # zoomed ultrasound: scaled per image
+    assert "pixels scaled by" in capsys.readouterr().out
     assert main(["plan", str(tmp_path / "missing"), "-o", str(tmp_path / "p.json")]) == 1

@@ -69,3 +69,42 @@ def test_ignore_label_is_left_out_of_the_decision():
     assert set(rules["classes"]) == {"1"}
     d = rules["classes"]["1"]["dice"]
     assert d["none"] == d["largest_component"] == 1.0
+
+
+def _ellipse(shape, centre, a, b, angle):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    u = (xx - centre[1]) * np.cos(angle) + (yy - centre[0]) * np.sin(angle)
+    v = -(xx - centre[1]) * np.sin(angle) + (yy - centre[0]) * np.cos(angle)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1
+
+
+def test_ellipse_shape_prior_is_kept_only_when_validation_says_so():
+    rng = np.random.default_rng(1)
+    refs, ragged = [], []
+    for _ in range(5):
+        centre = tuple(rng.integers(35, 45, 2))
+        axes = rng.uniform(18, 26), rng.uniform(12, 17)
+        ref = _ellipse((80, 80), centre, *axes, rng.uniform(0, 3))
+        pred = ref.copy()
+        pred[_disk(ref.shape, (centre[0] - 14, centre[1]), 6)] = False  # a bite
+        pred[_disk(ref.shape, (centre[0] + 12, centre[1] + 8), 5)] = True  # a bulge
+        refs.append(ref.astype(np.uint8))
+        ragged.append(pred.astype(np.uint8))
+    rule = decide_postprocessing(ragged, refs, [0, 1])["classes"]["1"]
+    assert rule["ellipse"] and rule["dice"]["ellipse"] > rule["dice"]["fill_holes"] + 0.01
+    scores = []  # applying the rule gives what the decision measured
+    for pred, ref in zip(ragged, refs, strict=True):
+        fixed = apply_postprocessing(pred, {"classes": {"1": rule}}) == 1
+        scores.append(2 * (fixed & (ref == 1)).sum() / (fixed.sum() + ref.sum()))
+    assert np.mean(scores) == rule["dice"]["ellipse"] > 0.97
+    # another class is never drawn over, and a perfect prediction keeps its own shape
+    other = ragged[0].copy()
+    other[35:45, 35:45] = 2
+    kept = apply_postprocessing(other, {"classes": {"1": rule}})
+    assert (kept[35:45, 35:45] == 2).all()
+    perfect = decide_postprocessing(refs, refs, [0, 1])["classes"]["1"]
+    assert not perfect["ellipse"] and perfect["dice"]["none"] == 1.0
+    # 3D label maps: no ellipse is tried
+    volume = np.stack([refs[0]] * 3)
+    scores = decide_postprocessing([volume], [volume], [0, 1])["classes"]["1"]["dice"]
+    assert "ellipse" not in scores

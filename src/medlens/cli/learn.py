@@ -8,6 +8,10 @@ from pathlib import Path
 import typer
 
 TASKS = ("classification", "segmentation")
+MIRROR_HELP = (
+    "Segmentation: mirroring test-time augmentation (default: on for 2D models, off for 3D, "
+    "where it costs 8 passes)."
+)
 
 
 def train(
@@ -82,9 +86,7 @@ def evaluate(
     output: Path | None = typer.Option(
         None, "--output", help="Segmentation: evaluation folder; default RUN/evaluation."
     ),
-    mirror: bool = typer.Option(
-        False, "--mirror/--no-mirror", help="Segmentation: mirroring test-time augmentation."
-    ),
+    mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", help=MIRROR_HELP),
     tolerance_mm: float | None = typer.Option(
         None, "--tolerance-mm", help="Segmentation: surface Dice tolerance in mm (default 1)."
     ),
@@ -117,7 +119,7 @@ def evaluate(
             atomic_write_text(json_path, json.dumps(metrics, indent=1) + "\n")
             typer.echo(f"metrics (copy): {json_path}")
         return
-    if output is not None or mirror or tolerance_mm is not None:
+    if output is not None or mirror is not None or tolerance_mm is not None:
         raise MedlensError("--output, --mirror and --tolerance-mm are for segmentation runs")
     from medlens.metrics import evaluate_classification
     from medlens.tasks.classification import load_run, predict_probs, read_inputs
@@ -158,9 +160,7 @@ def predict(
         ..., "--output", help="Classification: CSV to write. Segmentation: folder for the masks."
     ),
     split: str | None = typer.Option(None, "--split", help="The .npz split when it has several."),
-    mirror: bool = typer.Option(
-        False, "--mirror/--no-mirror", help="Segmentation: mirroring test-time augmentation."
-    ),
+    mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", help=MIRROR_HELP),
 ) -> None:
     """Classification: probabilities per image as CSV. Segmentation: one mask per image."""
     from medlens._atomic import ensure_outside

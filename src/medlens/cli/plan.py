@@ -33,8 +33,12 @@ def plan(
     result.save(output)
     shape = "x".join(map(str, result.patch_size))
     spacing = ", ".join(f"{s:.3g}" for s in result.target_spacing)
+    grid = f"spacing ({spacing}) mm"
+    if result.target_scale is not None:
+        factors = ", ".join(f"{s:.3g}" for s in result.target_scale)
+        grid = f"pixels scaled by 1/({factors}), median spacing ({spacing}) mm"
     typer.echo(
-        f"{result.dataset}: {result.spatial_dims}D, spacing ({spacing}) mm, patch {shape}, "
+        f"{result.dataset}: {result.spatial_dims}D, {grid}, patch {shape}, "
         f"batch {result.batch_size}, {len(result.network['features'])}-stage U-Net, "
         f"{result.normalisation['scheme']} normalisation"
     )

@@ -73,8 +73,21 @@ def _stats(rows: list[tuple[float, ...]]) -> dict[str, list[float]]:
         "min": array.min(axis=0).tolist(),
         "p10": np.percentile(array, 10, axis=0).tolist(),  # nnU-Net's coarse-axis spacing rule
         "median": np.median(array, axis=0).tolist(),
+        "p90": np.percentile(array, 90, axis=0).tolist(),
         "max": array.max(axis=0).tolist(),
     }
+
+
+def _extent(region: np.ndarray, dims: int) -> tuple[int, ...]:
+    """The foreground's bounding-box size in voxels, index order ``(x, y[, z])``."""
+    if region.ndim > dims:
+        region = region.reshape(-1, *region.shape[-dims:]).any(axis=0)
+    sizes = []
+    for axis in range(dims):
+        other = tuple(a for a in range(dims) if a != axis)
+        where = np.flatnonzero(region.any(axis=other))
+        sizes.append(int(where[-1] - where[0] + 1))
+    return tuple(sizes[::-1])
 
 
 def _label_summary(dataset: Dataset) -> dict[str, Any]:
@@ -137,6 +150,8 @@ def fingerprint(
     voxel_counts: Counter[int] = Counter()
     cases_with: Counter[int] = Counter()
     foreground_cases = 0
+    extents_voxels: list[tuple[int, ...]] = []  # foreground bounding box, index order
+    extents_mm: list[tuple[float, ...]] = []
 
     for index in _progress(indices.tolist(), "Fingerprint", progress):
         sample = dataset[int(index)]
@@ -161,6 +176,9 @@ def fingerprint(
             region = sample.mask.array > 0
             if region.any():
                 foreground_cases += 1
+                extent = _extent(region, image.spatial_dims)
+                extents_voxels.append(extent)
+                extents_mm.append(tuple(e * s for e, s in zip(extent, spacings[-1], strict=True)))
             else:
                 region = None
         while len(intensity) < array.shape[0]:
@@ -212,4 +230,9 @@ def fingerprint(
             float(sum(c for v, c in voxel_counts.items() if v != 0) / total) if total else 0.0
         )
         result["cases_without_foreground"] = int(len(indices) - foreground_cases)
+        if extents_voxels:  # how the anatomy's size varies, in voxels and in millimetres
+            result["foreground_extent"] = {
+                "voxels": _stats(extents_voxels),
+                "mm": _stats(extents_mm),
+            }
     return result

@@ -104,6 +104,15 @@ class Ellipse:
         """Ramanujan's circumference in mm: what HC18 calls the head circumference."""
         return self.circumference_px * self.pixel_size
 
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """The filled ellipse on a grid of ``shape`` (rows, columns): the pixels whose centres
+        lie inside it (the part outside the grid is cut off)."""
+        rows, cols = np.ogrid[: shape[0], : shape[1]]
+        dx, dy = cols - self.centre[0], rows - self.centre[1]
+        cos, sin = math.cos(self.angle), math.sin(self.angle)
+        u, v = dx * cos + dy * sin, -dx * sin + dy * cos
+        return (u / self.a) ** 2 + (v / self.b) ** 2 <= 1.0
+
     def shrunk(self, pixels: float) -> Ellipse:
         """The ellipse with both semi-axes ``pixels`` shorter (negative: longer).
 

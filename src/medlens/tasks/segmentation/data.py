@@ -1,6 +1,7 @@
 """Segmentation data for training: cases brought to the plan's grid once, patches drawn per batch.
 
-:func:`preprocess_case` resamples a case to the plan's target spacing (linear for the image,
+:func:`preprocess_case` resamples a case to the plan's grid (its target spacing, or its scale
+factor for zoomed acquisitions; linear for the image,
 nearest for the label map, on the same grid so they stay aligned) and normalises it as the plan
 says, keeping the original geometry so predictions can go back onto the input grid.
 :class:`PatchBatches` draws training batches of fixed-size patches from the in-memory cases: a
@@ -52,7 +53,7 @@ def normalise(array: np.ndarray, plan: SegmentationPlan) -> np.ndarray:
 
 
 def preprocess_case(sample: Any, plan: SegmentationPlan, *, max_foreground: int = 10_000) -> Case:
-    """Resample ``sample`` (image and mask) to the plan's spacing and normalise it."""
+    """Resample ``sample`` (image and mask) to the plan's grid and normalise it."""
     from medlens.geometry import resample
 
     image = sample.image
@@ -66,7 +67,8 @@ def preprocess_case(sample: Any, plan: SegmentationPlan, *, max_foreground: int 
         "origin": list(image.origin),
         "direction": np.asarray(image.direction).tolist(),
     }
-    target = tuple(float(s) for s in plan.target_spacing)
+    target = plan.grid_spacing(image.spacing)
+    meta["grid_spacing"] = list(target)
     same = np.allclose(image.spacing, target, rtol=1e-3)
     moved = image if same else resample(image, spacing=target)
     array = np.asarray(moved.array)

@@ -71,7 +71,7 @@ def evaluate_segmentation(
     tolerance_mm: float = 1.0,
     output: str | Path | None = None,
     n_boot: int = 1000,
-    mirror: bool = False,
+    mirror: bool | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score a segmentation run on a labelled dataset and write metrics, CSV and report.
@@ -86,7 +86,8 @@ def evaluate_segmentation(
         output: folder for ``metrics.json``, ``per_case.csv`` and ``report.html``; default
             ``<run_dir>/evaluation``.
         n_boot: bootstrap resamples of the cases for the 95% intervals (0: none).
-        mirror: mirroring test-time augmentation, as ``medlens predict --mirror``.
+        mirror: mirroring test-time augmentation, as ``medlens predict --mirror``; None: on
+            for 2D runs, off for 3D ones (``predict.mirror_default``).
         progress: show a progress bar.
 
     Returns:
@@ -96,7 +97,7 @@ def evaluate_segmentation(
     from medlens.data import open_dataset
     from medlens.metrics import SegmentationMetric
     from medlens.metrics._seg_inputs import check_tolerance
-    from medlens.tasks.segmentation.predict import load_segmentation_run
+    from medlens.tasks.segmentation.predict import load_segmentation_run, mirror_default
 
     run_dir, data = Path(run_dir), Path(data)
     if split not in (None, *SPLITS):
@@ -106,6 +107,7 @@ def evaluate_segmentation(
         )
     tolerance_mm = check_tolerance(tolerance_mm)
     run = load_segmentation_run(run_dir)
+    mirror = mirror_default(run.plan) if mirror is None else bool(mirror)
     if not data.exists():
         raise DatasetError("does not exist", data)
     output = run_dir / "evaluation" if output is None else Path(output)
@@ -536,7 +538,7 @@ def _explained(run, dataset, selected, ranked, max_voxels: int = 2**22) -> list[
         sample = dataset[index]
         image = _squeeze_2d(sample.image, run.plan.spatial_dims)
         target = np.prod(image.spatial_shape) * np.prod(
-            np.asarray(image.spacing) / np.asarray(run.plan.target_spacing)
+            np.asarray(image.spacing) / np.asarray(run.plan.grid_spacing(image.spacing))
         )
         if target > max_voxels:
             out.append((f"{role} case {sample.id}: too large to explain whole here", b""))
@@ -680,7 +682,8 @@ def _summary_table(run, result: Mapping[str, Any]) -> str:
 def _describe_postprocessing(rules: Mapping[str, Any] | None) -> str:
     """The run's postprocessing rules in words (as ``medlens predict`` applies them)."""
     parts = []
-    names = (("largest_component", "largest component"), ("fill_holes", "holes filled"))
+    names = (("largest_component", "largest component"), ("fill_holes", "holes filled"),
+             ("ellipse", "fitted ellipse"))  # fmt: skip
     classes = (rules or {}).get("classes", {})
     for value, rule in sorted(classes.items(), key=lambda kv: int(kv[0])):
         steps = [text for key, text in names if rule.get(key)]

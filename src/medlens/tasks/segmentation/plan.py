@@ -5,6 +5,12 @@ The rules follow what nnU-Net showed works, restated for medlens and for ordinar
 - **Target spacing**: the median spacing per axis; when the data are anisotropic (coarsest axis
   more than 3x the finest), the coarse axis takes the 10th percentile of its spacings instead,
   so thin-slice cases are not thrown away.
+- **Zoomed acquisitions** (2D): when the images' spacings vary (90th/10th percentile over
+  ``ZOOM_SPREAD``) and the foreground's size varies less in pixels than in millimetres, the
+  operator zoomed to the anatomy (ultrasound, microscopy, photographs): every image is then
+  resampled by one scale factor (``target_scale``) instead of to one spacing, so the anatomy keeps
+  its size in pixels and each image fills the patch alike. HC18's early heads (0.05 mm pixels)
+  would otherwise shrink to a third of the late ones' size and the late images outgrow the patch.
 - **Normalisation**: CT is clipped to the foreground's 0.5-99.5 percentiles and z-scored with
   the foreground's dataset mean and standard deviation (HU mean something across patients);
   everything else (MR, ultrasound, photographs) is z-scored per image.
@@ -43,6 +49,7 @@ ANISOTROPY = 3.0
 MIN_FEATURE_MAP = 4
 MAX_STAGES = 6
 MAX_COARSEN = 4.0
+ZOOM_SPREAD = 1.5
 #: Voxels per patch and per batch the planner allows, by device (per-batch = batch x patch).
 BUDGETS = {
     "cpu": {
@@ -74,7 +81,9 @@ class SegmentationPlan:
 
     Geometry: ``target_spacing`` is in index order ``(x, y[, z])`` like
     :attr:`medlens.Image.spacing`; ``patch_size``, ``median_shape`` and the network's strides and
-    kernel sizes are in array order ``([z,] y, x)`` like the tensors they shape.
+    kernel sizes are in array order ``([z,] y, x)`` like the tensors they shape. With
+    ``target_scale`` (index order) every image is resampled by that factor per axis instead, and
+    ``target_spacing`` is the median image's spacing after it (see :meth:`grid_spacing`).
     """
 
     dataset: str
@@ -94,6 +103,7 @@ class SegmentationPlan:
     train: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
+    target_scale: list[float] | None = None
     format: str = PLAN_FORMAT
 
     def __post_init__(self) -> None:
@@ -105,6 +115,10 @@ class SegmentationPlan:
                 raise PlanError(f"{name} needs {n} values, got {getattr(self, name)}")
         if any(v <= 0 for v in self.target_spacing):
             raise PlanError(f"target_spacing must be positive, got {self.target_spacing}")
+        if self.target_scale is not None and (
+            len(self.target_scale) != n or any(float(v) <= 0 for v in self.target_scale)
+        ):
+            raise PlanError(f"target_scale needs {n} positive values, got {self.target_scale}")
         strides = self.network.get("strides", [])
         divisor = [math.prod(s[i] for s in strides) for i in range(n)] if strides else [1] * n
         bad = [i for i in range(n) if self.patch_size[i] % divisor[i]]
@@ -117,6 +131,12 @@ class SegmentationPlan:
             raise PlanError("batch_size must be >= 1 and foreground_oversampling in [0, 1]")
         if self.normalisation.get("scheme") not in ("ct", "zscore", "none"):
             raise PlanError(f"unknown normalisation {self.normalisation.get('scheme')!r}")
+
+    def grid_spacing(self, spacing: tuple[float, ...] | list[float]) -> tuple[float, ...]:
+        """The spacing (index order) an image of ``spacing`` is resampled to."""
+        if self.target_scale is None:
+            return tuple(float(s) for s in self.target_spacing)
+        return tuple(float(s) * float(f) for s, f in zip(spacing, self.target_scale, strict=True))
 
     @property
     def divisor(self) -> list[int]:
@@ -175,12 +195,19 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
         spacing_x[coarse] = float(fp["spacing"].get("p10", fp["spacing"]["median"])[coarse])
         notes.append(f"anisotropic: axis {coarse} (index order) at its 10th percentile spacing")
     median_mm = [s * p for s, p in zip(sizes_x, fp["spacing"]["median"], strict=True)]
+    scale: list[float] | None = None
     if n == 2:  # fit the median image in about one patch: coarsen up to MAX_COARSEN
         voxels = math.prod(m / s for m, s in zip(median_mm, spacing_x, strict=True))
         factor = min(MAX_COARSEN, max(1.0, math.sqrt(voxels / budget["patch"])))
         if factor > 1.0:
             spacing_x = [s * factor for s in spacing_x]
             notes.append(f"2D spacing coarsened {factor:.2f}x so the median image fits a patch")
+        if _zoomed(fp):
+            scale = [factor] * n
+            notes.append(
+                "zoomed acquisitions (spacing varies, the foreground's size varies less in "
+                f"pixels than in mm): each image scaled by 1/{factor:.2f}, not to one spacing"
+            )
     shape = [max(1, round(m / s)) for m, s in zip(median_mm, spacing_x, strict=True)][::-1]
     spacing_a = spacing_x[::-1]  # array order
     patch = _fit_patch(shape, spacing_a, budget["patch"])
@@ -235,7 +262,22 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
         },
         device=kind,
         notes=notes,
+        target_scale=scale,
     )
+
+
+def _spread(stats: dict[str, list[float]]) -> float:
+    """Geometric mean over axes of the 90th/10th percentile ratio."""
+    ratios = [hi / lo for lo, hi in zip(stats["p10"], stats["p90"], strict=True) if lo > 0]
+    return math.prod(ratios) ** (1 / len(ratios)) if ratios else 1.0
+
+
+def _zoomed(fp: dict[str, Any]) -> bool:
+    """Whether the images were zoomed to the anatomy (see the module's notes)."""
+    extent = fp.get("foreground_extent")
+    if not extent or "p90" not in fp["spacing"] or _spread(fp["spacing"]) <= ZOOM_SPREAD:
+        return False
+    return _spread(extent["voxels"]) < _spread(extent["mm"])
 
 
 def _fit_patch(shape: list[int], spacing: list[float], voxels: int) -> list[int]:

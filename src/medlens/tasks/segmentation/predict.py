@@ -67,30 +67,39 @@ def load_segmentation_run(path: str | Path) -> SegmentationRun:
     return SegmentationRun(path, info, plan, networks, rules)
 
 
+def mirror_default(plan: SegmentationPlan) -> bool:
+    """Mirroring test-time augmentation by default: on for 2D models (4 passes per window, and
+    on HC18 it adds 0.001 Dice), off for 3D ones, where its 8 passes cost a CPU too much."""
+    return plan.spatial_dims == 2
+
+
 def predict_image(
-    run: SegmentationRun, image: Image, *, mirror: bool = False, postprocess: bool = True
+    run: SegmentationRun, image: Image, *, mirror: bool | None = None, postprocess: bool = True
 ) -> Image:
     """The label map of ``image`` on ``image``'s own grid, with the run's postprocessing
-    (largest component, hole filling: whatever validation chose) unless ``postprocess=False``."""
+    (largest component, hole filling, ellipse: whatever validation chose) unless
+    ``postprocess=False``; ``mirror=None`` follows :func:`mirror_default`."""
     from medlens.data.dataset import Sample
     from medlens.geometry import resample
     from medlens.tasks.segmentation.data import preprocess_case
     from medlens.tasks.segmentation.train import predict_case
 
     plan = run.plan
+    mirror = mirror_default(plan) if mirror is None else bool(mirror)
     image = _squeeze_2d(image, plan.spatial_dims)
     case = preprocess_case(Sample(image=image, id=str(image.meta.get("path", "image"))), plan)
     probs = predict_case(run.networks, case.image, plan, mirror=mirror)
     spatial = image.with_array(np.zeros(image.spatial_shape, np.float32), leading=())
+    target = plan.grid_spacing(image.spacing)
     grid = Image(
         probs.astype(np.float32),
-        spacing=tuple(plan.target_spacing),
+        spacing=target,
         origin=image.origin,
         direction=image.direction,
         leading=("channel",),
     )
     if tuple(probs.shape[1:]) != tuple(image.spatial_shape) or not np.allclose(
-        image.spacing, plan.target_spacing, rtol=1e-3
+        image.spacing, target, rtol=1e-3
     ):
         probs = resample(grid, like=spatial).array
     values = np.asarray(plan.label_values)
@@ -116,7 +125,7 @@ def _squeeze_2d(image: Image, dims: int) -> Image:
 
 
 def predict_inputs(
-    run: SegmentationRun, source: str | Path, output: str | Path, *, mirror: bool = False
+    run: SegmentationRun, source: str | Path, output: str | Path, *, mirror: bool | None = None
 ) -> list[Path]:
     """Predict every image under ``source`` into ``output``, one mask per image.
 

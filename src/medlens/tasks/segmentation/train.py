@@ -247,7 +247,7 @@ def _validate(output: Path, plan, splits, cases: dict[int, Case], log) -> dict[s
         decide_postprocessing,
     )
 
-    ids, predictions, references = [], [], []
+    ids, predictions, references, spacings = [], [], [], []
     for k, split in enumerate(splits):
         network = build_network(plan)
         best = output / f"fold-{k}" / "best.pt"
@@ -258,13 +258,13 @@ def _validate(output: Path, plan, splits, cases: dict[int, Case], log) -> dict[s
             ids.append(case.id)
             predictions.append(values[predict_case([network], case.image, plan).argmax(0)])
             references.append(case.label)
+            spacings.append(tuple(case.meta["grid_spacing"][::-1]))  # array order
     rules = decide_postprocessing(predictions, references, plan.label_values,
                                   ignore_label=plan.ignore_label)  # fmt: skip
     atomic_write_json(output / "postprocessing.json", rules)
     labels = [v for v in plan.label_values if v not in (0, plan.ignore_label)]
     metric = SegmentationMetric(labels=labels, tolerance_mm=1.0, n_boot=1000)
-    spacing = tuple(plan.target_spacing[::-1])
-    for case_id, pred, ref in zip(ids, predictions, references, strict=True):
+    for case_id, pred, ref, spacing in zip(ids, predictions, references, spacings, strict=True):
         metric.update(apply_postprocessing(pred, rules), ref, spacing, case_id=case_id)
     result = metric.compute()
     result["postprocessing"] = rules
@@ -272,10 +272,12 @@ def _validate(output: Path, plan, splits, cases: dict[int, Case], log) -> dict[s
     mean = result["aggregate"]["mean"]
     dice = mean.get("dice", {})
     for value, rule in rules["classes"].items():
-        chosen = [n for n in ("largest_component", "fill_holes") if rule[n]] or ["none"]
-        log(f"postprocessing of label {value}: {' + '.join(chosen)} (validation Dice "
+        chosen = [n for n in ("largest_component", "fill_holes", "ellipse") if rule.get(n)]
+        ellipse = rule["dice"].get("ellipse")
+        log(f"postprocessing of label {value}: {' + '.join(chosen) or 'none'} (validation Dice "
             f"{rule['dice']['none']:.4f} raw, {rule['dice']['largest_component']:.4f} largest "
-            f"component, {rule['dice']['fill_holes']:.4f} holes filled)")  # fmt: skip
+            f"component, {rule['dice']['fill_holes']:.4f} holes filled"
+            + (f", {ellipse:.4f} ellipse" if ellipse is not None else "") + ")")  # fmt: skip
     if dice.get("mean") is not None:
         what = "out-of-fold " if len(splits) > 1 else ""
         log(f"validation ({len(ids)} {what}cases): mean Dice {dice['mean']:.4f}")
