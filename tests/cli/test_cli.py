@@ -157,10 +157,19 @@ def test_datasets_split(tmp_path, capsys):
     assert code == 0, err
     folds = json.loads(out_file.read_text())
     assert len(folds["folds"] if isinstance(folds, dict) else folds) == 4
+    before = (tmp_path / "in/toy.npz").read_bytes()
+    # a new file beside an input file is fine; over the input, or inside an input folder, not
     code, _, err = run(
         capsys, "datasets", "split", tmp_path / "in/toy.npz", "-o", tmp_path / "in/s.json"
     )
-    assert code == 1 and "input folder" in err and not (tmp_path / "in/s.json").exists()
+    assert code == 0, err
+    code, _, err = run(
+        capsys, "datasets", "split", tmp_path / "in/toy.npz", "-o", tmp_path / "in/toy.npz"
+    )
+    assert code == 1 and "would overwrite the input file" in err
+    assert (tmp_path / "in/toy.npz").read_bytes() == before
+    code, _, err = run(capsys, "datasets", "split", tmp_path / "in", "-o", tmp_path / "in/t.json")
+    assert code == 1 and "input folder" in err and not (tmp_path / "in/t.json").exists()
 
 
 @needs_data

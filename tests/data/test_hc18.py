@@ -135,8 +135,8 @@ def test_real_hc18_convert_all(hc18_root, tmp_path):
     start = time.perf_counter()
     summary = convert_hc18(hc18_root, tmp_path / "hc18", progress=False)
     seconds = time.perf_counter() - start
-    assert summary["images"] == 373 and summary["subjects"] == 300
-    assert sum(summary["annotations"].values()) == 373
+    assert summary["images"] == 503 and summary["subjects"] == 403
+    assert sum(summary["annotations"].values()) == 503
     ds = DecathlonDataset(tmp_path / "hc18")
-    assert len(ds) == 373 and len(set(ds.subjects())) == 300
+    assert len(ds) == 503 and len(set(ds.subjects())) == 403
     assert seconds < 300

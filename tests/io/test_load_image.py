@@ -87,6 +87,7 @@ def test_save_image_creates_folders_and_leaves_no_temporary_files(tmp_path):
 @pytest.mark.parametrize("suffix", [".nii.gz", ".png", ".npz"])
 def test_failed_write_leaves_neither_partial_nor_temporary_file(tmp_path, suffix, monkeypatch):
     from medlens import _atomic
+    from medlens._atomic import OutputError
 
     real_replace = _atomic.os.replace
 
@@ -95,8 +96,9 @@ def test_failed_write_leaves_neither_partial_nor_temporary_file(tmp_path, suffix
 
     monkeypatch.setattr(_atomic.os, "replace", crash)
     target = tmp_path / f"out{suffix}"
-    with pytest.raises(OSError, match="power cut"):
+    with pytest.raises(OutputError, match=r"out\..*: cannot write \(power cut\)") as caught:
         save_image(Image(np.zeros((3, 4), np.uint8)), target)
+    assert caught.value.path == target  # the user's path, not the temporary file's
     assert list(tmp_path.iterdir()) == []
     monkeypatch.setattr(_atomic.os, "replace", real_replace)
     save_image(Image(np.zeros((3, 4), np.uint8)), target)

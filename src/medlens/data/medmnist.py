@@ -18,6 +18,7 @@ import numpy as np
 from medlens.data.dataset import Dataset, Sample
 from medlens.errors import DatasetError
 from medlens.image import Image
+from medlens.io._checks import require_finite
 
 __all__ = ["MEDMNIST_INFO", "MedMNISTDataset", "available_splits", "medmnist_name"]
 
@@ -198,6 +199,7 @@ class MedMNISTDataset(Dataset):
                 raise DatasetError(
                     f"corrupt array in .npz ({type(exc).__name__}: {exc})", path
                 ) from None
+        require_finite(images, path, what=image_key)
         self._images, self.spatial_dims, self.channels = _layout(images, path, image_key)
         info = MEDMNIST_INFO.get(self.name, {})
         labels = np.asarray(labels)
@@ -214,6 +216,11 @@ class MedMNISTDataset(Dataset):
             count = labels.shape[1]
         else:
             self.task = info.get("task", "classification")
+            require_finite(labels, path, what=label_key)  # NaN marks a missing label only
+            if labels.dtype.kind == "f" and not np.array_equal(labels, np.round(labels)):
+                raise DatasetError(f"{label_key} holds non-integer class labels", path)
+            if labels.size and labels.min() < 0:
+                raise DatasetError(f"{label_key} holds negative class labels", path)
             self._labels = labels[:, 0].astype(np.int64)
             seen = max([int(self._labels.max()) if self._labels.size else 0, *other_max]) + 1
             count = max(seen, len(info.get("labels", ())))

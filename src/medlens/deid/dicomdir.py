@@ -24,8 +24,12 @@ _NEXT = 0x00041400
 _LOWER = 0x00041420
 
 
-def anonymize_dicomdir(deid: Deidentifier, path: Path, out: Path):
-    """Write the de-identified DICOMDIR ``path`` to ``out``; returns audit entries and counts."""
+def anonymize_dicomdir(deid: Deidentifier, path: Path, out: Path, *, root: Path | None = None):
+    """Write the de-identified DICOMDIR ``path`` to ``out``; returns audit entries and counts.
+
+    A record whose Referenced File ID leads outside the DICOMDIR's folder is refused (that file
+    was not de-identified, and the output must not point at it): nothing is written.
+    """
     import pydicom
 
     from medlens.errors import ImageReadError
@@ -35,6 +39,10 @@ def anonymize_dicomdir(deid: Deidentifier, path: Path, out: Path):
         records = list(ds.DirectoryRecordSequence)
     except Exception as exc:
         raise ImageReadError(f"not a readable DICOMDIR ({exc})", path) from None
+    for n, record in enumerate(records):
+        problem = _outside_reference(record, path.parent)
+        if problem is not None:
+            raise ImageReadError(f"record {n} {problem}: DICOMDIR not written", path)
     index = {int(record.seq_item_tell): n for n, record in enumerate(records)}
     first = index.get(int(ds.get(_FIRST).value or 0)) if _FIRST in ds else None
     links = [
@@ -58,8 +66,25 @@ def anonymize_dicomdir(deid: Deidentifier, path: Path, out: Path):
     ds.SOPInstanceUID = deid.uid(str(ds.file_meta.MediaStorageSOPInstanceUID))
     _new_meta(ds, deid)
     del ds.SOPClassUID, ds.SOPInstanceUID
-    _write(ds, records, links, first, out)
+    _write(ds, records, links, first, out, root)
     return [(e.path, e.keyword, e.action) for e in outcome.entries], outcome.counts
+
+
+def _outside_reference(record, folder: Path) -> str | None:
+    """Why ``record``'s Referenced File ID leads outside ``folder`` (None: it stays inside)."""
+    value = record.get("ReferencedFileID")
+    if value is None or value == "":
+        return None
+    parts = [str(value)] if isinstance(value, str) else [str(v) for v in value]
+    shown = "\\".join(parts)
+    for part in parts:
+        if part in ("", ".", "..") or "/" in part or "\\" in part or ":" in part:
+            return f"references {shown!r}, outside the file-set folder"
+    target = folder.joinpath(*parts).resolve()
+    base = folder.resolve()
+    if base not in target.parents:
+        return f"references {shown!r}, outside the file-set folder (through a link)"
+    return None
 
 
 def _patients(records, links, first) -> list[str]:
@@ -86,7 +111,7 @@ def _patients(records, links, first) -> list[str]:
     return keys
 
 
-def _write(ds, records, links, first, out: Path) -> None:
+def _write(ds, records, links, first, out: Path, root: Path | None) -> None:
     import pydicom
 
     def encode() -> bytes:
@@ -112,5 +137,5 @@ def _write(ds, records, links, first, out: Path) -> None:
             last = links[last][0]
         ds[_LAST].value = offsets[last]
     data = encode()
-    with atomic_path(out, suffix="") as tmp:
+    with atomic_path(out, suffix="", root=root) as tmp:
         tmp.write_bytes(data)

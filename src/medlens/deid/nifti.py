@@ -28,7 +28,9 @@ _TEXT = {
 _MAGIC = {348: (344, {b"n+1\0": True, b"ni1\0": False}), 540: (4, {b"n+2\0": True})}
 
 
-def anonymize_nifti(path: Path, out: Path) -> list[tuple[str, str, str]]:
+def anonymize_nifti(
+    path: Path, out: Path, *, root: Path | None = None
+) -> list[tuple[str, str, str]]:
     """Write ``path`` without identifying header text to ``out``; returns the audit entries."""
     compressed = path.name.lower().endswith(".gz")
     opener = gzip.open if compressed else open
@@ -53,7 +55,7 @@ def anonymize_nifti(path: Path, out: Path) -> list[tuple[str, str, str]]:
         new_offset = size + 4
         _set_vox_offset(header, size, order, new_offset)
         suffix = ".nii.gz" if compressed else ".nii"
-        with atomic_path(out, suffix=suffix) as tmp, _sink(tmp, compressed) as sink:
+        with atomic_path(out, suffix=suffix, root=root) as tmp, _sink(tmp, compressed) as sink:
             sink.write(bytes(header) + b"\0\0\0\0")
             sink.write(rest[vox_offset - size :])
             shutil.copyfileobj(source, sink, 1 << 20)

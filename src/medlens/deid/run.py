@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from medlens._atomic import atomic_path, ensure_outside
+from medlens._atomic import atomic_path, ensure_outside, safe_name, safe_uid
 from medlens.deid.engine import Deidentifier, Outcome
 from medlens.deid.profile import Profile
 from medlens.errors import ImageReadError, MedlensError
@@ -176,22 +176,29 @@ def anonymize(
     if not source.exists():
         raise MedlensError("no such file or folder", source)
     ensure_outside(target, source)
+    single = source.is_file() and target.suffix.lower() in (".dcm", ".nii", ".gz", ".dicom")
+    audit_path = Path(audit) if audit is not None else _default_audit(target)
+    ensure_outside(audit_path, source)
+    if not single:
+        _check_new_export(target, key)
+    if mapping is not None:
+        ensure_outside(mapping, source)
+        if not single and target.resolve() in Path(mapping).resolve().parents:
+            # it re-identifies patients: never among the outputs that will be shared
+            raise MedlensError("the mapping file must not be written inside the output", mapping)
     deid = Deidentifier(profile, key)
     root, files, dicomdirs = _inputs(source)
     if dicomdirs:
         layout = "keep"  # DICOMDIR records name the files by their paths
-    single = source.is_file() and target.suffix.lower() in (".dcm", ".nii", ".gz", ".dicom")
-    audit_path = Path(audit) if audit is not None else Path(f"{target}.audit.csv")
-    if mapping is not None and not single and target.resolve() in Path(mapping).resolve().parents:
-        # it re-identifies patients: never among the outputs that will be shared
-        raise MedlensError("the mapping file must not be written inside the output", mapping)
     summary = Summary(output=str(target), audit=str(audit_path))
     patients: dict[str, tuple[str, str, int]] = {}
     produced: dict[str, str] = {}
     jobs = [(path, _relative(path, root), layout) for path in files]
+    earlier = _earlier_audit(audit_path)
     with atomic_path(audit_path, suffix=".csv") as tmp_audit, tmp_audit.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(_AUDIT_COLUMNS)
+        writer.writerows(earlier)  # a run adding to an export keeps the earlier runs' rows
         task = _Task(deid, target, single, allow_burned_in)
         results = _results(task, jobs, workers)
         pairs = zip(jobs, results, strict=True)
@@ -201,13 +208,50 @@ def anonymize(
         for dicomdir in dicomdirs:
             summary.files += 1
             rel = _relative(dicomdir, root)
-            result = _guard(lambda d=dicomdir, r=rel: _dicomdir(deid, d, target / r), rel)
+            result = _guard(lambda d=dicomdir, r=rel: _dicomdir(deid, d, target / r, target), rel)
             _record(summary, writer, rel, result, patients, produced)
     summary.patients = len(patients)
     if mapping is not None:
         _write_mapping(Path(mapping), patients)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _default_audit(target: Path) -> Path:
+    """``OUTPUT.audit.csv`` beside the output folder (named from the resolved folder for ``.``)."""
+    named = target if target.name not in ("", ".", "..") else target.resolve()
+    if not named.name:
+        raise MedlensError("choose an output folder with a name (the audit log goes beside it)",
+                           target)  # fmt: skip
+    return named.with_name(f"{named.name}.audit.csv")
+
+
+def _check_new_export(target: Path, key: bytes | None) -> None:
+    """Refuse to add to an existing export unless its key is given (pseudonyms would differ)."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise MedlensError("output exists and is not a folder", target)
+    if key is None and any(target.iterdir()):
+        raise MedlensError(
+            "output folder already holds files: without the --key of that export the same "
+            "patients would get second pseudonyms; choose an empty folder or give its --key",
+            target,
+        )
+
+
+def _earlier_audit(path: Path) -> list[list[str]]:
+    """The rows of an existing audit log (kept when a run adds to its export)."""
+    if not path.exists():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise MedlensError(f"cannot read the existing audit log ({exc})", path) from None
+    if not rows or rows[0] != _AUDIT_COLUMNS:
+        raise MedlensError("exists and is not a medlens audit log: choose another --audit", path)
+    return rows[1:]
 
 
 def _inputs(source: Path) -> tuple[Path, list[Path], list[Path]]:
@@ -290,7 +334,7 @@ def _process(task: _Task, path: Path, rel: str, layout: str) -> dict:
         from medlens.deid.nifti import anonymize_nifti
 
         out = target if single else target / rel
-        entries = anonymize_nifti(path, out)
+        entries = anonymize_nifti(path, out, root=None if single else target)
         counts = Counter(action for _, _, action in entries)
         shown = _shown(out, target, single)
         return {"status": "nifti", "output": shown, "entries": entries, "counts": counts}
@@ -320,7 +364,7 @@ def _process(task: _Task, path: Path, rel: str, layout: str) -> dict:
         out = target / rel
     else:
         out = target / _uid_path(ds, outcome)
-    with atomic_path(out, suffix=".dcm") as tmp:
+    with atomic_path(out, suffix=".dcm", root=None if single else target) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return {
         "status": "written",
@@ -372,10 +416,12 @@ def _kind(path: Path) -> str:
 
 
 def _uid_path(ds, outcome: Outcome) -> str:
-    parts = [outcome.patient[2] if outcome.patient else "ANONYMOUS"]
+    """``pseudonym/study/series/instance.dcm``, each part a safe name (``--retain uids`` keeps
+    the data's own UIDs, which must not steer where files go)."""
+    parts = [safe_name(outcome.patient[2] if outcome.patient else "ANONYMOUS")]
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
-        parts.append(str(ds.get(keyword, "") or "unknown"))
-    parts.append(f"{ds.file_meta.MediaStorageSOPInstanceUID}.dcm")
+        parts.append(safe_uid(str(ds.get(keyword, "") or "unknown")))
+    parts.append(f"{safe_uid(str(ds.file_meta.MediaStorageSOPInstanceUID))}.dcm")
     return "/".join(parts)
 
 
@@ -441,10 +487,10 @@ def _write_mapping(path: Path, patients: dict[str, tuple[str, str, int]]) -> Non
         os.chmod(path, 0o600)  # it re-identifies patients
 
 
-def _dicomdir(deid: Deidentifier, path: Path, out: Path) -> dict:
+def _dicomdir(deid: Deidentifier, path: Path, out: Path, root: Path) -> dict:
     from medlens.deid.dicomdir import anonymize_dicomdir
 
-    entries, counts = anonymize_dicomdir(deid, path, out)
+    entries, counts = anonymize_dicomdir(deid, path, out, root=root)
     return {"status": "written", "output": out.name, "entries": entries, "counts": counts}
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from medlens.errors import SeriesError
 from medlens.image import Image, Role
+from medlens.io._checks import require_finite
 from medlens.io._dicom_frames import Frame, decode_many
 
 __all__ = ["SliceSpacingWarning", "assemble"]
@@ -81,7 +82,7 @@ def assemble(frames: list[Frame], source: Path, *, strict: bool = True) -> Image
     _check_tilt(frames, groups, normal, source)
 
     stack_shape = (time_points, len(groups), first.rows, first.columns)
-    array = _fill(frames, [[g[t] for g in groups] for t in range(time_points)], stack_shape)
+    array = _fill(frames, [[g[t] for g in groups] for t in range(time_points)], stack_shape, source)
     direction = np.column_stack([first.row_cosine, first.column_cosine, normal])
     dy, dx = first.pixel_spacing or (1.0, 1.0)
     origin = frames[groups[0][0]].position
@@ -110,7 +111,8 @@ def _assemble_planar(frames: list[Frame], source: Path) -> Image:
     """Images without patient geometry (projection X-ray, secondary capture, US cine)."""
     frames = sorted(frames, key=lambda f: (f.time_key, f.instance))
     first = frames[0]
-    array = _fill(frames, [list(range(len(frames)))], (1, len(frames), first.rows, first.columns))
+    shape = (1, len(frames), first.rows, first.columns)
+    array = _fill(frames, [list(range(len(frames)))], shape, source)
     array = array[0]
     dy, dx = first.pixel_spacing or (1.0, 1.0)
     meta = _meta(frames, source)
@@ -128,7 +130,9 @@ def _assemble_planar(frames: list[Frame], source: Path) -> Image:
                  meta=meta)  # fmt: skip
 
 
-def _fill(frames: list[Frame], layout: list[list[int]], shape: tuple[int, ...]) -> np.ndarray:
+def _fill(
+    frames: list[Frame], layout: list[list[int]], shape: tuple[int, ...], source: Path
+) -> np.ndarray:
     """Decode each file once and place its frames, applying rescale slope and intercept."""
     datasets = {id(f.dataset): (f.dataset, f.path) for f in frames}
     decoded = dict(zip(datasets, decode_many(list(datasets.values())), strict=True))
@@ -158,7 +162,7 @@ def _fill(frames: list[Frame], layout: list[list[int]], shape: tuple[int, ...]) 
                 else:
                     values = values.astype(dtype) * int(frame.slope) + int(frame.intercept)
             out[t, z] = values
-    return out
+    return require_finite(out, source)  # float pixel data, or a NaN rescale slope
 
 
 def _integer_dtype(frames: list[Frame], slopes: set, stored: np.dtype) -> np.dtype:

@@ -11,6 +11,7 @@ import numpy as np
 from medlens._atomic import atomic_path
 from medlens.errors import ImageReadError
 from medlens.image import Image, Role
+from medlens.io._checks import require_finite
 
 __all__ = ["read_npy", "read_npz", "write_npz"]
 
@@ -54,7 +55,7 @@ def read_npz(path: str | Path, *, role: Role | str | None = None) -> Image:
     meta.update({"path": str(path), "format": "npz"})
     modality = str(fields["modality"]) or None
     return Image(
-        fields["array"],
+        require_finite(fields["array"], path),
         spacing=tuple(fields["spacing"]),
         origin=tuple(fields["origin"]),
         direction=fields["direction"],
@@ -89,6 +90,7 @@ def write_npz(image: Image, path: str | Path, *, compress: bool = True) -> Path:
 def _from_bare_array(array: np.ndarray, path: Path, role: Role | str) -> Image:
     if array.dtype == object:
         raise ImageReadError("object arrays are not images", path)
+    require_finite(array, path)
     if array.ndim in (2, 3):
         leading: tuple[str, ...] = ()
     elif array.ndim == 4:

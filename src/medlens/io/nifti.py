@@ -20,6 +20,7 @@ import numpy as np
 from medlens._atomic import atomic_path
 from medlens.errors import ImageReadError
 from medlens.image import Image, Role
+from medlens.io._checks import require_finite
 
 __all__ = ["read_nifti", "write_nifti"]
 
@@ -126,7 +127,7 @@ def read_nifti(path: str | Path, *, role: Role | str = Role.INTENSITY) -> Image:
     except Exception as exc:  # nibabel raises many kinds for malformed headers and short files
         raise ImageReadError(f"not a readable NIfTI file ({_one_line(exc)})", path) from None
 
-    array = np.asarray(array)
+    array = require_finite(np.asarray(array), path)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
     affine = _best_affine(header)

@@ -15,6 +15,7 @@ import numpy as np
 from medlens._atomic import atomic_path
 from medlens.errors import ImageReadError, MedlensError
 from medlens.image import Image, Role
+from medlens.io._checks import require_finite
 
 __all__ = ["read_raster", "read_tiff", "write_png"]
 
@@ -144,6 +145,7 @@ def _make_image(
         leading = ("channel",)
     if array.ndim - len(leading) not in (2, 3):
         raise ImageReadError(f"unsupported image layout {array.shape}", path)
+    require_finite(array, path)
     kwargs: dict = {}
     geometry = info.get(_GEOMETRY_KEY)
     if geometry:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from medlens.errors import DatasetError, MedlensError
+from medlens.io._checks import require_finite
 
 __all__ = ["ImageSet", "InputSpec", "conform", "load_labelled", "read_inputs"]
 
@@ -237,7 +238,7 @@ def _read_npz(path: Path, spec: InputSpec, split: str | None) -> ImageSet:
             split = splits[0]
         if split not in splits:
             raise DatasetError(f"no split {split!r}; splits: {', '.join(splits)}", path)
-        images = np.asarray(data[f"{split}_images"])
+        images = require_finite(data[f"{split}_images"], path, what=f"{split}_images")
         labels = np.asarray(data[f"{split}_labels"]) if f"{split}_labels" in keys else None
     if images.ndim == spec.spatial_dims + 2 and images.shape[-1] in (3, 4) and spec.channels == 3:
         images = np.moveaxis(images, -1, 1)  # (N, H, W, 3) RGB MedMNIST
@@ -301,9 +302,7 @@ def _as_chw(array: np.ndarray, leading: tuple[str, ...], name: str) -> np.ndarra
         raise MedlensError(f"{name}: a time series, not a single image to classify")
     if "channel" not in leading:
         array = array[None]
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise MedlensError(f"{name}: image holds NaN or infinite values")
-    return array
+    return require_finite(array, name)
 
 
 def _pad_dims(shape: tuple[int, ...], dims: int) -> tuple[int, ...]:
