@@ -142,9 +142,9 @@ def test_bad_requests_fail_with_one_line(breast, tmp_path, capsys):
     assert main(["explain", str(run), "--input", str(tmp_path / "missing.npz"), "--output",
                  str(tmp_path / "b2"), "--no-progress"]) != 0  # fmt: skip
     assert "does not exist" in _error(capsys)
-    inside = data.parent / "maps"
+    inside = run / "maps"  # the run folder is an input, read-only as a whole
     assert main(["explain", str(run), *base, "--output", str(inside)]) != 0
-    assert "inside the input folder" in _error(capsys)
+    assert "inside the input folder" in _error(capsys) and not inside.exists()
     assert main(["explain", str(run), *base, "--target", "7", "--output",
                  str(tmp_path / "c")]) != 0  # fmt: skip
     _error(capsys)

@@ -118,8 +118,8 @@ def _umask() -> int:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes, *, root: str | Path | None = None) -> None:
-    with atomic_path(path, root=root) as tmp:
-        tmp.write_bytes(data)
+    with atomic_path(path, root=root) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
 
 
 def atomic_write_text(path: str | Path, text: str, *, root: str | Path | None = None) -> None:

@@ -34,12 +34,12 @@ def test_hc18_folds_keep_subjects_together(hc18_root):
     seen = []
     for fold in folds:
         assert _no_shared_groups(fold, group_of)
-        assert len(fold["train"]) + len(fold["val"]) == 373
+        assert len(fold["train"]) + len(fold["val"]) == 503
         seen += fold["val"]
     assert sorted(seen) == sorted(ds.ids())  # every image validated exactly once
     split = train_val_split(ds, 0.2, seed=1)
     assert _no_shared_groups(split, group_of) and split["method"] == "GroupShuffleSplit"
-    assert 0.1 < len(split["val"]) / 373 < 0.3
+    assert 0.1 < len(split["val"]) / 503 < 0.3
 
 
 def test_stratified_group_folds():

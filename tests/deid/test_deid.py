@@ -406,3 +406,20 @@ def test_nifti_header_text_and_extensions_are_removed(real, tmp_path):
     assert {"descrip", "aux_file", "intent_name", "db_name", "extensions"} <= {
         r["attribute"] for r in rows
     }
+
+
+def test_public_tags_the_standard_does_not_define_are_removed(t1_files, tmp_path):
+    """A name under an undefined public tag (a vendor's misuse, or damage) must not survive."""
+
+    def edit(index, ds):
+        ds.add_new(0x00100011, "LO", "Undefined^Tagged^Name")  # not in PS3.6
+        ds.add_new(0x00291234, "LO", "private stays private")  # odd group: the private rule
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    planted(t1_files[:1], src, edit=edit)
+    anonymize(src, out)
+    (written,) = outputs(out)
+    data = written.read_bytes()
+    assert b"Undefined^Tagged^Name" not in data and b"private stays" not in data
+    rows = read_csv(f"{out}.audit.csv")
+    assert any(r["tag"] == "(0010,0011)" and r["action"] == "removed" for r in rows)

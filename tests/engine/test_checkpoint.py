@@ -43,17 +43,18 @@ def test_refuses_values_weights_only_would_reject(tmp_path):
 def test_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"epoch": 1})
-    real_save = torch.save
+    import builtins
 
-    def crash(obj, f):
-        real_save({"epoch": 2, "big": torch.zeros(1000)}, f)
-        with open(f, "r+b") as handle:  # a half-written file, then the process dies
-            handle.truncate(100)
+    from medlens import _atomic
+
+    def crash(file, mode="r", *args, **kwargs):
+        with builtins.open(file, mode, *args, **kwargs) as handle:
+            handle.write(b"PK\x03\x04 half")  # a half-written file, then the process dies
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(torch, "save", crash)
+    monkeypatch.setattr(_atomic, "open", crash, raising=False)
     with pytest.raises(KeyboardInterrupt):
-        save_checkpoint(path, {"epoch": 2})
+        save_checkpoint(path, {"epoch": 2, "big": torch.zeros(1000)})
     assert load_checkpoint(path)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temporary left
 

@@ -638,3 +638,48 @@ def test_roc_and_pr_curve_data_match_sklearn():
     json.dumps([roc, pr], allow_nan=False)
     with pytest.raises(MetricInputError, match="both classes"):
         roc_curve_data([1, 1], [0.3, 0.4])
+
+
+# ---------------------------------------------------------------------------- positive class
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_binary_positive_class_0_matches_sklearn_pos_label_0(ties):
+    y, p1 = binary_data(seed=4, ties=ties)
+    prob = np.stack([1 - p1, p1], axis=1)
+    names = ["malignant", "normal, benign"]
+    threshold = choose_thresholds(y, prob, "binary", positive=0)
+    pred = np.where(prob[:, 0] >= threshold, 0, 1)  # malignant when P(malignant) >= threshold
+    m = classification_metrics(y, prob, "binary", threshold, names, positive=0)
+    assert m["positive_class"] == "malignant" and m["positive_index"] == 0
+    expected = {
+        "sensitivity": skm.recall_score(y, pred, pos_label=0),
+        "specificity": skm.recall_score(y, pred, pos_label=1),
+        "precision": skm.precision_score(y, pred, pos_label=0),
+        "f1": skm.f1_score(y, pred, pos_label=0),
+        "accuracy": skm.accuracy_score(y, pred),
+        "kappa": skm.cohen_kappa_score(y, pred),
+        "auc": skm.roc_auc_score(y == 0, prob[:, 0]),
+        "auc_pr": skm.average_precision_score(y == 0, prob[:, 0]),
+    }
+    for name, value in expected.items():
+        assert m[name] == pytest.approx(value, abs=1e-12), name
+    assert m["confusion_matrix"] == skm.confusion_matrix(y, pred).tolist()  # still class order
+    assert m["per_class"]["malignant"]["sensitivity"] == m["sensitivity"]
+    assert m["ece"] == pytest.approx(expected_calibration_error(y, prob, "binary", positive=0))
+    out = evaluate_classification(y, prob, "binary", names, threshold, n_boot=50, positive=0)
+    assert out["sensitivity"]["value"] == m["sensitivity"] and out["positive_class"] == "malignant"
+    assert out["sensitivity"]["low"] <= m["sensitivity"] <= out["sensitivity"]["high"]
+    # the default is unchanged: class 1, with or without saying so
+    assert classification_metrics(y, prob, "binary", 0.5, names) == classification_metrics(
+        y, prob, "binary", 0.5, names, positive=1
+    )
+
+
+def test_positive_class_only_for_binary():
+    y, p = multiclass_data(50)
+    with pytest.raises(MetricInputError, match="binary"):
+        classification_metrics(y, p, "multiclass", positive=0)
+    y, p = binary_data(50)
+    with pytest.raises(MetricInputError, match="0 or 1"):
+        classification_metrics(y, p, "binary", positive=2)

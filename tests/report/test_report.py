@@ -392,3 +392,113 @@ def test_report_renders_in_chromium(tmp_path, reports):
         assert crop.std() > 20, f"the image at {box} is blank in the screenshot"
         assert (crop.min(axis=2) < 200).mean() > 0.01, f"nothing drawn at {box}"
     assert visible >= 2  # the learning curves and the ROC curve lie in the first 3000 pixels
+
+
+# ---------------------------------------------------------------------- the positive class
+BREAST = ["malignant", "normal, benign"]  # BreastMNIST: class 0 is the finding
+
+
+def breast_report(tmp_path: Path, history: list[dict] | None = None) -> tuple[str, dict]:
+    """A binary report whose positive class is class 0, as ``medlens train`` writes it."""
+    y, p, _ = make_data("binary")
+    prob = np.stack([1 - p, p], axis=1)
+    ev = evaluate_classification(
+        y, prob, "binary", class_names=BREAST, threshold=0.4, n_boot=0, positive=0
+    )
+    path = write_classification_report(
+        tmp_path / "r.html",
+        title="t",
+        evaluation=ev,
+        history=make_history() if history is None else history,
+        y_true=y,
+        y_prob=prob,
+        task="binary",
+        class_names=BREAST,
+        threshold_source=THRESHOLD_YOUDEN,
+    )
+    return html.unescape(path.read_text(encoding="utf-8")), ev
+
+
+def test_report_names_the_positive_class_and_quotes_class_names(tmp_path):
+    from sklearn.metrics import recall_score
+
+    text, ev = breast_report(tmp_path)
+    assert "'malignant', 'normal, benign'" in text  # two classes, not three
+    assert "Sensitivity and specificity are for the positive class 'malignant'" in text
+    assert "'malignant' (positive) when P(positive) >= 0.400, else 'normal, benign'" in text
+    y, p, _ = make_data("binary")
+    pred = np.where(1 - p >= 0.4, 0, 1)  # malignant when P(malignant) >= 0.4
+    sensitivity = recall_score(y, pred, pos_label=0)
+    assert ev["sensitivity"]["value"] == pytest.approx(sensitivity)
+    assert f"At this threshold sensitivity is {sensitivity:.3f}" in text
+    assert "ROC curve not drawn" not in text and "Calibration plot not drawn" not in text
+
+
+def test_learning_curve_caption_says_what_is_plotted(tmp_path):
+    no_val_loss = [
+        {"epoch": e, "train_loss": 1 / e, "val_auc": 0.8, "val_accuracy": 0.7} for e in (1, 2, 3)
+    ]
+    text, _ = breast_report(tmp_path, no_val_loss)
+    assert "validation loss" not in text.replace("No validation loss was recorded", "")
+    assert "the training loss (left)" in text and "val_auc, val_accuracy (right)" in text
+    text, _ = breast_report(tmp_path)  # make_history records a validation loss
+    assert "the training loss and the validation loss (left)" in text
+    assert "Validation loss rising while training loss falls" in text
+
+
+def test_example_titles_carry_the_probability_of_each_named_class(monkeypatch):
+    from matplotlib.axes import Axes
+
+    titles: list[str] = []
+    original = Axes.set_title
+
+    def record(self, label, *args, **kwargs):
+        titles.append(str(label))
+        return original(self, label, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_title", record)
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 40)
+    prob = rng.dirichlet([1, 1], 40)
+    pred = np.where(prob[:, 0] >= 0.3, 0, 1)  # a tuned threshold: calls below 0.5 happen
+    example_grid(make_images(40, (1, 20, 20)), y, pred, prob, BREAST, n=12)
+    tiles = [t for t in titles if "pred:" in t]
+    assert len(tiles) == 12
+    wrong = [t for t in tiles if t.startswith("✗")]
+    assert wrong
+    for title in tiles:
+        match = re.fullmatch(r".+true: (.+) \(p=([\d.]+)\)\npred: (.+) \(p=([\d.]+)\)", title)
+        assert match, title
+        rows = np.flatnonzero(
+            (y == BREAST.index(match[1])) & (pred == BREAST.index(match[3]))
+            & np.isclose(prob[np.arange(40), pred], float(match[4]), atol=0.006)
+        )  # fmt: skip
+        assert rows.size, title  # the predicted class carries its own probability
+        assert np.isclose(prob[rows, y[rows]], float(match[2]), atol=0.006).any(), title
+
+
+def test_explained_example_titles_fit_their_tiles(monkeypatch):
+    import medlens.report._figure as figure
+    from medlens.explain.render import explained_grid
+
+    drawn = []
+    to_png = figure.to_png
+    monkeypatch.setattr(figure, "to_png", lambda fig: drawn.append(fig) or to_png(fig))
+    images = list(make_images(8, (1, 24, 24)))
+    maps = [np.abs(image[0]) for image in images]
+    captions = [
+        "✗ pred: normal, benign (p=0.53)\ntrue: malignant",
+        "✓ pred: choroidal neovascularization (p=0.91)\ntrue: choroidal neovascularization",
+    ] * 4
+    check_png(explained_grid(images, maps, captions))
+    (fig,) = drawn
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+    width = fig.bbox.width
+    titles = [t for t in fig.findobj(Text) if t.get_text() in captions]
+    assert sorted(t.get_text() for t in titles) == sorted(captions)  # whole, not cut
+    for title in titles:
+        extent = title.get_window_extent(renderer)
+        overlay = fig.axes[fig.axes.index(title.axes) + 1]  # the image's pair: its overlay
+        assert extent.x0 >= 0 and extent.x1 <= overlay.get_position().x1 * width, title

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import os
 import re
@@ -143,7 +144,7 @@ def test_bad_input_gives_one_line_errors(trained, tmp_path, capsys):
     cases = [
         ["train", "--task", "classification", "--data", str(tmp_path / "missing.npz"),
          "--output", str(tmp_path / "r")],
-        ["train", "--task", "classification", "--data", str(data), "--output",
+        ["train", "--task", "classification", "--data", str(data.parent), "--output",
          str(data.parent / "inside")],
         ["train", "--task", "classification", "--data", str(data), "--output", str(run)],
         ["train", "--task", "classification", "--data", str(data), "--output",
@@ -152,8 +153,9 @@ def test_bad_input_gives_one_line_errors(trained, tmp_path, capsys):
          str(tmp_path / "r3")],
         ["predict", str(tmp_path), "--input", str(data), "--output", str(tmp_path / "p.csv")],
         ["predict", str(run), "--input", str(data), "--output", str(tmp_path / "p.csv")],
-        ["predict", str(run), "--input", str(data), "--split", "val", "--output",
-         str(data.parent / "p.csv")],
+        ["predict", str(run), "--input", str(data), "--split", "val", "--output", str(data)],
+        ["predict", str(run), "--input", str(tmp_path / "nowhere.npz"), "--output",
+         str(tmp_path / "p.csv")],
     ]  # fmt: skip
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -318,3 +320,106 @@ def test_torchrun_two_processes_train_one_run(tmp_path):
     assert result.stdout.count("held-out") == 1  # rank 0 alone reports
     history = (tmp_path / "run" / "fold-0" / "history.jsonl").read_text().splitlines()
     assert len(history) == 2
+
+
+# ---------------------------------------------------------------------- the positive class
+@pytest.fixture(scope="module")
+def malignant_positive(tmp_path_factory):
+    """BreastMNIST's labels (0 = malignant, 1 = normal, benign) trained with class 0 positive."""
+    root = tmp_path_factory.mktemp("positive")
+    (root / "data").mkdir()
+    data = _npz(root / "data" / "breastmnist.npz")  # the name gives BreastMNIST's class names
+    run = root / "run"
+    code = main(["train", "--task", "classification", "--data", str(data), "--output", str(run),
+                 "--epochs", "2", "--no-progress", "--positive-class", "malignant"])  # fmt: skip
+    assert code == 0
+    return data, run
+
+
+def test_positive_class_is_recorded_and_every_binary_number_refers_to_it(malignant_positive):
+    from sklearn import metrics as skm
+
+    _, run = malignant_positive
+    info = json.loads((run / "run.json").read_text())
+    assert info["class_names"] == ["malignant", "normal, benign"]
+    assert info["positive_class"] == "malignant" and info["positive_index"] == 0
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    prob = np.array([float(r["prob_malignant"]) for r in rows])
+    pred = np.array([int(r["pred_index"]) for r in rows])
+    names = info["class_names"]
+    truth = np.array([names.index(r["true_label"]) for r in rows])
+    # the tuned threshold is on P(malignant): malignant when P(malignant) >= threshold
+    np.testing.assert_array_equal(pred, np.where(prob >= info["threshold"], 0, 1))
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["positive_class"] == "malignant" and metrics["positive_index"] == 0
+    expected = {
+        "sensitivity": skm.recall_score(truth, pred, pos_label=0),
+        "specificity": skm.recall_score(truth, pred, pos_label=1),
+        "precision": skm.precision_score(truth, pred, pos_label=0),
+        "f1": skm.f1_score(truth, pred, pos_label=0),
+        "auc": skm.roc_auc_score(truth == 0, prob),
+        "auc_pr": skm.average_precision_score(truth == 0, prob),
+    }
+    for name, value in expected.items():
+        assert metrics[name]["value"] == pytest.approx(value, abs=1e-9), name
+    assert metrics["confusion_matrix"] == skm.confusion_matrix(truth, pred).tolist()
+    page = html.unescape((run / "report.html").read_text())
+    assert "'malignant', 'normal, benign'" in page
+    assert "Sensitivity and specificity are for the positive class 'malignant'" in page
+    assert "'malignant' (positive) when P(positive) >=" in page
+
+
+def test_evaluate_and_predict_use_the_runs_positive_class(malignant_positive, tmp_path, capsys):
+    data, run = malignant_positive
+    out = tmp_path / "m.json"
+    args = ["evaluate", str(run), "--data", str(data), "--split", "val", "--json", str(out)]
+    assert main([*args, "--bootstrap", "50"]) == 0
+    assert "positive class: 'malignant'" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    saved = json.loads((run / "metrics.json").read_text())
+    assert result["positive_class"] == "malignant"
+    for name in ("sensitivity", "specificity", "precision", "f1", "auc"):
+        assert result[name]["value"] == pytest.approx(saved[name]["value"]), name
+    preds = tmp_path / "p.csv"
+    predict = ["predict", str(run), "--input", str(data), "--split", "val", "--output"]
+    assert main([*predict, str(preds)]) == 0
+    held = [r["pred_index"] for r in csv.DictReader((run / "predictions.csv").open())]
+    assert [r["pred_index"] for r in csv.DictReader(preds.open())] == held
+
+
+def test_runs_without_a_recorded_positive_class_keep_class_1(trained, tmp_path):
+    data, run, info = trained
+    assert info["positive_class"] == "1" and info["positive_index"] == 1  # the default, recorded
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    manifest = json.loads((old / "run.json").read_text())
+    del manifest["positive_class"], manifest["positive_index"]
+    (old / "run.json").write_text(json.dumps(manifest))
+    assert load_run(old).positive == 1
+    for folder, name in ((run, "new.csv"), (old, "old.csv")):
+        assert main(["predict", str(folder), "--input", str(data), "--split", "val",
+                     "--output", str(tmp_path / name)]) == 0  # fmt: skip
+    assert (tmp_path / "new.csv").read_text() == (tmp_path / "old.csv").read_text()
+
+
+def test_positive_class_errors_are_one_line(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    binary = _npz(tmp_path / "in" / "breastmnist.npz", n=(24, 8))
+    three = _npz(tmp_path / "in" / "three.npz", n=(24, 8), classes=3)
+    cases = [
+        (binary, "benign", "not one of the classes"),
+        (binary, "2", "not one of the classes"),
+        (three, "0", "binary"),
+    ]
+    for data, value, message in cases:
+        out = tmp_path / f"run-{value}"
+        capsys.readouterr()
+        code = main(["train", "--task", "classification", "--data", str(data), "--output",
+                     str(out), "--positive-class", value, "--no-progress"])  # fmt: skip
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and err.startswith("error:") and "\n" not in err, (value, err)
+        assert message in err and not out.exists(), (value, err)
+    code = main(["train", "--task", "segmentation", "--data", str(tmp_path / "in"), "--output",
+                 str(tmp_path / "seg"), "--positive-class", "1"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "--positive-class" in err and "\n" not in err

@@ -30,6 +30,12 @@ def train(
     plan: Path | None = typer.Option(
         None, "--plan", help="Segmentation: a plan.json (from medlens plan) instead of planning."
     ),
+    positive_class: str | None = typer.Option(
+        None,
+        "--positive-class",
+        help="Binary classification: the positive class, by name or index (default: index 1); "
+        "sensitivity, specificity and the threshold refer to it.",
+    ),
 ) -> None:
     """Train, tune and evaluate a model; write the run folder with its report."""
     from medlens.errors import MedlensError
@@ -39,6 +45,8 @@ def train(
     if task == "segmentation":
         from medlens.tasks.segmentation.train import train_segmentation
 
+        if positive_class is not None:
+            raise MedlensError("--positive-class is for binary classification, not segmentation")
         if model is not None:  # the plan's U-Net with a plain or residual encoder
             encoders = {"unet": "plain", "resunet": "residual"}
             if model not in encoders:
@@ -68,6 +76,7 @@ def train(
         overrides=overrides,
         progress=progress,
         log=typer.echo,
+        positive_class=positive_class,
     )
     typer.echo(f"run folder: {output} ({info['train_seconds']:.0f} s)")
 
@@ -143,9 +152,12 @@ def evaluate(
         class_names=trained.class_names,
         threshold=trained.threshold,
         n_boot=n_boot,
+        positive=trained.positive,
     )
     result["data"] = str(data)
     result["split"] = split or images.split
+    if trained.positive is not None:
+        typer.echo(f"positive class: {trained.class_names[trained.positive]!r}")
     for name in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
         typer.echo(f"{name:<12} {_interval(result[name])}")
     if json_path is not None:
@@ -182,7 +194,13 @@ def predict(
     images.labels = None  # predictions do not need them; evaluate uses them
     probs = predict_probs(trained.networks, images.images, trained.task)
     write_predictions(
-        output, images, probs, trained.class_names, trained.metric_task, trained.threshold
+        output,
+        images,
+        probs,
+        trained.class_names,
+        trained.metric_task,
+        trained.threshold,
+        trained.positive,
     )
     typer.echo(f"{len(images)} predictions: {output}")
 

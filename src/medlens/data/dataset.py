@@ -213,14 +213,10 @@ def as_label_map(image: Image, *, binary_255: bool = True) -> Image:
 
 
 def _progress(items: Sequence[Any], description: str, enabled: bool) -> Iterator[Any]:
-    """A rich progress bar on stderr, so stdout stays clean for JSON and piped output."""
-    if not enabled:
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import track
+    """Progress on stderr (see :mod:`medlens._progress`)."""
+    from medlens._progress import progress
 
-    yield from track(items, description=description, console=Console(stderr=True))
+    yield from progress(items, description, enabled=enabled)
 
 
 def _lazy_io() -> tuple[Callable[..., Image], Callable[..., Any]]:

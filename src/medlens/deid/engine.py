@@ -192,6 +192,8 @@ class Deidentifier:
                 del ds[tag]
 
     def _unlisted(self, ds, tag: int) -> str | None:
+        if not _in_dictionary(tag):  # a public tag the standard does not define (a vendor's
+            return "X"  # misuse, or damage): nothing says it is safe, so it goes
         raw = ds.get_item(tag)
         vr = raw.VR if raw.VR not in (None, "UN") else _dictionary_vr(tag)
         if vr == "SQ":
@@ -373,6 +375,15 @@ def _dictionary_vr(tag: int) -> str:
         return dictionary_VR(tag)
     except KeyError:
         return "UN"
+
+
+def _in_dictionary(tag: int) -> bool:
+    """Whether PS3.6 defines ``tag`` (repeating groups such as 60xx included)."""
+    try:
+        dictionary_VR(tag)
+    except KeyError:
+        return False
+    return True
 
 
 def _standard_uid(value: str) -> bool:

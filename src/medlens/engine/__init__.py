@@ -24,6 +24,7 @@ from medlens.engine.checkpoint import (
     get_rng_state,
     load_checkpoint,
     load_weights,
+    reported_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
@@ -91,6 +92,7 @@ __all__ = [
     "load_weights",
     "lr_factor_fn",
     "parse_train_args",
+    "reported_checkpoint",
     "resolve_device",
     "save_checkpoint",
     "save_config",

@@ -137,8 +137,9 @@ class TensorBoardLogger(Callback):
 class ProgressBar(Callback):
     """A rich progress bar with the running loss and the last monitored metric.
 
-    Only shown on a terminal; the running loss is read (a device sync) at most every
-    ``refresh`` seconds.
+    Shown on a terminal; the running loss is read (a device sync) at most every ``refresh``
+    seconds. When stderr is not a terminal (a log file, a pipe, a batch job) one plain line per
+    epoch is printed instead, so long runs show progress there too.
     """
 
     def __init__(self, refresh: float = 0.2, *, force: bool = False) -> None:
@@ -146,6 +147,7 @@ class ProgressBar(Callback):
         self.force = force
         self.progress: Any = None
         self.task: Any = None
+        self.plain = False
         self._last = 0.0
 
     def on_fit_start(self, trainer: Trainer) -> None:
@@ -161,6 +163,7 @@ class ProgressBar(Callback):
 
         console = Console(file=sys.stderr)
         if not (self.force or console.is_terminal):
+            self.plain = True
             return
         self.progress = Progress(
             TextColumn("epoch {task.fields[epoch]}"),
@@ -196,7 +199,16 @@ class ProgressBar(Callback):
             fields["loss"] = f"{trainer.running_loss():.4f}"
         self.progress.update(self.task, advance=1, **fields)
 
+    def on_epoch_end(self, trainer: Trainer, epoch: int, record: dict[str, Any]) -> None:
+        if not self.plain:
+            return
+        parts = [f"epoch {epoch}/{trainer.config.epochs}", f"loss {record['train_loss']:.4f}"]
+        parts += [f"{k} {v:.4g}" for k, v in record.items()
+                  if k.startswith("val_") and isinstance(v, float)]  # fmt: skip
+        print(", ".join(parts) + f" ({record.get('time', 0.0):.1f} s)", file=sys.stderr, flush=True)
+
     def on_fit_end(self, trainer: Trainer) -> None:
+        self.plain = False
         if self.progress is not None:
             self.progress.stop()
             self.progress = None

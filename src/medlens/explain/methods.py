@@ -428,8 +428,6 @@ def _per_image(inputs, targets, progress, what, fn: Callable, base) -> torch.Ten
 
 
 def _progress(items, show: bool, what: str):
-    if not show or len(items) < 2:
-        return items
-    from rich.progress import track
+    from medlens._progress import progress
 
-    return track(items, description=f"{what}...", transient=True)
+    return progress(items, f"{what}...", enabled=show and len(items) > 1, transient=True)

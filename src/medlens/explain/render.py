@@ -15,6 +15,8 @@ import numpy as np
 
 __all__ = ["attribution_figure", "explained_grid", "planes_through_max"]
 
+_CAPTION_CHARS = 52  # a caption line of explained_grid at 7 pt fits the width of its pair
+
 
 def planes_through_max(volume: np.ndarray, attribution: np.ndarray) -> list[tuple[str, Any, Any]]:
     """The axial, coronal and sagittal planes (array axes 0, 1, 2) through the attribution's
@@ -119,13 +121,15 @@ def explained_grid(
     columns: int = 4,
 ) -> bytes:
     """PNG grid of image + overlay pairs (3D: the axial plane through each map's maximum), for
-    the reports' explained examples."""
+    the reports' explained examples. A caption may have several lines; each is titled over its
+    pair, left-aligned, and cut to the pair's width."""
     from medlens.report._figure import new_figure, plain, to_png
 
     n = len(images)
     columns = max(1, min(columns, n))
     rows = (n + columns - 1) // columns
-    fig = new_figure(3.4 * columns, 1.9 * rows)
+    lines = max((len(str(c).splitlines()) for c in captions), default=1)
+    fig = new_figure(3.6 * columns, 1.75 * rows + 0.15 * lines * rows)
     axes = fig.subplots(rows, 2 * columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
@@ -138,7 +142,8 @@ def explained_grid(
         else:
             picture = _display(image)
         axes[r][2 * c].imshow(picture, cmap=None if picture.ndim == 3 else "gray")
-        axes[r][2 * c].set_title(plain(caption, 30), fontsize=7)
+        title = "\n".join(plain(line, _CAPTION_CHARS) for line in str(caption).splitlines())
+        axes[r][2 * c].set_title(title, fontsize=7, loc="left")
         _draw(axes[r][2 * c + 1], picture, amap, signed, _scale(amap))
         axes[r][2 * c + 1].axis("off")
     return to_png(fig)
@@ -151,6 +156,7 @@ def explained_examples(
     class_names: Sequence[str],
     labels: np.ndarray | None = None,
     *,
+    predicted: np.ndarray | None = None,
     n: int = 8,
     method: str = "gradcam",
 ) -> bytes:
@@ -158,14 +164,17 @@ def explained_examples(
     predictions, the mistakes among them first when ``labels`` are known.
 
     ``images`` ``(N, C, *spatial)`` as the network's loader gives them (8-bit scaled to [0, 1]);
-    ``probs`` ``(N, K)``; the explained class is the top one.
+    ``probs`` ``(N, K)``; the explained class is ``predicted`` (the report's calls, e.g. at a
+    binary threshold), by default the top one. Each pair is titled with the predicted class and
+    its probability, then the true class.
     """
     import torch
 
     from medlens.explain.methods import attribute
+    from medlens.report._figure import cut
 
-    predicted = probs.argmax(axis=1)
-    confidence = probs.max(axis=1)
+    predicted = probs.argmax(axis=1) if predicted is None else np.asarray(predicted, dtype=int)
+    confidence = probs[np.arange(len(predicted)), predicted]
     order = np.argsort(-confidence, kind="stable")
     if labels is not None and labels.ndim == 1:
         wrong = [i for i in order if predicted[i] != labels[i]]
@@ -177,11 +186,13 @@ def explained_examples(
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     target = torch.as_tensor(predicted[chosen], dtype=torch.long)
     maps = attribute(network, x, method, target).numpy()
+    names = [cut(name, 34) for name in class_names]  # so the probability stays in the line
     captions = []
     for i in chosen:
-        text = f"{class_names[predicted[i]]} {confidence[i]:.2f}"
+        text = f"pred: {names[predicted[i]]} (p={confidence[i]:.2f})"
         if labels is not None and labels.ndim == 1:
-            text += " ok" if predicted[i] == labels[i] else f" (true {class_names[int(labels[i])]})"
+            mark = "✓" if predicted[i] == labels[i] else "✗"
+            text = f"{mark} {text}\ntrue: {names[int(labels[i])]}"
         captions.append(text)
     return explained_grid(
         list(x.numpy()),

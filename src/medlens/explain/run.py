@@ -108,7 +108,7 @@ def explain_run(
     Returns:
         ``faithfulness.json``'s content plus ``files``.
     """
-    from medlens._atomic import atomic_write_bytes, atomic_write_json, ensure_outside
+    from medlens._atomic import atomic_write_bytes, atomic_write_json, ensure_outside, safe_name
 
     run_dir, input_path, output = Path(run_dir), Path(input_path), Path(output)
     methods = parse_methods(methods)
@@ -137,7 +137,7 @@ def explain_run(
         log(f"  {METHOD_NAMES[method]}: {1000 * seconds[method] / len(job.ids):.0f} ms per image")
     files: list[Path] = []
     for i, item in enumerate(job.ids):
-        stem = _safe(item)
+        stem = safe_name(item, max_length=120, default="image")
         per_image = {}
         for method in methods:
             amap = maps[method][i]
@@ -320,7 +320,7 @@ def _classification_job(run_dir, input_path, split, target, limit) -> _Job:
         if run.metric_task == "multilabel":
             chosen = probs.argmax(axis=1)
         else:
-            chosen = predicted_labels(probs, run.metric_task, run.threshold)
+            chosen = predicted_labels(probs, run.metric_task, run.threshold, run.positive)
         targets = torch.as_tensor(np.asarray(chosen), dtype=torch.long)
         label = [
             f"predicted {names[int(t)]} ({probs[i, int(t)]:.2f})" for i, t in enumerate(targets)
@@ -489,8 +489,3 @@ def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(array, dtype=np.float32))
     return buffer.getvalue()
-
-
-def _safe(name: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
-    return keep.strip(".") or "image"

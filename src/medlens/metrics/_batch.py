@@ -196,16 +196,17 @@ def compute(
     opts = {"n_bins": n_bins, "calibration": calibration}
     if prep.task in ("binary", "multilabel"):
         assert plan.columns is not None and prep.threshold is not None
-        thresholds = (
-            list(prep.threshold) if prep.task == "multilabel" else [None, prep.threshold[0]]
-        )
+        pos = prep.positive  # binary: the threshold applies to the positive class's column
+        thresholds = list(prep.threshold) if prep.task == "multilabel" else [None, None]
+        if prep.task == "binary":
+            thresholds[pos] = prep.threshold[0]
         stats = [
             column_stats(c, *column_counts(c, idx), threshold=t, ece=t is not None, **opts)
             for c, t in zip(plan.columns, thresholds, strict=True)
         ]
         calibrated = [st for st in stats if "ece_diff" in st]
-        if prep.task == "binary":
-            out["cm"] = stats[1]["cm"]
+        if prep.task == "binary":  # [[tn, fp], [fn, tp]] of the positive class, in class order
+            out["cm"] = stats[pos]["cm"] if pos == 1 else stats[pos]["cm"][..., ::-1, ::-1]
             out.update(_single_label_metrics(out["cm"], plan.kappa_weights))
         else:
             out["cm"] = np.stack([st["cm"] for st in stats], axis=1)
@@ -230,13 +231,14 @@ def compute(
         out["pc_auc"] = np.stack([st["auc"] for st in stats], axis=1)
         out["pc_auc_pr"] = np.stack([st["ap"] for st in stats], axis=1)
         if prep.task == "binary":
-            out["auc"], out["auc_pr"] = out["pc_auc"][:, 1], out["pc_auc_pr"][:, 1]
+            pos = prep.positive
+            out["auc"], out["auc_pr"] = out["pc_auc"][:, pos], out["pc_auc_pr"][:, pos]
         else:
             out["auc"], out["auc_pr"] = nanmean(out["pc_auc"]), nanmean(out["pc_auc_pr"])
     if prep.task == "binary":
         for name in ("sensitivity", "precision", "f1"):
-            out[name] = out[f"pc_{name}"][:, 1]
-        out["specificity"] = out["pc_sensitivity"][:, 0]
+            out[name] = out[f"pc_{name}"][:, prep.positive]
+        out["specificity"] = out["pc_sensitivity"][:, 1 - prep.positive]
     else:
         for name in ("sensitivity", "specificity", "precision", "f1"):
             out[name] = nanmean(out[f"pc_{name}"])

@@ -90,34 +90,39 @@ def pr_curve_data(y_true: Any, y_score: Any) -> dict[str, Any]:
     }
 
 
-def _calibration_sums(y_true: Any, y_prob: Any, task: str, n_bins: int) -> np.ndarray:
+def _calibration_sums(
+    y_true: Any, y_prob: Any, task: str, n_bins: int, positive: int | None
+) -> np.ndarray:
     if n_bins < 1:
         raise MetricInputError(f"n_bins must be at least 1, got {n_bins}")
-    plan = make_plan(prepare(y_true, y_prob, task), ranking=False)
+    plan = make_plan(prepare(y_true, y_prob, task, positive=positive), ranking=False)
     idx = np.arange(plan.prep.n)[None, :]
     return compute(plan, idx, n_bins=n_bins, calibration=True)["calibration"][0]
 
 
-def expected_calibration_error(y_true: Any, y_prob: Any, task: str, n_bins: int = N_BINS) -> float:
+def expected_calibration_error(
+    y_true: Any, y_prob: Any, task: str, n_bins: int = N_BINS, positive: int | None = None
+) -> float:
     """Expected calibration error; see :func:`ece_kind` for which one each task gets.
 
     Top-label ECE for multi-class and ordinal (is the most likely class right as often as its
     probability says); positive-class reliability for binary and multi-label (is P(positive)
     honest), because the top label of a binary model hides which side of 0.5 the errors are on.
+    ``positive``: binary only, the index of the positive class (None = 1).
     """
-    out_sum, conf_sum, counts = _calibration_sums(y_true, y_prob, task, n_bins)
+    out_sum, conf_sum, counts = _calibration_sums(y_true, y_prob, task, n_bins, positive)
     return float(np.abs(out_sum - conf_sum).sum() / counts.sum())
 
 
 def calibration_curve_data(
-    y_true: Any, y_prob: Any, task: str, n_bins: int = N_BINS
+    y_true: Any, y_prob: Any, task: str, n_bins: int = N_BINS, positive: int | None = None
 ) -> dict[str, Any]:
     """Reliability-diagram data: per bin the observed rate, mean confidence and count.
 
     ``accuracy`` is the fraction correct (top-label) or positive (binary / multi-label) in each
     bin and ``confidence`` the mean probability there; empty bins hold None.
     """
-    out_sum, conf_sum, counts = _calibration_sums(y_true, y_prob, task, n_bins)
+    out_sum, conf_sum, counts = _calibration_sums(y_true, y_prob, task, n_bins, positive)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     with np.errstate(divide="ignore", invalid="ignore"):
         accuracy, confidence = out_sum / counts, conf_sum / counts
@@ -127,6 +132,6 @@ def calibration_curve_data(
         "accuracy": _finite_or_none(accuracy),
         "confidence": _finite_or_none(confidence),
         "counts": [int(c) for c in counts],
-        "ece": expected_calibration_error(y_true, y_prob, task, n_bins),
+        "ece": expected_calibration_error(y_true, y_prob, task, n_bins, positive),
         "kind": ece_kind(task, n_bins),
     }

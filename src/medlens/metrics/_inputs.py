@@ -29,10 +29,12 @@ class Prepared:
     Attributes:
         task: one of :data:`TASKS`.
         y: ``(N,)`` int64 class indices, or ``(N, K)`` int8 for multi-label with -1 = ignored.
-        prob: ``(N, K)`` float64 scores per class; binary is stored as ``[1 - p, p]``.
+        prob: ``(N, K)`` float64 scores per class; binary is stored as ``[P(0), P(1)]``.
         threshold: ``(K,)`` per-column thresholds for multi-label, ``(1,)`` for binary, else None.
         threshold_given: whether the caller chose the threshold (False means the 0.5 default).
         class_names: one name per column.
+        positive: binary: the index of the positive class (0 or 1; 1 by default), the column
+            the threshold, sensitivity, precision, F1, AUC and the curves refer to. 1 otherwise.
     """
 
     task: str
@@ -41,6 +43,7 @@ class Prepared:
     threshold: np.ndarray | None
     threshold_given: bool
     class_names: list[str]
+    positive: int = 1
 
     @property
     def n(self) -> int:
@@ -69,6 +72,27 @@ class Prepared:
             return float(self.threshold[0])
         return [float(t) for t in self.threshold]
 
+    def predictions(self) -> np.ndarray:
+        """The predicted class per row (0/1 per class for multi-label); see :func:`decide`."""
+        return decide(self.prob, self.task, self.threshold, self.positive)
+
+
+def decide(prob: np.ndarray, task: str, threshold: Any = None, positive: int = 1) -> np.ndarray:
+    """Predictions from ``(N, K)`` probabilities, the one rule every caller uses.
+
+    Binary: the ``positive`` class when its probability is ``>= threshold`` (0.5 if None), else
+    the other class. Multi-label: 1 where ``P >= threshold`` (one or one per class). Multi-class
+    and ordinal: the argmax.
+    """
+    if task == "binary":
+        t = 0.5 if threshold is None else float(np.asarray(threshold, dtype=float).reshape(-1)[0])
+        called = prob[:, positive] >= t
+        return np.where(called, positive, 1 - positive).astype(np.int64)
+    if task == "multilabel":
+        cut = 0.5 if threshold is None else np.asarray(threshold, dtype=float)
+        return (prob >= cut).astype(np.int64)
+    return np.argmax(prob, axis=1)
+
 
 def to_numpy(x: Any) -> np.ndarray:
     """A NumPy array from a NumPy array, a list or a torch tensor on any device."""
@@ -92,9 +116,14 @@ def prepare(
     task: str,
     threshold: Any = None,
     class_names: list[str] | None = None,
+    positive: int | None = None,
 ) -> Prepared:
-    """Validate ``y_true``/``y_prob`` for ``task`` and return them in the canonical layout."""
+    """Validate ``y_true``/``y_prob`` for ``task`` and return them in the canonical layout.
+
+    ``positive`` (binary only) is the index of the positive class; None means 1.
+    """
     check_task(task)
+    pos = _positive(positive, task)
     y = to_numpy(y_true)
     p = to_numpy(y_prob).astype(np.float64, copy=False)
     if y.ndim == 0 or p.ndim == 0 or y.shape[0] != p.shape[0]:
@@ -119,9 +148,19 @@ def prepare(
     else:
         y, p = _multiclass(y, p, task)
     k = p.shape[1]
-    names = _names(class_names, k, task)
+    names = _names(class_names, k, task, pos)
     thr = _threshold(threshold, task, k)
-    return Prepared(task, y, p, thr, threshold is not None, names)
+    return Prepared(task, y, p, thr, threshold is not None, names, pos)
+
+
+def _positive(positive: Any, task: str) -> int:
+    if positive is None:
+        return 1
+    if task != "binary":
+        raise MetricInputError(f"a positive class is for binary tasks, not {task}")
+    if isinstance(positive, bool) or positive not in (0, 1):
+        raise MetricInputError(f"the positive class of a binary task is 0 or 1, got {positive!r}")
+    return int(positive)
 
 
 def _labels_as_int(y: np.ndarray, what: str) -> np.ndarray:
@@ -191,12 +230,14 @@ def _multilabel(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return y.astype(np.int8), p
 
 
-def _names(class_names: list[str] | None, k: int, task: str) -> list[str]:
+def _names(class_names: list[str] | None, k: int, task: str, positive: int = 1) -> list[str]:
     if class_names is None:
-        return ["negative", "positive"] if task == "binary" else [str(i) for i in range(k)]
+        if task != "binary":
+            return [str(i) for i in range(k)]
+        return ["negative", "positive"] if positive == 1 else ["positive", "negative"]
     names = [str(c) for c in class_names]
-    if task == "binary" and len(names) == 1:
-        names = [f"not {names[0]}", names[0]]
+    if task == "binary" and len(names) == 1:  # the name of the positive class
+        names = [f"not {names[0]}", names[0]][:: 1 if positive == 1 else -1]
     if len(names) != k:
         raise MetricInputError(f"{len(names)} class names given for {k} classes")
     if len(set(names)) != k:

@@ -13,8 +13,10 @@ Conventions, chosen so that a reported number means one thing:
   data; choosing it on the test data would flatter the test results. Multi-class and ordinal
   predict the argmax.
 * Binary sensitivity, precision and F1 are those of the positive class; specificity is the recall
-  of the negative class. Multi-class and ordinal report macro averages of the one-vs-rest
-  per-class values (and the per-class values). Multi-label computes every metric per class on that
+  of the negative class. The positive class is class 1 unless ``positive=0`` says otherwise (e.g.
+  BreastMNIST, whose class 0 is "malignant"); the threshold then applies to P(class 0).
+  Multi-class and ordinal report macro averages of the one-vs-rest per-class values (and the
+  per-class values). Multi-label computes every metric per class on that
   class's non-ignored entries and macro-averages over classes, so ``accuracy`` is the mean
   per-class accuracy, not subset accuracy.
 * An undefined value (0/0, e.g. the AUC of a class without positives) is NaN, left out of macro
@@ -95,15 +97,18 @@ def youden_threshold(y_true: Any, y_score: Any) -> dict[str, float]:
     }
 
 
-def choose_thresholds(y_true: Any, y_prob: Any, task: str) -> float | list[float]:
+def choose_thresholds(
+    y_true: Any, y_prob: Any, task: str, positive: int | None = None
+) -> float | list[float]:
     """Youden thresholds chosen on validation data, to pass as ``threshold=`` for test data.
 
-    Returns one float for binary and one per class for multi-label (a class whose validation
-    labels are all one value keeps 0.5, as nothing can be learnt about it).
+    Returns one float for binary (on the probability of the ``positive`` class, 1 by default)
+    and one per class for multi-label (a class whose validation labels are all one value keeps
+    0.5, as nothing can be learnt about it).
     """
-    prep = prepare(y_true, y_prob, task)
+    prep = prepare(y_true, y_prob, task, positive=positive)
     if prep.task == "binary":
-        return youden_threshold(prep.y, prep.prob[:, 1])["threshold"]
+        return youden_threshold(*prep.column(prep.positive))["threshold"]
     if prep.task != "multilabel":
         raise MetricInputError(
             f"{task} predictions are the argmax; there is no threshold to choose"
@@ -129,25 +134,30 @@ def classification_metrics(
     task: str,
     threshold: float | Iterable[float] | None = None,
     class_names: list[str] | None = None,
+    positive: int | None = None,
 ) -> dict[str, Any]:
     """Point estimates of every metric (no intervals); see the module docstring for conventions.
 
     Args:
         y_true: binary/multi-class/ordinal ``(N,)`` class indices; multi-label ``(N, K)`` of
             1 / 0 / -1 or NaN (ignored: uncertain or blank, left out of that class only).
-        y_prob: binary ``(N,)`` P(positive) or ``(N, 2)``; otherwise ``(N, K)`` probabilities
+        y_prob: binary ``(N,)`` P(class 1) or ``(N, 2)``; otherwise ``(N, K)`` probabilities
             (softmax rows for multi-class / ordinal, sigmoids for multi-label).
         task: ``"binary"``, ``"multiclass"``, ``"multilabel"`` or ``"ordinal"``.
-        threshold: binary: one number; multi-label: one or one per class; None = 0.5.
+        threshold: binary: one number, for P(positive); multi-label: one or one per class;
+            None = 0.5.
         class_names: names for ``per_class``; default ``"0"``, ``"1"``, ... (binary:
             negative / positive).
+        positive: binary only: the index of the positive class (0 or 1); None = 1.
 
     Returns:
         Headline metrics (:data:`HEADLINE`) as floats, ``per_class``, ``confusion_matrix`` (rows
-        true, columns predicted; multi-label: one ``[[tn, fp], [fn, tp]]`` per class),
-        ``threshold``, ``n``, ``notes`` and descriptions of the kappa and ECE used.
+        true, columns predicted, in class order; multi-label: one ``[[tn, fp], [fn, tp]]`` per
+        class), ``threshold``, ``n``, ``notes``, descriptions of the kappa and ECE used and, for
+        binary, ``positive_class`` (its name) and ``positive_index``.
     """
-    return _point_estimates(make_plan(prepare(y_true, y_prob, task, threshold, class_names)))
+    prep = prepare(y_true, y_prob, task, threshold, class_names, positive)
+    return _point_estimates(make_plan(prep))
 
 
 def bootstrap_ci(
@@ -160,6 +170,7 @@ def bootstrap_ci(
     seed: int = 0,
     threshold: float | Iterable[float] | None = None,
     stratified: bool = True,
+    positive: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Percentile bootstrap intervals of headline metrics, resampling samples.
 
@@ -176,7 +187,7 @@ def bootstrap_ci(
     if unknown:
         raise MetricInputError(f"unknown metrics {unknown}; choose from {', '.join(HEADLINE)}")
     _check_bootstrap_args(n_boot, alpha, minimum=1)
-    prep = prepare(y_true, y_prob, task, threshold)
+    prep = prepare(y_true, y_prob, task, threshold, positive=positive)
     plan = make_plan(prep, ranking=any(name in RANKING for name in names))
     point = _point_estimates(plan)
     boot = run_bootstrap(plan, n_boot, seed, stratified)
@@ -197,16 +208,18 @@ def evaluate_classification(
     seed: int = 0,
     alpha: float = 0.05,
     stratified: bool = True,
+    positive: int | None = None,
 ) -> dict[str, Any]:
     """Everything for a report, JSON-ready: each metric as ``{"value", "low", "high"}``.
 
     Headline metrics (:data:`HEADLINE`) and every per-class metric get a percentile bootstrap
     interval (``n_boot=0`` skips the bootstrap: ``low``/``high`` are None, handy for per-epoch
     validation). Undefined values are None. Also ``confusion_matrix``, ``threshold``, ``n``,
-    ``n_boot``, ``bootstrap`` (what was drawn and kept) and ``notes``.
+    ``n_boot``, ``bootstrap`` (what was drawn and kept), ``notes`` and, for binary,
+    ``positive_class`` and ``positive_index`` (``positive``: see :func:`classification_metrics`).
     """
     _check_bootstrap_args(n_boot, alpha, minimum=0)
-    plan = make_plan(prepare(y_true, y_prob, task, threshold, class_names))
+    plan = make_plan(prepare(y_true, y_prob, task, threshold, class_names, positive))
     point = _point_estimates(plan)
     boot = run_bootstrap(plan, n_boot, seed, stratified) if n_boot > 0 else None
     samples = boot.values if boot is not None else {}
@@ -220,6 +233,9 @@ def evaluate_classification(
 
     out: dict[str, Any] = {key: point[key] for key in ("task", "n", "n_classes", "class_names")}
     out.update({name: interval(point[name], name) for name in HEADLINE})
+    for key in ("positive_class", "positive_index"):
+        if key in point:
+            out[key] = point[key]
     for key in ("threshold", "prediction", "kappa_weights", "ece_kind", "confusion_matrix"):
         out[key] = point[key]
     per_class = {}
@@ -270,11 +286,13 @@ class ClassificationMetric:
         n_boot: int = 1000,
         seed: int = 0,
         alpha: float = 0.05,
+        positive: int | None = None,
     ) -> None:
         self.task = check_task(task)
         self.options: dict[str, Any] = {
             "class_names": class_names,
             "threshold": threshold,
+            "positive": positive,
             "n_boot": n_boot,
             "seed": seed,
             "alpha": alpha,
@@ -340,7 +358,7 @@ def _sklearn_ranking(prep: Prepared) -> tuple[np.ndarray, np.ndarray, list[str]]
                 f"class {prep.class_names[j]!r} is absent from y_true: its AUC and AUC-PR are "
                 "undefined and left out of the macro averages"
             )
-    if prep.task == "binary" and np.isnan(auc[1]):
+    if prep.task == "binary" and np.isnan(auc[prep.positive]):
         notes.append("y_true holds one class only: AUC and AUC-PR are undefined")
     return auc, ap, notes
 
@@ -355,7 +373,7 @@ def _point_estimates(plan: Plan) -> dict[str, Any]:
     pc_auc, pc_ap, notes = _sklearn_ranking(prep)
     row["pc_auc"], row["pc_auc_pr"] = pc_auc, pc_ap
     if prep.task == "binary":
-        row["auc"], row["auc_pr"] = pc_auc[1], pc_ap[1]
+        row["auc"], row["auc_pr"] = pc_auc[prep.positive], pc_ap[prep.positive]
     else:
         row["auc"], row["auc_pr"] = nanmean(pc_auc), nanmean(pc_ap)
         if prep.single_label and k > 2 and not np.isnan(pc_auc).any():
@@ -369,6 +387,9 @@ def _point_estimates(plan: Plan) -> dict[str, Any]:
         "threshold": prep.threshold_out(),
         "prediction": "argmax" if prep.threshold is None else "positive if p >= threshold",
     }
+    if prep.task == "binary":
+        out["positive_class"] = prep.class_names[prep.positive]
+        out["positive_index"] = prep.positive
     for name in HEADLINE:
         out[name] = float(row[name])
         if math.isnan(out[name]) and name not in RANKING:

@@ -77,11 +77,18 @@ def _confidence_and_correct(
         p_pred = np.where(y_pred > 0, y_prob, 1.0 - y_prob)
         counts = np.maximum(labelled.sum(axis=1), 1)
         return np.where(labelled, p_pred, 0.0).sum(axis=1) / counts, agree.all(axis=1)
-    prob = y_prob.reshape(n, -1)
-    if prob.shape[1] == 1:  # binary P(positive)
-        prob = np.concatenate([1.0 - prob, prob], axis=1)
     pred = y_pred.astype(np.int64)
-    return prob[np.arange(n), pred], pred == y_true.astype(np.int64)
+    return y_prob[np.arange(n), pred], pred == y_true.astype(np.int64)
+
+
+def _per_class(y_prob: np.ndarray, multilabel: bool) -> np.ndarray:
+    """``(N, K)`` probabilities; a single-label ``(N,)`` / ``(N, 1)`` is binary P(class 1)."""
+    if multilabel:
+        return y_prob
+    prob = y_prob.reshape(y_prob.shape[0], -1)
+    if prob.shape[1] == 1:
+        prob = np.concatenate([1.0 - prob, prob], axis=1)
+    return prob
 
 
 def select_examples(confidence: np.ndarray, correct: np.ndarray, n: int) -> list[int]:
@@ -135,8 +142,10 @@ def example_grid(
         n: at most this many cases, half right and half wrong where possible.
         columns: cases per row.
 
-    Each title reads ``true: ... / pred: ... (p)``, p being the probability of the prediction;
-    a multi-label class predicted positive whose label is ignored shows as ``name?``.
+    Single-label titles read ``true: A (p=...) / pred: B (p=...)``, each class with the
+    probability the model gave that class (a binary call at a tuned threshold may predict a
+    class below 0.5). Multi-label titles give the mean probability of the predicted values; a
+    class predicted positive whose label is ignored shows as ``name?``.
     """
     yt = _as_array(y_true).astype(np.float64)
     yp = _as_array(y_pred)
@@ -151,6 +160,7 @@ def example_grid(
         raise ValueError("no examples to show")
     if yp.ndim == 2 and yt.ndim == 1:
         yt = yt[:, None]
+    prob = _per_class(prob, yp.ndim == 2)
     confidence, correct = _confidence_and_correct(yt, yp, prob)
     chosen = select_examples(confidence, correct, n)
     cols = min(columns, len(chosen))
@@ -162,18 +172,20 @@ def example_grid(
     for ax, i in zip(axes, chosen, strict=False):
         picture, cmap = _display(images[i])
         ax.imshow(picture, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
-        if yp.ndim == 2:
-            truth, guess = _names(yt[i], class_names, yp[i]), _names(yp[i], class_names)
-        else:
-            truth = _names(np.asarray(yt[i]), class_names)
-            guess = _names(np.asarray(yp[i]), class_names)
         colour = _CORRECT if correct[i] else _WRONG
         mark = "✓" if correct[i] else "✗"
-        ax.set_title(
-            f"{mark} true: {plain(truth, 22)}\npred: {plain(guess, 22)} ({confidence[i]:.2f})",
-            color=colour,
-            fontsize=8,
-        )
+        if yp.ndim == 2:
+            truth, guess = _names(yt[i], class_names, yp[i]), _names(yp[i], class_names)
+            title = (
+                f"{mark} true: {plain(truth, 22)}\npred: {plain(guess, 22)} ({confidence[i]:.2f})"
+            )
+        else:
+            t, g = int(yt[i]), int(yp[i])
+            title = (
+                f"{mark} true: {plain(class_names[t], 22)} (p={prob[i, t]:.2f})\n"
+                f"pred: {plain(class_names[g], 22)} (p={prob[i, g]:.2f})"
+            )
+        ax.set_title(title, color=colour, fontsize=8)
         ax.axis("on")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -181,9 +193,12 @@ def example_grid(
             spine.set_edgecolor(colour)
             spine.set_linewidth(2.5)
     n_right = int(sum(bool(correct[i]) for i in chosen))
+    what = (
+        "true / predicted (mean probability of the predicted values)"
+        if yp.ndim == 2
+        else "true / predicted class, each with the model's probability of that class"
+    )
     fig.suptitle(
-        f"{n_right} correct (green) and {len(chosen) - n_right} wrong (red): "
-        "true / predicted (probability)",
-        fontsize=10,
+        f"{n_right} correct (green) and {len(chosen) - n_right} wrong (red): {what}", fontsize=10
     )
     return to_png(fig)

@@ -26,12 +26,15 @@ def to_png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def cut(text: Any, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters, the last one an ellipsis when anything was cut."""
+    s = str(text)
+    return s[: limit - 1] + "…" if len(s) > limit else s
+
+
 def plain(text: Any, limit: int = 40) -> str:
     """``text`` safe for matplotlib (a ``$`` would start mathtext), cut to ``limit`` characters."""
-    s = str(text)
-    if len(s) > limit:
-        s = s[: limit - 1] + "…"
-    return s.replace("$", r"\$")
+    return cut(text, limit).replace("$", r"\$")
 
 
 def colors(k: int) -> list[Any]:

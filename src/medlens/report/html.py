@@ -147,10 +147,33 @@ def _confidence(evaluation: Mapping[str, Any]) -> str:
     return f"{100 * float(boot.get('confidence', 0.95)):g}% CI"
 
 
+def _quoted(names: Sequence[Any]) -> str:
+    """Class names quoted, so that a name with a comma ('normal, benign') reads as one class."""
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def _positive(ev: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Binary: the names of the positive and the negative class (class 1 unless recorded)."""
+    if ev.get("task") != "binary":
+        return None
+    names = [str(c) for c in ev["class_names"]]
+    index = int(ev.get("positive_index", 1))
+    return names[index], names[1 - index]
+
+
 def _summary(ev: Mapping[str, Any], dataset: str | None, model: str | None, thr: str) -> str:
     rows = [("Dataset", dataset or "not recorded"), ("Model", model or "not recorded")]
     rows += [("Task", _TASKS.get(ev["task"], ev["task"])), ("Cases evaluated", ev["n"])]
-    rows.append(("Classes", ", ".join(str(c) for c in ev["class_names"])))
+    rows.append(("Classes", _quoted(ev["class_names"])))
+    sides = _positive(ev)
+    if sides:
+        rows.append(
+            (
+                "Positive class",
+                f"Sensitivity and specificity are for the positive class '{sides[0]}' "
+                f"(specificity: the share of '{sides[1]}' cases called '{sides[1]}').",
+            )
+        )
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
     for key in ("auc", "accuracy"):
         macro = " (macro)" if key == "auc" and ev["task"] != "binary" else ""
@@ -168,8 +191,10 @@ def _metrics_table(ev: Mapping[str, Any]) -> str:
         for k in HEADLINE
         if k in ev
     )
+    sides = _positive(ev) or ("positive", "negative")
     average = {
-        "binary": "Sensitivity, precision and F1 are those of the positive class.",
+        "binary": f"Sensitivity, precision and F1 are those of the positive class '{sides[0]}'; "
+        f"specificity is the sensitivity for '{sides[1]}'.",
         "multilabel": "Each metric is computed per class on its labelled cases and averaged "
         "over classes (macro average); accuracy is the mean per-class accuracy.",
     }.get(
@@ -223,7 +248,8 @@ def _decision_rule(ev: Mapping[str, Any], source: str | None) -> tuple[str, str]
     else:
         how = "How the threshold was chosen was not recorded."
     if ev["task"] == "binary":
-        rule = f"positive when P(positive) >= {float(thr):.3f}"
+        pos, neg = _positive(ev) or ("positive", "negative")
+        rule = f"'{pos}' (positive) when P(positive) >= {float(thr):.3f}, else '{neg}'"
         sens, spec = ev.get("sensitivity") or {}, ev.get("specificity") or {}
         at = (
             f" At this threshold sensitivity is {_num(sens.get('value'))} and specificity "
@@ -267,7 +293,9 @@ def write_classification_report(
     Args:
         path: the HTML file to write (atomically; folders are created).
         title: the page heading, e.g. the run name.
-        evaluation: :func:`medlens.metrics.evaluate_classification` of ``y_true``/``y_prob``.
+        evaluation: :func:`medlens.metrics.evaluate_classification` of ``y_true``/``y_prob``;
+            for binary, its ``positive_index`` (1 if absent) is the positive class of every
+            curve, rule and sentence on the page.
         history: the ``history.jsonl`` records (may be empty: no learning curves).
         y_true, y_prob, task: the same data and task as ``evaluation``, for the curves.
         class_names: default ``evaluation["class_names"]``.
@@ -290,7 +318,8 @@ def write_classification_report(
     if evaluation.get("task") != task:
         raise ValueError(f"evaluation is for task {evaluation.get('task')!r}, not {task!r}")
     thr = None if task in ("multiclass", "ordinal") else evaluation.get("threshold")
-    prep = prepare(y_true, y_prob, task, thr, names)
+    positive = evaluation.get("positive_index") if task == "binary" else None
+    prep = prepare(y_true, y_prob, task, thr, names, positive)
     if evaluation.get("n") != prep.n:
         raise ValueError(f"evaluation has n={evaluation.get('n')} but y_true has {prep.n} cases")
     names = prep.class_names
@@ -304,17 +333,14 @@ def write_classification_report(
         _section("threshold", "Decision threshold", threshold_html),
     ]
     if history:
+        monitor = (config.get("monitor"), config.get("monitor_mode"))
         fig = _try_figure(
-            lambda: plots.learning_curves(
-                list(history), config.get("monitor"), config.get("monitor_mode")
-            ),
+            lambda: plots.learning_curves(list(history), *monitor),
             "Learning curves",
-            "Loss on the training and validation data per epoch (left) and validation metrics "
-            "(right). Validation loss rising while training loss falls means overfitting; the "
-            "dashed line marks the epoch whose weights were kept as best.",
+            _curves_caption(history, *monitor),
         )
         sections.append(_section("training", "Training", fig))
-    curve_args = (y_true, y_prob, task, names, thr)
+    curve_args = (y_true, y_prob, task, names, thr, positive)
     roc = _try_figure(
         lambda: plots.roc_curves(*curve_args),
         "ROC curve",
@@ -332,7 +358,7 @@ def write_classification_report(
         _section("curves", "ROC and precision-recall", f'<div class="figs">{roc}{pr}</div>')
     )
     calibration = _try_figure(
-        lambda: plots.calibration_plot(y_true, y_prob, task),
+        lambda: plots.calibration_plot(y_true, y_prob, task, positive=positive),
         "Calibration plot",
         "Do the probabilities mean what they say? Cases are grouped by predicted probability; "
         "bars on the dashed diagonal mean that, e.g., cases given 70% are right 70% of the "
@@ -355,12 +381,14 @@ def write_classification_report(
     if images is not None:
         grid = _try_figure(
             lambda: plots.example_grid(
-                images, prep.y, _predictions(prep), prep.prob, names, n=n_examples
+                images, prep.y, prep.predictions(), prep.prob, names, n=n_examples
             ),
             "Examples",
             "The cases the model was most sure about: correct calls in green, mistakes in red, "
-            "titled 'true / predicted (probability of the prediction)'. Confident mistakes are "
-            "worth a look: they may be label errors or shortcuts the model learnt.",
+            "each titled with the true and the predicted class and the probability the model "
+            "gave each of them (a call at a tuned threshold can go to a class below 0.5). "
+            "Confident mistakes are worth a look: they may be label errors or shortcuts the "
+            "model learnt.",
         )
         sections.append(_section("examples", "Examples", grid))
     sections += [_extra(h, c, i) for i, (h, c) in enumerate(extra_sections)]
@@ -386,13 +414,26 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def _predictions(prep: Any) -> np.ndarray:
-    """What the evaluation predicted: thresholded for binary / multi-label, else the argmax."""
-    if prep.task == "binary":
-        return (prep.prob[:, 1] >= prep.threshold[0]).astype(np.int64)
-    if prep.task == "multilabel":
-        return (prep.prob >= prep.threshold[None, :]).astype(np.int64)
-    return np.argmax(prep.prob, axis=1)
+def _curves_caption(history: Sequence[Mapping[str, Any]], monitor: Any, mode: Any) -> str:
+    """The learning-curve caption: exactly the series :func:`plots.learning_curves` draws."""
+    try:
+        losses, metrics, key, best = plots.curve_layout(list(history), monitor, mode)
+    except ValueError:
+        return ""
+    named = {"train_loss": "the training loss", "val_loss": "the validation loss"}
+    parts = []
+    if losses:
+        parts.append(" and ".join(named.get(k, f"the loss {k}") for k in losses))
+    if metrics:
+        parts.append(f"the validation metric{'s' if len(metrics) > 1 else ''} {', '.join(metrics)}")
+    text = "Per epoch: " + " (left) and ".join(parts) + (" (right)." if len(parts) > 1 else ".")
+    if "val_loss" in losses and "train_loss" in losses:
+        text += " Validation loss rising while training loss falls means overfitting."
+    elif "val_loss" not in losses:
+        text += " No validation loss was recorded."
+    if best is not None:
+        text += f" The dashed line marks the epoch whose weights were kept as best (by {key})."
+    return text
 
 
 def html_page(title: str, sections: list[tuple[str, str, str]], kind: str = "Report") -> str:

@@ -56,6 +56,30 @@ def best_epoch(
     return int(np.nanargmin(values) if mode == "min" else np.nanargmax(values))
 
 
+def curve_layout(
+    history: Sequence[dict[str, Any]], monitor: str | None = None, mode: str | None = None
+) -> tuple[list[str], list[str], str, int | None]:
+    """What :func:`learning_curves` draws: the loss keys (left), the validation metric keys
+    (right), the monitored key and the index of its best record (None: no dashed line).
+
+    Raises:
+        ValueError: no records, or no numeric loss or metric in them.
+    """
+    if not history:
+        raise ValueError("no training history to plot")
+    keys = list(dict.fromkeys(k for r in history for k in r))
+    numeric = [
+        k for k in keys if k not in ("epoch", "time") and np.isfinite(_series(history, k)).any()
+    ]
+    losses = [k for k in numeric if "loss" in k]
+    metrics = [k for k in numeric if k.startswith("val_") and "loss" not in k]
+    if not losses and not metrics:
+        raise ValueError("the history holds no loss or validation metric to plot")
+    if monitor is None:
+        monitor = "val_loss" if "val_loss" in numeric else (numeric[0] if numeric else "")
+    return losses, metrics, monitor, best_epoch(history, monitor, mode)
+
+
 def learning_curves(
     history: Sequence[dict[str, Any]], monitor: str | None = None, mode: str | None = None
 ) -> bytes:
@@ -69,20 +93,10 @@ def learning_curves(
     Raises:
         ValueError: no records, or no numeric loss or metric in them.
     """
-    if not history:
-        raise ValueError("no training history to plot")
+    from matplotlib.ticker import MaxNLocator
+
+    losses, metrics, monitor, best = curve_layout(history, monitor, mode)
     epochs = np.asarray([r.get("epoch", i) for i, r in enumerate(history)], dtype=float)
-    keys = list(dict.fromkeys(k for r in history for k in r))
-    numeric = [
-        k for k in keys if k not in ("epoch", "time") and np.isfinite(_series(history, k)).any()
-    ]
-    losses = [k for k in numeric if "loss" in k]
-    metrics = [k for k in numeric if k.startswith("val_") and "loss" not in k]
-    if not losses and not metrics:
-        raise ValueError("the history holds no loss or validation metric to plot")
-    if monitor is None:
-        monitor = "val_loss" if "val_loss" in numeric else (numeric[0] if numeric else "")
-    best = best_epoch(history, monitor, mode)
     panels = [p for p in (losses, metrics) if p]
     fig = new_figure(5.0 * len(panels), 3.8)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
@@ -94,6 +108,7 @@ def learning_curves(
         if best is not None:
             ax.axvline(epochs[best], color="grey", linestyle="--", linewidth=1)
         ax.set_xlabel("Epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("Loss" if keys_ is losses else "Validation metric")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
@@ -117,7 +132,7 @@ def _operating_point(y: np.ndarray, s: np.ndarray, t: float) -> tuple[float, flo
 
 def _columns(prep: Prepared) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """The (class, labels, scores) columns to draw: the positive class alone for binary."""
-    ks = [1] if prep.task == "binary" else range(prep.n_classes)
+    ks = [prep.positive] if prep.task == "binary" else range(prep.n_classes)
     return [(k, *prep.column(k)) for k in ks]
 
 
@@ -128,9 +143,10 @@ def _curves(
     task: str,
     class_names: list[str] | None,
     threshold: float | Sequence[float] | None,
+    positive: int | None,
 ) -> bytes:
     thr = None if task in ("multiclass", "ordinal") else threshold
-    prep = prepare(y_true, y_prob, task, thr, class_names)
+    prep = prepare(y_true, y_prob, task, thr, class_names, positive)
     fig = new_figure(5.6, 5.0)
     ax = fig.add_subplot()
     columns = _columns(prep)
@@ -211,7 +227,7 @@ def _curves(
     name = "ROC curve" if kind == "roc" else "Precision-recall curve"
     what = "AUC" if kind == "roc" else "AP"
     if binary:
-        ax.set_title(f"{name} ({plain(prep.class_names[1], 24)} vs rest)")
+        ax.set_title(f"{name} (positive class '{plain(prep.class_names[prep.positive], 24)}')")
     elif prep.task == "multilabel":
         ax.set_title(f"{name}s per class (macro {what} {macro})")
     else:
@@ -225,15 +241,17 @@ def roc_curves(
     task: str,
     class_names: list[str] | None = None,
     threshold: float | Sequence[float] | None = None,
+    positive: int | None = None,
 ) -> bytes:
     """ROC curve(s) with AUC; binary and multi-label also mark the operating point.
 
-    Binary: one curve and the point where ``p >= threshold`` (its sensitivity against
-    1 - specificity). Multi-class / ordinal: one-vs-rest curves, macro AUC in the title.
-    Multi-label: one curve per class on its labelled entries, each class's threshold marked.
-    ``threshold`` is ignored for argmax tasks; None means 0.5 where one applies.
+    Binary: one curve of the ``positive`` class (index; None = 1) and the point where
+    ``P(positive) >= threshold`` (its sensitivity against 1 - specificity). Multi-class /
+    ordinal: one-vs-rest curves, macro AUC in the title. Multi-label: one curve per class on its
+    labelled entries, each class's threshold marked. ``threshold`` is ignored for argmax tasks;
+    None means 0.5 where one applies.
     """
-    return _curves("roc", y_true, y_prob, task, class_names, threshold)
+    return _curves("roc", y_true, y_prob, task, class_names, threshold, positive)
 
 
 def pr_curves(
@@ -242,23 +260,27 @@ def pr_curves(
     task: str,
     class_names: list[str] | None = None,
     threshold: float | Sequence[float] | None = None,
+    positive: int | None = None,
 ) -> bytes:
     """Precision-recall curve(s) with average precision, as :func:`roc_curves` lays them out.
 
     Binary also draws the prevalence, the precision of a model that cannot tell the classes
     apart, because a rare condition makes every PR curve look poor.
     """
-    return _curves("pr", y_true, y_prob, task, class_names, threshold)
+    return _curves("pr", y_true, y_prob, task, class_names, threshold, positive)
 
 
 # ---------------------------------------------------------------------- calibration
-def calibration_plot(y_true: Any, y_prob: Any, task: str, n_bins: int = 15) -> bytes:
+def calibration_plot(
+    y_true: Any, y_prob: Any, task: str, n_bins: int = 15, positive: int | None = None
+) -> bytes:
     """Reliability diagram with the diagonal, and the number of cases per bin beneath it.
 
-    Binary and multi-label compare P(positive) with the observed positive rate; multi-class and
-    ordinal compare the top-class probability with the accuracy (see :func:`ece_kind`).
+    Binary and multi-label compare P(positive) with the observed positive rate (binary: of the
+    ``positive`` class, index 1 unless given); multi-class and ordinal compare the top-class
+    probability with the accuracy (see :func:`ece_kind`).
     """
-    data = calibration_curve_data(y_true, y_prob, task, n_bins)
+    data = calibration_curve_data(y_true, y_prob, task, n_bins, positive)
     edges = np.asarray(data["bin_edges"])
     width = np.diff(edges)
     observed = np.array([math.nan if v is None else v for v in data["accuracy"]])

@@ -2,7 +2,8 @@
 
 The run folder is the contract between ``medlens train``, ``evaluate`` and ``predict``::
 
-    run.json            task, classes, input spec, plan, folds, thresholds, status
+    run.json            task, classes, positive class (binary), input spec, plan, folds,
+                        thresholds, status
     splits.json         which training images each fold trained and tuned on
     preprocessing.json  the input grid and the fitted normalisation (also inside the weights)
     fold-K/             config.json, history.jsonl, last.pt, best.pt of fold K
@@ -27,8 +28,18 @@ import torch
 from medlens.errors import MedlensError
 from medlens.tasks.classification.data import ImageSet, InputSpec
 from medlens.tasks.classification.plan import Classifier, Plan, build_network
+from medlens.tasks.run_folder import status_problem
 
-__all__ = ["RUN_FORMAT", "Run", "load_run", "metric_task", "predict_probs", "write_predictions"]
+__all__ = [
+    "RUN_FORMAT",
+    "Run",
+    "load_run",
+    "metric_task",
+    "positive_index",
+    "predict_probs",
+    "recorded_positive",
+    "write_predictions",
+]
 
 RUN_FORMAT = "medlens.classification/1"
 
@@ -38,6 +49,26 @@ def metric_task(task: str, n_classes: int) -> str:
     if task in ("multilabel", "ordinal"):
         return task
     return "binary" if n_classes == 2 else "multiclass"
+
+
+def positive_index(value: str | int | None, class_names: list[str], task: str) -> int | None:
+    """The index of the positive class ``value`` names (a class name, else an index), for a
+    binary ``task`` (the metrics' task name); None for other tasks and no choice, as before:
+    class 1 of a binary task is positive."""
+    if value is None:
+        return 1 if task == "binary" else None
+    if task != "binary":
+        raise MedlensError(
+            f"--positive-class is for binary classification; this task is {task} "
+            f"({len(class_names)} classes)"
+        )
+    text = str(value)
+    if text in class_names:
+        return class_names.index(text)
+    if text.isdigit() and int(text) < len(class_names):
+        return int(text)
+    choices = ", ".join(f"{i} = {name!r}" for i, name in enumerate(class_names))
+    raise MedlensError(f"--positive-class {text!r}: not one of the classes ({choices})")
 
 
 @dataclass
@@ -68,6 +99,17 @@ class Run:
     def metric_task(self) -> str:
         return metric_task(self.task, len(self.class_names))
 
+    @property
+    def positive(self) -> int | None:
+        return recorded_positive(self.info)
+
+
+def recorded_positive(info: dict[str, Any]) -> int | None:
+    """Binary: the index of the run's positive class (runs from before it was recorded: 1)."""
+    if metric_task(info["task"], len(info["class_names"])) != "binary":
+        return None
+    return int(info.get("positive_index", 1))
+
 
 def read_run_info(path: Path, run_format: str | None = RUN_FORMAT) -> dict[str, Any]:
     """``run.json`` of a run folder, checked to be a ``run_format`` run (None: any task)."""
@@ -85,22 +127,19 @@ def read_run_info(path: Path, run_format: str | None = RUN_FORMAT) -> dict[str, 
 
 def load_run(path: str | Path) -> Run:
     """Load a finished run's networks (best checkpoint of each fold, EMA weights if kept)."""
-    from medlens.engine import load_weights
+    from medlens.engine import load_weights, reported_checkpoint
 
     path = Path(path)
     info = read_run_info(path)
-    if info.get("status") != "complete":
-        raise MedlensError(f"{path}: training has not finished (resume it with --resume)")
+    problem = status_problem(path, info)
+    if problem is not None:
+        raise MedlensError(f"{path}: {problem}")
     spec = InputSpec.from_dict(info["input"])
     plan = Plan.from_dict(info["plan"])
     norm = info["normalisation"]
     networks = []
     for fold in range(int(info["folds"])):
-        checkpoint = path / f"fold-{fold}" / "best.pt"
-        if not checkpoint.is_file():
-            checkpoint = path / f"fold-{fold}" / "last.pt"
-        if not checkpoint.is_file():
-            raise MedlensError(f"{path / f'fold-{fold}'}: no checkpoint")
+        checkpoint = reported_checkpoint(path / f"fold-{fold}")
         network = build_network(plan, spec, int(info["num_outputs"]), norm["mean"], norm["std"])
         load_weights(network, checkpoint)
         networks.append(network.eval())
@@ -127,14 +166,14 @@ def predict_probs(
     return out / max(len(networks), 1)
 
 
-def predicted_labels(probs: np.ndarray, metric_task: str, threshold: Any) -> np.ndarray:
-    """Class index per row (argmax; the tuned threshold for binary) or 0/1 per class."""
-    if metric_task == "binary":
-        return (probs[:, 1] >= (0.5 if threshold is None else float(threshold))).astype(int)
-    if metric_task == "multilabel":
-        cut = 0.5 if threshold is None else np.asarray(threshold, dtype=float)
-        return (probs >= cut).astype(int)
-    return probs.argmax(axis=1)
+def predicted_labels(
+    probs: np.ndarray, metric_task: str, threshold: Any, positive: int | None = None
+) -> np.ndarray:
+    """Class index per row (argmax; binary: the ``positive`` class, 1 by default, when its
+    probability reaches the tuned threshold) or 0/1 per class."""
+    from medlens.metrics._inputs import decide
+
+    return decide(probs, metric_task, threshold, 1 if positive is None else positive)
 
 
 def write_predictions(
@@ -144,6 +183,7 @@ def write_predictions(
     class_names: list[str],
     metric_task: str,
     threshold: Any,
+    positive: int | None = None,
 ) -> Path:
     """One row per image in input order: id, ``prob_<class>`` per class, the prediction(s)."""
     import csv
@@ -151,7 +191,7 @@ def write_predictions(
 
     from medlens._atomic import atomic_write_text
 
-    labels = predicted_labels(probs, metric_task, threshold)
+    labels = predicted_labels(probs, metric_task, threshold, positive)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     header = ["id", *(f"prob_{name}" for name in class_names)]

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medlens.data.paired import IMAGE_SUFFIXES
 from medlens.errors import DatasetError, MedlensError
 from medlens.io._checks import require_finite
 
 __all__ = ["ImageSet", "InputSpec", "conform", "load_labelled", "read_inputs"]
 
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".nii", ".nii.gz")
 
 
 @dataclass(frozen=True)
@@ -166,12 +166,9 @@ def load_labelled(
 
 
 def _iterate(dataset: Any, progress: bool):
-    if not progress:
-        yield from dataset
-        return
-    from rich.progress import track
+    from medlens._progress import progress as shown
 
-    yield from track(dataset, description="reading images", total=len(dataset))
+    yield from shown(dataset, "reading images", enabled=progress, total=len(dataset))
 
 
 # ------------------------------------------------------------------------- prediction inputs
@@ -192,13 +189,11 @@ def read_inputs(
         raise DatasetError("does not exist", path)
     if path.is_file() and path.suffix.lower() == ".npz":
         return _read_npz(path, spec, split)
-    items = input_items(path, spec.spatial_dims)
-    if progress:
-        from rich.progress import track
+    from medlens._progress import progress as shown
 
-        items = track(items, description="reading images", total=len(items))
+    items = input_items(path, spec.spatial_dims)
     arrays, ids = [], []
-    for item_id, source in items:
+    for item_id, source in shown(items, "reading images", enabled=progress):
         arrays.append(_read_one(source, item_id, spec.spatial_dims))
         ids.append(item_id)
     images = _stack(arrays, spec.channels, spec.shape, spec.uint8)
@@ -260,7 +255,7 @@ def _group_inputs(files: list[Path], spatial_dims: int, root: Path) -> list[tupl
     from medlens.io.dicom import is_dicom_file
 
     dicom = [p for p in files if is_dicom_file(p)]
-    others = [p for p in files if p not in set(dicom) and p.name.lower().endswith(_IMAGE_SUFFIXES)]
+    others = [p for p in files if p not in set(dicom) and p.name.lower().endswith(IMAGE_SUFFIXES)]
     items: list[tuple[str, Any]] = []
     base = root if root.is_dir() else root.parent
     if spatial_dims == 3 and dicom:
@@ -273,7 +268,9 @@ def _group_inputs(files: list[Path], spatial_dims: int, root: Path) -> list[tupl
         items.extend((str(p.relative_to(base)), p) for p in dicom)
     items.extend((str(p.relative_to(base)), p) for p in others)
     if not items:
-        raise DatasetError("no readable images (PNG, JPEG, TIFF, BMP, NIfTI or DICOM)", root)
+        raise DatasetError(
+            "no readable images (PNG, JPEG, TIFF, BMP, NIfTI, DICOM, .npy or medlens .npz)", root
+        )
     return sorted(items, key=lambda item: item[0])
 
 

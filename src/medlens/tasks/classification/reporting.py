@@ -81,8 +81,9 @@ def _explained(run: Path, info: dict[str, Any], data: ImageSet, probs: np.ndarra
     if info["metric_task"] == "multilabel" or len(data) == 0:
         return []
     try:
-        from medlens.engine import load_weights
+        from medlens.engine import load_weights, reported_checkpoint
         from medlens.explain.render import explained_examples
+        from medlens.tasks.classification.bundle import predicted_labels, recorded_positive
         from medlens.tasks.classification.data import InputSpec
         from medlens.tasks.classification.plan import Plan, build_network
 
@@ -94,14 +95,19 @@ def _explained(run: Path, info: dict[str, Any], data: ImageSet, probs: np.ndarra
             norm["mean"],
             norm["std"],
         )
-        checkpoint = run / "fold-0" / "best.pt"
-        load_weights(network, checkpoint if checkpoint.is_file() else run / "fold-0" / "last.pt")
-        png = explained_examples(network.eval(), data.images, probs, info["class_names"], labels)
+        load_weights(network, reported_checkpoint(run / "fold-0"))
+        predicted = predicted_labels(
+            probs, info["metric_task"], info.get("threshold"), recorded_positive(info)
+        )  # the report's own calls: a binary threshold and positive class, not the argmax
+        png = explained_examples(
+            network.eval(), data.images, probs, info["class_names"], labels, predicted=predicted
+        )
     except Exception as exc:  # the report must not fail for want of a picture
         return [(heading, f"Not drawn: {type(exc).__name__}: {exc}")]
     text = (
         "Where the network looked: Grad-CAM of the predicted class on the most confident "
-        "held-out predictions, mistakes first (the first fold's network). Run `medlens explain` "
-        "for every method with faithfulness checks."
+        "held-out predictions, mistakes first (the first fold's network). Each image is titled "
+        "with the predicted class, the probability the model gave it, and the true class. Run "
+        "`medlens explain` for every method with faithfulness checks."
     )
     return [(heading, text), ("Grad-CAM overlays", png)]

@@ -31,8 +31,10 @@ from medlens.errors import DatasetError, MedlensError
 from medlens.tasks.classification.bundle import (
     RUN_FORMAT,
     metric_task,
+    positive_index,
     predict_probs,
     read_run_info,
+    recorded_positive,
     write_predictions,
 )
 from medlens.tasks.classification.data import ImageSet, load_labelled
@@ -43,6 +45,7 @@ from medlens.tasks.classification.plan import (
     fit_normaliser,
     make_plan,
 )
+from medlens.tasks.run_folder import failed_cleanly
 
 __all__ = ["train_classification"]
 
@@ -63,6 +66,7 @@ def train_classification(
     progress: bool = True,
     n_boot: int = 1000,
     log: Callable[[str], None] = print,
+    positive_class: str | int | None = None,
 ) -> dict[str, Any]:
     """Train, tune, evaluate and report; returns the run's ``run.json`` content.
 
@@ -76,20 +80,25 @@ def train_classification(
         seed: seeds the splits, the initialisation, the batches and the augmentation.
         resume: continue an interrupted run in ``output``.
         overrides: ``key=value`` training settings (see :class:`~medlens.engine.TrainConfig`).
+        positive_class: binary tasks: the positive class, by name or index (default: index 1);
+            sensitivity, specificity, the threshold and the predictions refer to it, and
+            ``run.json`` records it (``positive_class``, ``positive_index``).
     """
     from medlens.engine import distributed as D
 
     owns_group = D.launched_by_torchrun() and not D.current_dist().enabled
     dist = D.init_distributed()  # under torchrun: every rank trains, rank 0 writes
     try:
-        return _job(data, output, model, epochs, folds, seed, resume, overrides, progress,
-                    n_boot, log, dist)  # fmt: skip
+        with failed_cleanly(output, resume=resume, enabled=dist.is_main):
+            return _job(data, output, model, epochs, folds, seed, resume, overrides, progress,
+                        n_boot, log, dist, positive_class)  # fmt: skip
     finally:
         if owns_group:
             D.destroy_distributed()
 
 
-def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, n_boot, log, dist):
+def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, n_boot, log, dist,
+         positive_class):  # fmt: skip
     from medlens.data import kfold_splits, save_splits, train_val_split
     from medlens.engine import TrainConfig, apply_overrides
 
@@ -111,9 +120,16 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
     started = time.perf_counter()
     train_set, held_out, held_out_note = _split_held_out(data, seed, progress)
     task = metric_task(train_set.task, len(train_set.class_names))
+    positive = positive_index(positive_class, train_set.class_names, task)
     num_outputs = len(train_set.class_names)
     if resume:
         info = read_run_info(output)
+        if positive_class is not None and positive != recorded_positive(info):
+            raise MedlensError(
+                f"{output}: the run's positive class is {info.get('positive_class')!r}; "
+                "resume without --positive-class or start a new run"
+            )
+        positive = recorded_positive(info)
         plan = Plan.from_dict(info["plan"])
         folds_n = int(info["folds"])
         split_records = json.loads((output / "splits.json").read_text())["folds"]
@@ -143,6 +159,11 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
             "task": train_set.task,
             "metric_task": task,
             "class_names": train_set.class_names,
+            **(
+                {}
+                if positive is None
+                else {"positive_class": train_set.class_names[positive], "positive_index": positive}
+            ),
             "num_outputs": num_outputs,
             "input": train_set.spec.to_dict(),
             "normalisation": {"mean": mean, "std": std, "scale_uint8": 1 / 255},
@@ -197,7 +218,7 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
     if task in ("binary", "multilabel"):
         from medlens.metrics import choose_thresholds
 
-        threshold = choose_thresholds(train_set.labels[tuned], oof[tuned], task)
+        threshold = choose_thresholds(train_set.labels[tuned], oof[tuned], task, positive)
     info.update(status="complete", threshold=threshold)
     info["train_seconds"] = round(time.perf_counter() - started, 1)
     if not main:  # evaluation and report are rank 0's
@@ -215,7 +236,7 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
         report_data, probs = train_set.subset(np.flatnonzero(tuned)), oof[tuned]
         evaluation = evaluate_classification(
             report_data.labels, probs, task, class_names=train_set.class_names,
-            threshold=threshold, n_boot=n_boot, seed=seed,
+            threshold=threshold, n_boot=n_boot, seed=seed, positive=positive,
         )  # fmt: skip
         evaluation["split"] = "tuning images (out-of-fold): optimistic, nothing was held out"
         atomic_write_json(output / "metrics.json", evaluation)
@@ -305,8 +326,9 @@ def _fit_fold(network, config, data, train_idx, tune_idx, fold_dir, augment, tas
 
 
 def _best(fold_dir: Path) -> Path:
-    best = fold_dir / "best.pt"
-    return best if best.is_file() else fold_dir / "last.pt"
+    from medlens.engine import reported_checkpoint
+
+    return reported_checkpoint(fold_dir)
 
 
 def _evaluate_held_out(output, info, held_out, n_boot, seed, log) -> dict[str, Any]:
@@ -323,13 +345,15 @@ def _evaluate_held_out(output, info, held_out, n_boot, seed, log) -> dict[str, A
         threshold=info.get("threshold"),
         n_boot=n_boot,
         seed=seed,
+        positive=run.positive,
     )
     evaluation["split"] = info["data"]["held_out_from"]
     if run.metric_task == "binary" and info.get("threshold") is not None:
         # Published benchmarks (MedMNIST) report accuracy at the argmax: give it beside ours.
         plain = evaluate_classification(
-            held_out.labels, probs, "binary", class_names=run.class_names, n_boot=n_boot, seed=seed
-        )
+            held_out.labels, probs, "binary", class_names=run.class_names, n_boot=n_boot,
+            seed=seed, positive=run.positive,
+        )  # fmt: skip
         evaluation["accuracy_at_0.5"] = plain["accuracy"]
     atomic_write_json(output / "metrics.json", evaluation)
     write_predictions(
@@ -339,6 +363,7 @@ def _evaluate_held_out(output, info, held_out, n_boot, seed, log) -> dict[str, A
         run.class_names,
         run.metric_task,
         info.get("threshold"),
+        run.positive,
     )
     auc, acc = evaluation["auc"], evaluation["accuracy"]
     log(f"held-out ({evaluation['split']}, n={len(held_out)}): AUC {_ci(auc)}, accuracy {_ci(acc)}")

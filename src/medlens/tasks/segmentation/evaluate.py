@@ -126,12 +126,9 @@ def evaluate_segmentation(
         n_boot=n_boot,
         class_names=_class_names(run.info, labels),
     )
-    items: Sequence[tuple[int, int | None]] = selected
-    if progress:
-        from rich.progress import track
+    from medlens._progress import progress as shown
 
-        items = track(selected, description="evaluating cases")
-    for index, fold in items:
+    for index, fold in shown(selected, "evaluating cases", enabled=progress):
         case = _predict_case(_fold_run(run, fold), dataset, index, mirror)
         metric.update(case["pred"], case["ref"], case["spacing"], case_id=case["id"])
     result = metric.compute()

@@ -17,11 +17,11 @@ import numpy as np
 
 from medlens.errors import DatasetError, MedlensError
 from medlens.image import Image, Role
+from medlens.tasks.run_folder import status_problem
 from medlens.tasks.segmentation.plan import SegmentationPlan
 
 __all__ = ["SegmentationRun", "load_segmentation_run", "predict_image", "predict_inputs"]
 
-_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii", ".nii.gz", ".dcm", ".npz")
 
 
 class SegmentationRun:
@@ -41,7 +41,7 @@ class SegmentationRun:
 
 
 def load_segmentation_run(path: str | Path) -> SegmentationRun:
-    from medlens.engine import load_weights
+    from medlens.engine import load_weights, reported_checkpoint
     from medlens.tasks.segmentation.train import RUN_FORMAT, build_network
 
     path = Path(path)
@@ -51,14 +51,14 @@ def load_segmentation_run(path: str | Path) -> SegmentationRun:
         raise MedlensError(f"{path}: not a medlens run folder (no run.json)") from None
     if info.get("format") != RUN_FORMAT:
         raise MedlensError(f"{path}: not a segmentation run")
-    if info.get("status") != "complete":
-        raise MedlensError(f"{path}: training has not finished (resume it with --resume)")
+    problem = status_problem(path, info)
+    if problem is not None:
+        raise MedlensError(f"{path}: {problem}")
     plan = SegmentationPlan.load(path / "plan.json")
     networks = []
     for fold in sorted(path.glob("fold-*")):
-        checkpoint = fold / "best.pt" if (fold / "best.pt").is_file() else fold / "last.pt"
         network = build_network(plan)
-        load_weights(network, checkpoint)
+        load_weights(network, reported_checkpoint(fold))
         networks.append(network.eval())
     if not networks:
         raise MedlensError(f"{path}: no trained fold (fold-*/best.pt)")
@@ -160,14 +160,14 @@ def predict_inputs(
 
 
 def _inputs(source: Path, dims: int) -> list[tuple[str, Path]]:
-    from medlens.data.paired import file_stem
+    from medlens.data.paired import IMAGE_SUFFIXES, file_stem
     from medlens.io.dicom import is_dicom_file
 
     if source.is_file():
         return [(file_stem(source.name), source)]
     files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
     folders = sorted(p for p in source.iterdir() if p.is_dir())
-    items = [(file_stem(p.name), p) for p in files if p.name.lower().endswith(_SUFFIXES)]
+    items = [(file_stem(p.name), p) for p in files if p.name.lower().endswith(IMAGE_SUFFIXES)]
     if dims == 3:  # a folder of DICOM files is one series: named after the folder
         for folder in folders:
             if any(is_dicom_file(p) for p in folder.iterdir() if p.is_file()):

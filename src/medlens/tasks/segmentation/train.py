@@ -24,6 +24,7 @@ import torch
 from medlens import __version__
 from medlens._atomic import atomic_write_json, ensure_outside
 from medlens.errors import DatasetError, MedlensError
+from medlens.tasks.run_folder import failed_cleanly
 from medlens.tasks.segmentation.data import Case, PatchBatches, preprocess_case
 from medlens.tasks.segmentation.plan import SegmentationPlan, apply_plan_overrides, make_plan
 
@@ -94,6 +95,12 @@ def train_segmentation(
     ``fold-K-1``); validation metrics and the postprocessing decision then use the out-of-fold
     predictions of every case, and ``medlens predict`` ensembles the K models.
     """
+    with failed_cleanly(output, resume=resume):
+        return _job(Path(data), Path(output), plan, epochs, folds, seed, resume, overrides,
+                    progress, device, log)  # fmt: skip
+
+
+def _job(data, output, plan, epochs, folds, seed, resume, overrides, progress, device, log):
     from medlens.data import (
         fingerprint,
         kfold_splits,
@@ -102,7 +109,6 @@ def train_segmentation(
         train_val_split,
     )
 
-    data, output = Path(data), Path(output)
     if not data.exists():
         raise DatasetError("does not exist", data)
     ensure_outside(output, data)
@@ -156,12 +162,11 @@ def train_segmentation(
 
 # ------------------------------------------------------------------------------ the pieces
 def _preprocess(dataset, indices, plan, progress, what) -> list[Case]:
-    items = [int(i) for i in indices]
-    if progress:
-        from rich.progress import track
+    from medlens._progress import progress as shown
 
-        items = track(items, description=f"preparing {what} cases")
-    return [preprocess_case(dataset[i], plan) for i in items]
+    items = [int(i) for i in indices]
+    return [preprocess_case(dataset[i], plan) for i in shown(items, f"preparing {what} cases",
+                                                             enabled=progress)]  # fmt: skip
 
 
 def _config(plan: SegmentationPlan, seed: int, progress: bool):
@@ -240,7 +245,7 @@ def _mean_dice(pred: np.ndarray, ref: np.ndarray, plan: SegmentationPlan) -> flo
 def _validate(output: Path, plan, splits, cases: dict[int, Case], log) -> dict[str, Any]:
     """Out-of-fold predictions of the best checkpoints (on the plan's grid): decide the
     postprocessing on them, then write the full metrics of the postprocessed predictions."""
-    from medlens.engine import load_weights
+    from medlens.engine import load_weights, reported_checkpoint
     from medlens.metrics import SegmentationMetric
     from medlens.tasks.segmentation.postprocess import (
         apply_postprocessing,
@@ -250,8 +255,7 @@ def _validate(output: Path, plan, splits, cases: dict[int, Case], log) -> dict[s
     ids, predictions, references, spacings = [], [], [], []
     for k, split in enumerate(splits):
         network = build_network(plan)
-        best = output / f"fold-{k}" / "best.pt"
-        load_weights(network, best if best.is_file() else output / f"fold-{k}" / "last.pt")
+        load_weights(network, reported_checkpoint(output / f"fold-{k}"))
         values = np.asarray(plan.label_values)
         for i in split["val_indices"]:
             case = cases[int(i)]
