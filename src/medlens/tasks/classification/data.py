@@ -26,7 +26,6 @@ from medlens.io._checks import require_finite
 __all__ = ["ImageSet", "InputSpec", "conform", "load_labelled", "read_inputs"]
 
 
-
 @dataclass(frozen=True)
 class InputSpec:
     """The grid every image is brought to: channels, spatial shape ``([D,] H, W)`` and dtype."""

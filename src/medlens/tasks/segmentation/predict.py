@@ -23,7 +23,6 @@ from medlens.tasks.segmentation.plan import SegmentationPlan
 __all__ = ["SegmentationRun", "load_segmentation_run", "predict_image", "predict_inputs"]
 
 
-
 class SegmentationRun:
     """A finished segmentation run: its plan, its network(s) (one per fold, ensembled) and the
     postprocessing rules decided on validation (``None``: none)."""
