@@ -61,6 +61,8 @@ def _intensity(array: np.ndarray, seed: int) -> dict[str, Any]:
     if array.size == 0:
         return {}
     flat = array.reshape(-1)
+    if flat.dtype == bool:  # a mask: its values as 0 and 1 (percentiles need arithmetic)
+        flat = flat.view(np.uint8)
     stats: dict[str, Any] = {}
     if np.issubdtype(array.dtype, np.floating):
         finite = np.isfinite(flat)

@@ -284,11 +284,11 @@ def test_write_nifti_is_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(nib, "save", broken_save)
-    with pytest.raises(MedlensError, match="out.nii.gz: cannot write \\(disk full\\)"):
+    with pytest.raises(MedlensError, match=r"out\.nii\.gz: cannot write \(disk full\)"):
         write_nifti(Image(np.ones((3, 4, 5), np.float32)), target)
     assert target.read_bytes() == before  # the old file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]
-    with pytest.raises(MedlensError, match="new.nii.gz: cannot write"):
+    with pytest.raises(MedlensError, match=r"new\.nii\.gz: cannot write"):
         write_nifti(image, tmp_path / "new.nii.gz")
     assert not (tmp_path / "new.nii.gz").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]

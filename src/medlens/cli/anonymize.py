@@ -90,11 +90,6 @@ def anonymize(
     except ValueError as exc:
         raise MedlensError(str(exc)) from None
     secret = read_key(key) if key is not None else None
-    if secret is None:
-        typer.echo(
-            "note: no --key given: UIDs, pseudonyms and date shifts are random for this run",
-            err=True,
-        )
     summary = anonymize(
         input,
         output,
@@ -111,5 +106,10 @@ def anonymize(
         typer.echo(json.dumps(summary.as_dict()))
     else:
         print_summary(summary)
+    if secret is None:  # after the run: a refused run (a non-empty export) says one line only
+        typer.echo(
+            "note: no --key given: UIDs, pseudonyms and date shifts are random for this run",
+            err=True,
+        )
     if summary.failed or (summary.written == 0 and summary.files > 0 and not summary.skipped):
         raise typer.Exit(1)

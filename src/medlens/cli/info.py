@@ -10,7 +10,9 @@ import typer
 
 
 def info(
-    path: Path = typer.Argument(..., help="Image file, DICOM folder/DICOMDIR, or dataset."),
+    path: Path = typer.Argument(
+        ..., help="Image file, DICOM folder/DICOMDIR, dataset, or annotation (VOC XML, contour)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     series: str | None = typer.Option(None, "--series", help="SeriesInstanceUID to describe."),
     split: str | None = typer.Option(
@@ -46,6 +48,11 @@ def describe(
     kind = _dataset_kind(path)
     if kind is not None:
         return _dataset_summary(path, kind, split=split, max_samples=max_samples)
+    annotation = _annotation_kind(path)
+    if annotation is not None:  # Pascal VOC XML, contour text: not images
+        from medlens.io.annotations import describe_annotation
+
+        return describe_annotation(path, annotation)
     try:
         image = load_image(path, series_uid=series)
     except MultipleSeriesError:  # only then read the headers again to list the series
@@ -66,10 +73,14 @@ def _dataset_kind(path: Path) -> str | None:
     if path.is_file() and name.endswith(".npz"):
         import numpy as np
 
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                if not any(k.endswith("_images") for k in archive.files):
-                    return None
+        try:  # our own handle: np.load leaves the file open when the zip is broken
+            with open(path, "rb") as handle:
+                if handle.read(2) != b"PK":
+                    return None  # not an archive: the image reader says what it is
+                handle.seek(0)
+                with np.load(handle, allow_pickle=False) as archive:
+                    if not any(k.endswith("_images") for k in archive.files):
+                        return None
         except Exception:
             return None
     try:
@@ -78,6 +89,19 @@ def _dataset_kind(path: Path) -> str | None:
         if path.is_dir():
             return None  # maybe a DICOM folder; the image path reports what is wrong
         raise
+
+
+def _annotation_kind(path: Path) -> str | None:
+    from medlens.io._detect import sniff_annotation
+
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1024)
+    except OSError:
+        return None  # the image path reports what is wrong
+    return sniff_annotation(path, head)
 
 
 def _dataset_summary(path: Path, kind: str, *, split: str | None, max_samples: int | None) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
@@ -63,10 +64,19 @@ def _root(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns (and, called without ``argv``, exits with) the exit code."""
-    from medlens.errors import MedlensError
-
     args = list(sys.argv[1:] if argv is None else argv)
     _STATE["debug"] = "--debug" in args or os.environ.get("MEDLENS_DEBUG") == "1"
+    with warnings.catch_warnings():  # also around the error report: files closed late warn there
+        warnings.showwarning = _show_warning
+        code = _run(args)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _run(args: list[str]) -> int:
+    from medlens.errors import MedlensError
+
     code: int | str | None = 0
     try:
         app(args=args, prog_name="medlens")  # standalone: usage errors exit 2 by themselves
@@ -82,10 +92,25 @@ def main(argv: list[str] | None = None) -> int:
         code = _report(f"error: {where}{exc.strerror or exc}", 1)
     except Exception as exc:
         code = _report(f"error: unexpected {type(exc).__name__}: {exc} (rerun with --debug)", 1)
-    code = 0 if code is None else code if isinstance(code, int) else 1
-    if argv is None:
-        sys.exit(code)
-    return code
+    return 0 if code is None else code if isinstance(code, int) else 1
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """medlens's own warnings as one ``warning: ...`` line on stderr; other libraries' warnings
+    (pydicom's notes on odd values in a file, NumPy's on overflow) only with ``--debug``: the
+    result, or the one-line error, says what matters about the input."""
+    if _STATE["debug"]:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+        return
+    ours = category.__module__.startswith("medlens") or (
+        issubclass(category, UserWarning) and str(filename).startswith(_PACKAGE_DIR)
+    )
+    if ours:
+        typer.echo(" ".join(f"warning: {message}".split()), err=True)
+
+
+_SHOW_WARNING = warnings.showwarning
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _report(line: str, code: int) -> int:

@@ -41,7 +41,7 @@ def read_dataset_json(root: str | Path) -> dict[str, Any]:
         raise DatasetError("no dataset.json (expected a Decathlon / nnU-Net dataset folder)", root)
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(f"not valid JSON ({exc})", path) from None
     if not isinstance(spec, dict):
         raise DatasetError("expected a JSON object at the top level", path)
@@ -168,7 +168,7 @@ def _subjects(root: Path) -> dict[str, str]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(f"not valid JSON ({exc})", path) from None
     if not isinstance(data, dict):
         raise DatasetError("expected an object mapping case id to subject id", path)

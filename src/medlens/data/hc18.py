@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 import time
 from collections.abc import Iterable
@@ -91,25 +92,41 @@ def read_hc18_labels(root: str | Path) -> list[HC18Case]:
     if not path.is_file():
         raise DatasetError("no labels.csv (expected the HC18 layout)", Path(root))
     cases = []
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header or len(header) < 3:
-            raise DatasetError(
-                "expected columns filename, pixel size(mm), head circumference (mm)", path
-            )
-        for row in reader:
-            if not row or not row[0].strip():
-                continue
-            try:
-                cases.append(
-                    HC18Case(row[0].strip(), float(row[1]), float(row[2]), reader.line_num)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header or len(header) < 3:
+                raise DatasetError(
+                    "expected columns filename, pixel size(mm), head circumference (mm)", path
                 )
-            except (ValueError, IndexError):
-                raise DatasetError(f"line {reader.line_num}: malformed row {row}", path) from None
+            for row in reader:
+                if not row or not row[0].strip():
+                    continue
+                try:
+                    case = HC18Case(row[0].strip(), float(row[1]), float(row[2]), reader.line_num)
+                except (ValueError, IndexError):
+                    raise DatasetError(
+                        f"line {reader.line_num}: malformed row {row}"[:300], path
+                    ) from None
+                cases.append(_checked_case(case, path))
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"not a readable CSV file ({exc})", path) from None
     if not cases:
         raise DatasetError("labels.csv lists no images", path)
     return cases
+
+
+def _checked_case(case: HC18Case, path: Path) -> HC18Case:
+    """A row's values as the data allow: a plain file name, a positive finite pixel size."""
+    name = case.filename
+    if name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise DatasetError(f"line {case.line}: {name[:80]!r} is not a plain file name", path)
+    if not (math.isfinite(case.pixel_size) and case.pixel_size > 0):
+        raise DatasetError(f"line {case.line}: pixel size {case.pixel_size} is not positive", path)
+    if not math.isfinite(case.hc_mm):
+        raise DatasetError(f"line {case.line}: head circumference is not a number", path)
+    return case
 
 
 def _disk(radius: int) -> np.ndarray:

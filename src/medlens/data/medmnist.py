@@ -9,6 +9,7 @@ building one :class:`Image` per sample.
 from __future__ import annotations
 
 import re
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -19,10 +20,12 @@ from medlens.data.dataset import Dataset, Sample
 from medlens.errors import DatasetError
 from medlens.image import Image
 from medlens.io._checks import require_finite
+from medlens.io.arrays import npz_member
 
 __all__ = ["MEDMNIST_INFO", "MedMNISTDataset", "available_splits", "medmnist_name"]
 
 SPLITS = ("train", "val", "test")
+_MAX_CLASSES = 100_000
 
 _ORGANS_2D = (
     "bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
@@ -140,14 +143,21 @@ def _open_npz(path: Path):
         raise DatasetError("file does not exist", path)
     if path.is_dir():
         raise DatasetError("is a folder, expected a MedMNIST .npz file", path)
+    handle = open(path, "rb")  # noqa: SIM115 - ours, so a failed np.load cannot leave it open
     try:
-        data = np.load(path, allow_pickle=False)
+        if handle.read(4)[:2] != b"PK":
+            raise DatasetError("is not a .npz archive (no zip header)", path)
+        handle.seek(0)
+        data = np.load(handle, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        handle.close()
         raise DatasetError(
             f"not a readable .npz file ({type(exc).__name__}: {exc})", path
         ) from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise DatasetError("is a single .npy array, expected a MedMNIST .npz archive", path)
+    except BaseException:
+        handle.close()
+        raise
+    data.fid = handle  # closed with the archive
     return data
 
 
@@ -186,16 +196,18 @@ class MedMNISTDataset(Dataset):
                     f"no split {split!r} ({image_key}/{label_key} missing); keys: {present}",
                     path,
                 )
-            try:
-                images = data[image_key]
-                labels = data[label_key]
+            try:  # each array's declared size is checked against the archive before reading
+                images = npz_member(data, image_key, path)
+                labels = npz_member(data, label_key, path)
                 # Other splits' labels decide the class count when the table does not know it.
-                other_max = [
-                    int(np.nan_to_num(np.nanmax(data[f"{s}_labels"].astype(float))))
-                    for s in SPLITS
-                    if s != split and f"{s}_labels" in keys and data[f"{s}_labels"].size
-                ]
-            except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError) as exc:
+                other_max = []
+                for other in SPLITS:
+                    if other != split and f"{other}_labels" in keys:
+                        values = npz_member(data, f"{other}_labels", path).astype(float)
+                        if values.size:
+                            other_max.append(int(np.nan_to_num(np.nanmax(values))))
+            except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, TypeError,
+                    KeyError, OverflowError, struct.error, MemoryError) as exc:  # fmt: skip
                 raise DatasetError(
                     f"corrupt array in .npz ({type(exc).__name__}: {exc})", path
                 ) from None
@@ -224,6 +236,8 @@ class MedMNISTDataset(Dataset):
             self._labels = labels[:, 0].astype(np.int64)
             seen = max([int(self._labels.max()) if self._labels.size else 0, *other_max]) + 1
             count = max(seen, len(info.get("labels", ())))
+            if count > _MAX_CLASSES:  # one name is made per class: a damaged label must not
+                raise DatasetError(f"class labels up to {count - 1}: not class indices", path)
         names = list(info.get("labels", ()))
         self.class_names = names if len(names) == count else [str(i) for i in range(count)]
         self.modality = info.get("modality")

@@ -211,7 +211,7 @@ def load_splits(path: str | Path) -> dict[str, Any] | list[dict[str, Any]]:
         raise DatasetError("split file does not exist", path)
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(f"not valid JSON ({exc})", path) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DatasetError(f'not a medlens split file (no "format": "{FORMAT}")', path)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from pydicom.errors import BytesLengthException
+
 from medlens._atomic import atomic_path
 from medlens.deid.engine import Deidentifier, Outcome, _Context, patient_key
 
@@ -22,6 +24,10 @@ _FIRST = 0x00041200
 _LAST = 0x00041202
 _NEXT = 0x00041400
 _LOWER = 0x00041420
+# File-set ID, descriptor file ID and its character set, the root offsets, consistency flag,
+# the records, and the Specific Character Set
+_FILE_SET = {0x00041130, 0x00041141, 0x00041142, _FIRST, _LAST, 0x00041212, 0x00041220,
+             0x00080005}  # fmt: skip
 
 
 def anonymize_dicomdir(deid: Deidentifier, path: Path, out: Path, *, root: Path | None = None):
@@ -30,33 +36,38 @@ def anonymize_dicomdir(deid: Deidentifier, path: Path, out: Path, *, root: Path 
     A record whose Referenced File ID leads outside the DICOMDIR's folder is refused (that file
     was not de-identified, and the output must not point at it): nothing is written.
     """
-    import pydicom
-
     from medlens.errors import ImageReadError
+    from medlens.io._dicom_checks import convert_values
+    from medlens.io._dicom_frames import read_dataset
 
-    try:
-        ds = pydicom.dcmread(path)
-        records = list(ds.DirectoryRecordSequence)
-    except Exception as exc:
-        raise ImageReadError(f"not a readable DICOMDIR ({exc})", path) from None
+    ds = read_dataset(path)  # damage pydicom meets is an ImageReadError naming the file
+    convert_values(ds, path)  # the records' values too
+    problem = _not_a_dicomdir(ds)
+    if problem is not None:
+        raise ImageReadError(f"not a valid DICOMDIR ({problem}): DICOMDIR not written", path)
+    records = list(ds.DirectoryRecordSequence)
     for n, record in enumerate(records):
         problem = _outside_reference(record, path.parent)
         if problem is not None:
             raise ImageReadError(f"record {n} {problem}: DICOMDIR not written", path)
-    index = {int(record.seq_item_tell): n for n, record in enumerate(records)}
-    first = index.get(int(ds.get(_FIRST).value or 0)) if _FIRST in ds else None
-    links = [
-        (index.get(int(r.get(_NEXT).value or 0)), index.get(int(r.get(_LOWER).value or 0)))
-        for r in records
-    ]
+    try:  # the offsets are the file's numbers: parsed here, where damage can be named
+        index = {int(record.seq_item_tell): n for n, record in enumerate(records)}
+        first = index.get(int(ds[_FIRST].value or 0))
+        links = [
+            (index.get(int(r[_NEXT].value or 0)), index.get(int(r[_LOWER].value or 0)))
+            for r in records
+        ]
+    except (ValueError, TypeError, OverflowError, BytesLengthException) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise ImageReadError(f"corrupt DICOMDIR record offsets ({text})", path) from None
     patients = _patients(records, links, first)
     outcome = Outcome()
     for n, record in enumerate(records):
         key = patients[n]
         context = _Context(None, deid.pseudonym(key), deid.shift_days(key), outcome)
         deid.clean(record, context, "DirectoryRecordSequence", f"(0004,1220)[{n}]")
-    for tag in list(ds.keys()):  # top level: File-set ID and descriptor file are kept
-        if int(tag) >> 16 & 1:
+    for tag in list(ds.keys()):  # top level: only the file-set's own attributes are kept
+        if int(tag) not in _FILE_SET:  # (private, command or damaged elements hold anything)
             del ds[tag]
     if "FileSetID" in ds:
         ds.FileSetID = "ANONYMIZED"
@@ -68,6 +79,26 @@ def anonymize_dicomdir(deid: Deidentifier, path: Path, out: Path, *, root: Path 
     del ds.SOPClassUID, ds.SOPInstanceUID
     _write(ds, records, links, first, out, root)
     return [(e.path, e.keyword, e.action) for e in outcome.entries], outcome.counts
+
+
+def _not_a_dicomdir(ds) -> str | None:
+    """What a DICOMDIR lacks that rewriting it needs (None: nothing)."""
+    from pydicom.uid import UID
+
+    if "DirectoryRecordSequence" not in ds:
+        return "no Directory Record Sequence"
+    if _FIRST not in ds or _LAST not in ds:
+        return "no offsets of the root directory's first and last records"
+    meta = getattr(ds, "file_meta", None) or {}
+    if not meta.get("MediaStorageSOPInstanceUID"):
+        return "no Media Storage SOP Instance UID"
+    syntax = meta.get("TransferSyntaxUID")
+    if syntax is not None and not UID(str(syntax)).is_transfer_syntax:
+        return f"unknown transfer syntax {str(syntax)[:64]!r}"
+    for n, record in enumerate(ds.DirectoryRecordSequence):
+        if _NEXT not in record or _LOWER not in record:
+            return f"record {n} without its offsets to the next and lower records"
+    return None
 
 
 def _outside_reference(record, folder: Path) -> str | None:

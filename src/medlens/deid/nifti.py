@@ -10,8 +10,10 @@ every extension is dropped; the rest of the header and the voxel bytes are copie
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 import struct
+import zlib
 from pathlib import Path
 
 from medlens._atomic import atomic_path
@@ -25,6 +27,7 @@ _TEXT = {
           (228, 24, "aux_file"), (328, 16, "intent_name")],
     540: [(240, 80, "descrip"), (320, 24, "aux_file"), (508, 16, "intent_name")],
 }  # fmt: skip
+_MAX_VOX_OFFSET = 1 << 30  # header extensions larger than this are damage
 _MAGIC = {348: (344, {b"n+1\0": True, b"ni1\0": False}), 540: (4, {b"n+2\0": True})}
 
 
@@ -35,7 +38,8 @@ def anonymize_nifti(
     compressed = path.name.lower().endswith(".gz")
     opener = gzip.open if compressed else open
     entries: list[tuple[str, str, str]] = []
-    with opener(path, "rb") as source:
+    with opener(path, "rb") as stream:
+        source = _Checked(stream, path)  # corrupt gzip data: an error naming the input
         head = source.read(540)
         size, order = _size(head, path)
         header = bytearray(head[:size])
@@ -47,8 +51,10 @@ def anonymize_nifti(
             if any(header[offset : offset + length]):
                 header[offset : offset + length] = bytes(length)
                 entries.append((f"header:{name}", name, "emptied"))
-        vox_offset = _vox_offset(header, size, order)
+        vox_offset = _vox_offset(header, size, order, path)
         rest = leftover + source.read(max(0, vox_offset - len(head)))
+        if len(rest) < vox_offset - size:
+            raise ImageReadError("truncated NIfTI file (it ends before its voxel data)", path)
         extensions = rest[: vox_offset - size]
         if len(extensions) >= 4 and extensions[0] != 0:
             entries.append(("header:extensions", "extensions", "removed"))
@@ -75,10 +81,29 @@ def _size(head: bytes, path: Path) -> tuple[int, str]:
     raise ImageReadError("not a NIfTI file (bad header size)", path)
 
 
-def _vox_offset(header: bytearray, size: int, order: str) -> int:
-    if size == 348:
-        return int(struct.unpack_from(order + "f", header, 108)[0])
-    return int(struct.unpack_from(order + "q", header, 168)[0])
+def _vox_offset(header: bytearray, size: int, order: str, path: Path) -> int:
+    """Where the voxels start: after the header and its 4 extension bytes, before 1 GiB."""
+    code = "f" if size == 348 else "q"
+    value = struct.unpack_from(order + code, header, 108 if size == 348 else 168)[0]
+    if not (math.isfinite(value) and size + 4 <= value <= _MAX_VOX_OFFSET):
+        raise ImageReadError(
+            f"voxel offset {value!r} is not past the {size + 4}-byte header (corrupt NIfTI)", path
+        )
+    return int(value)
+
+
+class _Checked:
+    """A readable stream whose read errors (corrupt or truncated gzip data) name the input."""
+
+    def __init__(self, stream, path: Path) -> None:
+        self._stream, self._path = stream, path
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._stream.read(size)
+        except (OSError, EOFError, zlib.error) as exc:
+            text = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ImageReadError(f"corrupt or truncated data ({text})", self._path) from None
 
 
 def _set_vox_offset(header: bytearray, size: int, order: str, value: int) -> None:

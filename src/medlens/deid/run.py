@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from medlens._atomic import atomic_path, ensure_outside, safe_name, safe_uid
+from medlens.deid import _instance as instance
 from medlens.deid.engine import Deidentifier, Outcome
 from medlens.deid.profile import Profile
 from medlens.errors import ImageReadError, MedlensError
@@ -309,13 +310,9 @@ def _results(task: _Task, jobs, workers: int) -> Iterator[dict]:
 
 
 def _with_progress(items, total: int, enabled: bool):
-    if not enabled:
-        yield from items
-        return
-    from rich.console import Console
-    from rich.progress import track
+    from medlens._progress import progress
 
-    yield from track(items, total=total, description="anonymizing", console=Console(stderr=True))
+    yield from progress(items, "anonymizing", enabled=enabled, total=total)
 
 
 def _guard(work, rel: str) -> dict:
@@ -323,8 +320,9 @@ def _guard(work, rel: str) -> dict:
         return work()
     except MedlensError as exc:
         return {"status": "failed", "reason": exc.problem}
-    except Exception as exc:
-        return {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # a bug of ours, named as one (one line), and the rest go on
+        text = " ".join(str(exc).split())[:300]
+        return {"status": "failed", "reason": f"unexpected {type(exc).__name__}: {text}"}
 
 
 def _process(task: _Task, path: Path, rel: str, layout: str) -> dict:
@@ -355,7 +353,9 @@ def _process(task: _Task, path: Path, rel: str, layout: str) -> dict:
         reason = burned_in_reason(ds)
         if reason is not None:
             return {"status": "skipped", "reason": reason}
-    outcome = deid.dataset(ds)
+    outcome = instance.deidentify(deid, ds, path)
+    if instance.drop_command_set(ds):  # a Command Set has no place in a stored instance
+        outcome.log("(0000,xxxx)", "CommandSet", "removed")
     _new_meta(ds, deid)
     outcome.log("(0002,xxxx)", "FileMetaInformation", "replaced")
     if single:
@@ -380,8 +380,11 @@ def _incomplete(ds) -> str | None:
     meta = getattr(ds, "file_meta", None) or {}
     if not (ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")):
         return "not a DICOM instance (no SOP Class UID in the dataset or file meta)"
-    syntax = meta.get("TransferSyntaxUID")
-    if "PixelData" not in ds or (syntax is not None and syntax.is_compressed):
+    problem = instance.instance_problem(ds)  # no instance UID, bad transfer syntax, no pixels
+    if problem is not None:
+        return problem
+    syntax = instance.written_syntax(ds)  # a UID now (the file's may be a plain string)
+    if "PixelData" not in ds or syntax.is_compressed:
         return None
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -428,14 +431,11 @@ def _uid_path(ds, outcome: Outcome) -> str:
 def _new_meta(ds, deid: Deidentifier) -> None:
     """Replace the File Meta Information (and preamble) with medlens's own (PS3.15 E.1.1)."""
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     from medlens import __version__
 
     old = getattr(ds, "file_meta", None)
-    syntax = old.get("TransferSyntaxUID") if old is not None else None
-    if syntax is None:
-        syntax = ImplicitVRLittleEndian if ds.is_implicit_VR else ExplicitVRLittleEndian
+    syntax = instance.written_syntax(ds)
     old = old if old is not None else {}
     old_instance = old.get("MediaStorageSOPInstanceUID")
     if "uids" not in deid.profile.retain and old_instance:

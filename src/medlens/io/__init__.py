@@ -63,6 +63,10 @@ def load_image(
         from medlens.io.arrays import read_npz
 
         return read_npz(path, role=role)
+    if kind in ("voc", "contour"):
+        what = "a Pascal VOC annotation" if kind == "voc" else "a contour (x y per line)"
+        reader = "read_voc" if kind == "voc" else "read_contour"
+        raise ImageReadError(f"is {what}, not an image (medlens.io.annotations.{reader})", path)
     raise ImageReadError(f"no reader for format {kind}", path)  # pragma: no cover
 
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from pathlib import Path
 
 from medlens.errors import ImageReadError
 
-__all__ = ["sniff"]
+__all__ = ["sniff", "sniff_annotation"]
 
 _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 
 
 def sniff(path: Path) -> str:
-    """Return the format of ``path``: dicom, nifti, png, jpeg, tiff, bmp, npy, npz.
+    """Return the format of ``path``: dicom, nifti, png, jpeg, tiff, bmp, npy, npz (or the
+    annotation formats voc and contour, which are not images).
 
     Raises:
         ImageReadError: missing, empty, or of no format medlens reads.
@@ -53,11 +55,40 @@ def sniff(path: Path) -> str:
         raise ImageReadError("gzip file does not hold a NIfTI image (or is corrupt)", path)
     if _is_nifti(head):
         return "nifti"
+    annotation = sniff_annotation(path, head)
+    if annotation is not None:
+        return annotation
     if path.suffix.lower() in _DICOM_SUFFIXES or path.name.upper() == "DICOMDIR":
         return "dicom"  # a DICOM file without the 128-byte preamble; pydicom decides
     if looks_like_raw_dicom(head):
         return "dicom"
     raise ImageReadError("not a recognised medical image format", path)
+
+
+def sniff_annotation(path: Path, head: bytes) -> str | None:
+    """``voc`` for a Pascal VOC XML annotation, ``contour`` for an ``x y`` per line text file."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if text.startswith(b"<"):
+        if b"<annotation" in text:
+            return "voc"
+        if text.startswith((b"<?xml", b"<!")):  # a long prolog or DTD: look further in
+            try:
+                with open(path, "rb") as handle:
+                    more = handle.read(1 << 16)
+            except OSError:
+                return None
+            return "voc" if b"<annotation" in more else None
+        return None
+    first = text.split(b"\n", 1)[0]
+    if b"\0" not in text and _CONTOUR_LINE.match(first):
+        return "contour"
+    return None
+
+
+_CONTOUR_LINE = re.compile(
+    rb"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[ \t,;]+[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+    rb"\s*$"
+)
 
 
 def _is_nifti(head: bytes) -> bool:

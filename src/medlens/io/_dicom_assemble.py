@@ -53,7 +53,15 @@ def assemble(frames: list[Frame], source: Path, *, strict: bool = True) -> Image
     _check_orientation(frames, source)
     first = frames[0]
     normal = np.cross(first.row_cosine, first.column_cosine)
-    normal /= np.linalg.norm(normal)
+    length = float(np.linalg.norm(normal))
+    if not length > 1e-3:  # zero or parallel direction cosines: no plane, no slice order
+        cosines = np.concatenate([first.row_cosine, first.column_cosine]).tolist()
+        raise SeriesError(
+            f"Image Orientation (Patient) {cosines} is not two perpendicular directions "
+            f"(in {first.path.name})",
+            source,
+        )
+    normal /= length
     distance = np.array([float(f.position @ normal) for f in frames])
     order = np.argsort(distance, kind="stable")
     groups: list[list[int]] = []

@@ -7,6 +7,7 @@ the per-frame functional groups overriding the shared ones. Assembly into volume
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -16,6 +17,13 @@ from typing import Any
 import numpy as np
 
 from medlens.errors import ImageReadError
+from medlens.io._dicom_checks import (
+    PARSE_ERRORS,
+    READ_KEYWORDS,
+    check_elements,
+    convert_values,
+    frame_layout,
+)
 
 __all__ = ["Frame", "decode_many", "decode_pixels", "frames_from_dataset", "read_dataset"]
 
@@ -75,6 +83,14 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False):
         text = str(warning.message)
         if text.startswith("End of file reached") and text.endswith(str(path)):
             raise ImageReadError("truncated DICOM file (it ends inside a data element)", path)
+    meta = getattr(ds, "file_meta", None) or {}
+    declared = meta.get("FileMetaInformationGroupLength")
+    if declared is not None and ds.preamble is not None:  # 128-byte preamble, DICM, 12-byte length
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            if path.stat().st_size < 144 + int(declared):
+                raise ImageReadError(
+                    "truncated DICOM file (it ends inside its file meta information)", path
+                )
     for warning in caught:  # everything else is passed on unchanged
         warnings.warn_explicit(
             warning.message,
@@ -89,7 +105,7 @@ def read_dataset(path: Path, *, stop_before_pixels: bool = False):
 
 def _read_dataset(path: Path, stop_before_pixels: bool):
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
@@ -104,30 +120,57 @@ def _read_dataset(path: Path, stop_before_pixels: bool):
             and "DirectoryRecordSequence" not in ds
         ):
             raise ImageReadError("not a valid DICOM file (no DICOM header found)", path) from None
-    except (OSError, EOFError, ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (OSError, MemoryError, BytesLengthException, *PARSE_ERRORS) as exc:
         raise ImageReadError(f"corrupt or truncated DICOM file ({_short(exc)})", path) from None
+    check_elements(ds, path)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        check_elements(meta, path)
+    convert_values(ds, path, READ_KEYWORDS)
     return ds
+
+
+def _no_pixels(ds) -> str:
+    """Why a dataset without pixel data has none: cut short (an image class) or not an image."""
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None) or {}
+    names = [
+        UID(str(uid)).name
+        for uid in (ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID"))
+        if uid
+    ]  # fmt: skip  (the dataset's own may be cut short: the file meta's too)
+    image = [n for n in names if "Image Storage" in n or "Segmentation" in n]
+    if "Rows" in ds or "BitsAllocated" in ds or image:
+        what = f"{image[0]} instance" if image else "image"
+        return f"truncated DICOM file ({what} without its pixel data: the file ends early)"
+    return f"DICOM file holds no pixel data (not an image{': ' + names[0] if names else ''})"
 
 
 def frames_from_dataset(ds, path: Path) -> list[Frame]:
     """All frames of one dataset (an image file) with geometry, rescale and time keys."""
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageReadError("DICOM file holds no pixel data (not an image)", path)
+        raise ImageReadError(_no_pixels(ds), path)
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError):
         raise ImageReadError("DICOM image without Rows/Columns", path) from None
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    base = _attributes(ds)
-    shared = _functional_groups(ds.get("SharedFunctionalGroupsSequence"))
+    samples, n_frames = frame_layout(ds, rows, columns, _syntax(ds) in _NATIVE_LE, path)
+    try:
+        base = _attributes(ds)
+        shared = _functional_groups(ds.get("SharedFunctionalGroupsSequence"))
+    except _BadAttribute as exc:
+        raise ImageReadError(str(exc), path) from None
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     frames = []
     for index in range(n_frames):
         values = dict(base)
         values.update(shared)
         if per_frame is not None and index < len(per_frame):
-            values.update(_functional_groups([per_frame[index]]))
+            try:
+                values.update(_functional_groups([per_frame[index]]))
+            except _BadAttribute as exc:
+                raise ImageReadError(f"frame {index + 1}: {exc}", path) from None
         elif n_frames > 1:
             values.update(_legacy_multiframe(ds, index, values))
         orientation = values.get("orientation")
@@ -176,7 +219,7 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
     dtype = _DTYPES.get((bits, signed))
     if syntax in _NATIVE_LE and samples == 1 and dtype is not None and "PixelData" in ds:
         count = n_frames * rows * columns
-        raw = ds.PixelData
+        raw = ds.PixelData or b""  # pydicom gives None for an empty value
         if len(raw) < count * np.dtype(dtype).itemsize:
             raise ImageReadError(
                 f"pixel data is truncated ({len(raw)} bytes for {n_frames}x{rows}x{columns} "
@@ -243,9 +286,16 @@ def _decode_with_pydicom(ds, path: Path, n_frames: int) -> np.ndarray:
         array = ds.pixel_array
     except Exception as exc:  # decoder plugins raise many exception types
         raise ImageReadError(f"cannot decode pixel data ({_short(exc)})", path) from None
-    if n_frames == 1:
+    array = np.asarray(array)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if n_frames == 1 and array.shape[:2] == (rows, columns):
         array = array[None]
-    return np.asarray(array)
+    if array.shape[:3] != (n_frames, rows, columns):  # pydicom sizes by the data it was given
+        raise ImageReadError(
+            f"pixel data decodes to shape {array.shape}, not {n_frames} frames of {rows}x{columns}",
+            path,
+        )
+    return array
 
 
 def _attributes(ds) -> dict:
@@ -265,8 +315,8 @@ def _attributes(ds) -> dict:
     between = _float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness"))
     if between:
         out["slice_spacing"] = abs(between)
-    out["slope"] = _float(ds.get("RescaleSlope")) or 1.0
-    out["intercept"] = _float(ds.get("RescaleIntercept")) or 0.0
+    out["slope"] = _rescale(ds, "RescaleSlope", 1.0)
+    out["intercept"] = _rescale(ds, "RescaleIntercept", 0.0)
     acquisition = _dicom_time(ds.get("AcquisitionTime")) or _dicom_time(ds.get("ContentTime"))
     trigger = _float(ds.get("TriggerTime"))
     out["time_key"] = (
@@ -308,8 +358,8 @@ def _functional_groups(groups) -> dict:
             out["slice_spacing"] = abs(between)
     if "PixelValueTransformationSequence" in item:
         transform = item.PixelValueTransformationSequence[0]
-        out["slope"] = _float(transform.get("RescaleSlope")) or 1.0
-        out["intercept"] = _float(transform.get("RescaleIntercept")) or 0.0
+        out["slope"] = _rescale(transform, "RescaleSlope", 1.0)
+        out["intercept"] = _rescale(transform, "RescaleIntercept", 0.0)
     if "FrameContentSequence" in item:
         content = item.FrameContentSequence[0]
         acquired = _dicom_datetime(content.get("FrameAcquisitionDateTime"))
@@ -361,6 +411,22 @@ def _floats(value, count: int) -> np.ndarray | None:
     except (TypeError, ValueError):
         return None
     return out if out.size == count and np.all(np.isfinite(out)) else None
+
+
+class _BadAttribute(ValueError):
+    """An attribute whose value would silently give wrong pixel values."""
+
+
+def _rescale(ds, keyword: str, default: float) -> float:
+    """Rescale Slope or Intercept: absent means ``default``; present must be a finite number
+    (and a slope must not be 0), since guessing would give wrong modality values silently."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return default
+    number = _float(value)
+    if number is None or (keyword == "RescaleSlope" and number == 0):
+        raise _BadAttribute(f"{keyword} {str(value)!r} is not a usable number")
+    return number
 
 
 def _float(value) -> float | None:

@@ -166,11 +166,17 @@ def _dicomdir_files(dicomdir: Path, ds) -> list[Path]:
     """Instance files referenced by a DICOMDIR's image records, resolved beside it."""
     root = dicomdir.parent
     files = []
-    for record in ds.DirectoryRecordSequence:
+    records = ds.get("DirectoryRecordSequence")
+    if records is None:
+        raise ImageReadError("DICOMDIR without its Directory Record Sequence (corrupt?)", dicomdir)
+    for record in records:
         file_id = record.get("ReferencedFileID")
         if not file_id:
             continue
-        parts = [file_id] if isinstance(file_id, str) else list(file_id)
+        parts = [str(file_id)] if isinstance(file_id, str) else [str(p) for p in file_id]
+        if any(p in ("", ".", "..") or any(c in p for c in "/\\:\0") for p in parts):
+            shown = "\\".join(parts)[:120]
+            raise ImageReadError(f"DICOMDIR lists {shown!r}, outside its file-set folder", dicomdir)
         candidate = root.joinpath(*parts)
         if not candidate.exists():
             raise ImageReadError(f"DICOMDIR lists {'/'.join(parts)}, which is missing", dicomdir)

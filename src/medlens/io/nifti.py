@@ -11,7 +11,9 @@ faster than streaming through :mod:`gzip` and copying into an array as nibabel d
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import logging
 import zlib
 from pathlib import Path
 
@@ -107,30 +109,39 @@ def read_nifti(path: str | Path, *, role: Role | str = Role.INTENSITY) -> Image:
     import nibabel as nib
 
     path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            gzipped = handle.read(2) == b"\x1f\x8b"
-        # By content, as load_image sniffs: nibabel chooses its reader by the file *name*, so a
-        # gzipped NIfTI called ``scan.dat`` (or ``.nii.gz`` content without the suffix) failed.
-        if gzipped or not path.name.lower().endswith((".nii", ".hdr", ".img")):
-            raw = path.read_bytes()
-            data = _decompress(raw, path) if gzipped else np.frombuffer(bytearray(raw), np.uint8)
-            klass = nib.Nifti2Image if _is_nifti2(data[:4].tobytes()) else nib.Nifti1Image
-            header = klass.header_class.from_fileobj(_BytesReader(memoryview(data)))
-            array = _array_from_buffer(header, data, path)
-        else:
-            nii = nib.load(str(path))
-            header = nii.header
-            array = np.asanyarray(nii.dataobj)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # nibabel raises many kinds for malformed headers and short files
-        raise ImageReadError(f"not a readable NIfTI file ({_one_line(exc)})", path) from None
+    with _quiet_nibabel():
+        try:
+            with open(path, "rb") as handle:
+                gzipped = handle.read(2) == b"\x1f\x8b"
+            # By content, as load_image sniffs: nibabel chooses its reader by the file *name*, so a
+            # gzipped NIfTI called ``scan.dat`` (or ``.nii.gz`` content without the suffix) failed.
+            if gzipped or not path.name.lower().endswith((".nii", ".hdr", ".img")):
+                raw = path.read_bytes()
+                data = (
+                    _decompress(raw, path) if gzipped else np.frombuffer(bytearray(raw), np.uint8)
+                )
+                klass = nib.Nifti2Image if _is_nifti2(data[:4].tobytes()) else nib.Nifti1Image
+                header = klass.header_class.from_fileobj(_BytesReader(memoryview(data)))
+                array = _array_from_buffer(header, data, path)
+            else:
+                nii = nib.load(str(path))
+                header = nii.header
+                array = np.asanyarray(nii.dataobj)
+        except ImageReadError:
+            raise
+        except Exception as exc:  # nibabel raises many kinds for malformed headers and short files
+            raise ImageReadError(f"not a readable NIfTI file ({_one_line(exc)})", path) from None
 
+    if np.asarray(array).dtype.kind not in "biuf":  # RGB(A) records, complex: not medlens's
+        code = int(header["datatype"])
+        raise ImageReadError(f"NIfTI voxels of datatype {code} are not supported", path)
     array = require_finite(np.asarray(array), path)
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    affine = _best_affine(header)
+    try:  # the qform quaternion and sform rows are the file's numbers: they can be impossible
+        affine = _best_affine(header)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        raise ImageReadError(f"invalid NIfTI orientation ({_one_line(exc)})", path) from None
     if array.ndim == 5 and array.shape[3] == 1:  # NIfTI vector images: (i, j, k, 1, c)
         array = array[:, :, :, 0, :]
     if array.ndim not in (2, 3, 4):
@@ -161,8 +172,13 @@ def read_nifti(path: str | Path, *, role: Role | str = Role.INTENSITY) -> Image:
         affine2[:2, 2] = lps[:2, 3]
         if abs(np.linalg.det(affine2[:2, :2])) < 1e-12:
             affine2[:2, :2] = np.diag(header.get_zooms()[:2])
-        return Image.from_affine(flipped, affine2, role=role, leading=leading, meta=meta)
-    return Image.from_affine(flipped, affine, ras=True, role=role, leading=leading, meta=meta)
+        affine, ras = affine2, False
+    else:
+        ras = True
+    try:  # the affine is the file's: Image refuses a singular or non-finite one
+        return Image.from_affine(flipped, affine, ras=ras, role=role, leading=leading, meta=meta)
+    except ValueError as exc:
+        raise ImageReadError(f"invalid NIfTI geometry ({_one_line(exc)})", path) from None
 
 
 def write_nifti(image: Image, path: str | Path) -> Path:
@@ -226,6 +242,20 @@ def _best_affine(header) -> np.ndarray:
             return qform
         return sform
     return header.get_base_affine()
+
+
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """nibabel logs the header problems it fixes (or raises on) through a handler of its own on
+    stderr; the image read, or the one-line error, already says what matters."""
+    from nibabel import imageglobals
+
+    level = imageglobals.logger.level
+    imageglobals.logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        imageglobals.logger.setLevel(level)
 
 
 def _is_nifti2(data: bytes) -> bool:

@@ -7,7 +7,12 @@ chunk (``medlens:geometry``) so its own round trips keep them; a pixel density f
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,7 @@ from medlens.io._checks import require_finite
 __all__ = ["read_raster", "read_tiff", "write_png"]
 
 _GEOMETRY_KEY = "medlens:geometry"
+_MAX_INFLATION = 1100  # deflate (the strongest TIFF compression in practice) inflates ~1032x
 
 
 def read_raster(path: str | Path, *, role: Role | str | None = None) -> Image:
@@ -33,12 +39,69 @@ def read_raster(path: str | Path, *, role: Role | str | None = None) -> Image:
     path = Path(path)
     try:
         with PILImage.open(path) as pil:
+            _check_stored_size(pil, path)
             pil.load()
             info = dict(pil.info)
             array = _to_array(pil)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"corrupt or unreadable image ({exc})", path) from None
+    except (
+        UnidentifiedImageError,
+        PILImage.DecompressionBombError,  # more pixels than Pillow's limit (179 million)
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        struct.error,
+        zlib.error,
+    ) as exc:
+        raise ImageReadError(f"corrupt or unreadable image ({_one_line(exc)})", path) from None
     return _make_image(array, path, info, role)
+
+
+def _check_stored_size(pil, path: Path) -> None:
+    """An uncompressed image needs at least one bit per pixel in the file: refuse a header that
+    declares more pixels than that before Pillow allocates them all."""
+    tiles = getattr(pil, "tile", None) or []
+    if tiles and all(tile[0] == "raw" for tile in tiles):
+        width, height = pil.size
+        stored = path.stat().st_size
+        if width * height > 8 * stored:
+            raise ImageReadError(
+                f"header declares {width}x{height} pixels, more than the {stored} bytes of the "
+                "file can hold (corrupt or truncated)",
+                path,
+            )
+
+
+def _check_tiff_size(tif, path: Path) -> None:
+    """The bytes the first series declares, against what the file can hold (uncompressed) or
+    inflate to (compressed): checked before tifffile allocates them."""
+    series = tif.series[0]
+    needed = math.prod(int(n) for n in series.shape) * np.dtype(series.dtype).itemsize
+    stored = path.stat().st_size
+    compressed = int(getattr(tif.pages[0], "compression", 1) or 1) != 1
+    limit = stored * _MAX_INFLATION + (64 << 20) if compressed else stored
+    if needed > limit:
+        raise ImageReadError(
+            f"declares an image of {tuple(series.shape)} {series.dtype} ({needed} bytes), more "
+            f"than the {stored} bytes of the file can hold (corrupt or truncated)",
+            path,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile logs each damaged tag it meets to stderr; the one-line error says enough."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300] or type(exc).__name__
 
 
 def read_tiff(path: str | Path, *, role: Role | str = Role.INTENSITY) -> Image:
@@ -47,14 +110,17 @@ def read_tiff(path: str | Path, *, role: Role | str = Role.INTENSITY) -> Image:
 
     path = Path(path)
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
+            _check_tiff_size(tif, path)
             array = tif.asarray()
             page = tif.pages[0]
             photometric = getattr(page, "photometric", None)
             samples = int(getattr(page, "samplesperpixel", 1))
             planar = int(getattr(page, "planarconfig", 1) or 1)
+    except ImageReadError:
+        raise
     except Exception as exc:  # tifffile raises several types for malformed files
-        raise ImageReadError(f"corrupt or unreadable TIFF ({exc})", path) from None
+        raise ImageReadError(f"corrupt or unreadable TIFF ({_one_line(exc)})", path) from None
     array = np.asarray(array)
     # contiguous samples: (..., y, x, s); separate planes (planarconfig 2): (..., s, y, x), which
     # was taken for a volume of ``s`` slices
@@ -134,6 +200,8 @@ def _to_array(pil) -> np.ndarray:
 def _make_image(
     array: np.ndarray, path: Path, info: dict, role: Role | str | None, *, channels: bool = False
 ) -> Image:
+    if array.dtype.kind not in "biuf":  # complex or record samples (a TIFF may declare them)
+        raise ImageReadError(f"{array.dtype} samples are not an image", path)
     meta: dict = {"path": str(path), "format": path.suffix.lower().lstrip(".") or "raster"}
     if "dpi" in info:
         meta["dpi"] = tuple(float(v) for v in info["dpi"])
@@ -147,6 +215,7 @@ def _make_image(
         raise ImageReadError(f"unsupported image layout {array.shape}", path)
     require_finite(array, path)
     kwargs: dict = {}
+    stored_role = None
     geometry = info.get(_GEOMETRY_KEY)
     if geometry:
         try:
@@ -157,8 +226,14 @@ def _make_image(
                 "direction": np.asarray(stored["direction"]),
                 "modality": stored.get("modality"),
             }
-            if role is None:  # an explicit role wins over the stored one
-                role = stored.get("role")
-        except (ValueError, KeyError, TypeError):
+            stored_role = stored.get("role")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             kwargs = {}
-    return Image(array, role=role or Role.INTENSITY, leading=leading, meta=meta, **kwargs)
+    try:  # an explicit role wins over the stored one
+        return Image(array, role=role or stored_role or Role.INTENSITY, leading=leading,
+                     meta=meta, **kwargs)  # fmt: skip
+    except (ValueError, TypeError, OverflowError):  # Image() refuses the stored geometry or role
+        if not kwargs and stored_role is None:
+            raise
+    # damaged geometry text is ignored, as unreadable text is
+    return Image(array, role=role or Role.INTENSITY, leading=leading, meta=meta)
