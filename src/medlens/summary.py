@@ -41,8 +41,9 @@ def image_summary(image: Image, *, seed: int = 0) -> dict[str, Any]:
     }
     if "time_points" in image.meta:
         out["time_points_s"] = [round(t, 4) for t in image.meta["time_points"]]
-    for key in ("series_uid", "series_description", "transfer_syntax", "window_center",
-                "window_width"):  # fmt: skip
+    for key in ("series_uid", "series_description", "transfer_syntax", "photometric",
+                "window_center", "window_width", "voi_function", "pixel_spacing_source",
+                "units", "suv_factor", "voi", "window"):  # fmt: skip
         if key in image.meta:
             out[key] = image.meta[key]
     if "files" in image.meta:

@@ -21,10 +21,15 @@ def info(
     max_samples: int | None = typer.Option(
         None, "--max-samples", help="Fingerprint at most this many samples of a dataset."
     ),
+    presentation: bool = typer.Option(
+        False, "--presentation", help="DICOM: intensities as the viewer shows them (VOI, [0, 1])."
+    ),
+    suv: str | None = typer.Option(None, "--suv", help="DICOM PET: intensities as SUV bw|lbm|bsa."),
 ) -> None:
     """Summarise an image (shape, spacing, orientation, intensities, modality) or a dataset
     (samples, classes and counts, spacing and size statistics: its fingerprint)."""
-    summary = describe(path, series=series, split=split, max_samples=max_samples)
+    summary = describe(path, series=series, split=split, max_samples=max_samples,
+                       presentation=presentation, suv=suv)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
@@ -37,6 +42,8 @@ def describe(
     series: str | None = None,
     split: str | None = None,
     max_samples: int | None = None,
+    presentation: bool = False,
+    suv: str | None = None,
 ) -> dict[str, Any]:
     """The summary ``medlens info`` prints, as a plain dict."""
     from medlens.errors import ImageReadError, MultipleSeriesError
@@ -54,13 +61,29 @@ def describe(
 
         return describe_annotation(path, annotation)
     try:
-        image = load_image(path, series_uid=series)
+        image = load_image(path, series_uid=series, presentation=presentation, suv=suv)
     except MultipleSeriesError:  # only then read the headers again to list the series
         from medlens.io.dicom import list_series
 
         found = list_series(path)
         return {"path": str(path), "kind": "dicom-folder", "series": [s.as_dict() for s in found]}
-    return {"kind": "image", **image_summary(image)}
+    summary = {"kind": "image", **image_summary(image)}
+    if image.modality == "PT" and suv is None:
+        summary["suv_factor"] = _suv_note(image)
+    return summary
+
+
+def _suv_note(image) -> float | str:
+    """The SUVbw factor of a PET series from its headers, or why there is none."""
+    from medlens.errors import ImageReadError
+    from medlens.io._dicom_frames import read_dataset
+    from medlens.io._dicom_suv import suv_factor
+
+    try:
+        headers = [read_dataset(Path(f), stop_before_pixels=True) for f in image.meta["files"]]
+        return round(suv_factor(headers, "bw", image.meta["path"])[0], 9)
+    except (ImageReadError, KeyError) as exc:
+        return f"none: {getattr(exc, 'problem', exc)}"
 
 
 def _dataset_kind(path: Path) -> str | None:

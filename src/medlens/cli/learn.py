@@ -138,7 +138,8 @@ def evaluate(
     if data.suffix.lower() == ".npz":
         images = read_inputs(data, trained.spec, split=split)
     else:
-        images = load_labelled(data, size=trained.spec.shape)
+        images = load_labelled(data, size=trained.spec.shape,
+                               presentation=trained.spec.presentation)  # fmt: skip
     if images.labels is None:
         raise MedlensError(f"{data}: no labels to evaluate against")
     probs = predict_probs(trained.networks, images.images, trained.task)

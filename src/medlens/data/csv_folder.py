@@ -179,7 +179,7 @@ class CSVFolderDataset(Dataset):
     def _load(self, index: int) -> Sample:
         load_image, _ = _lazy_io()
         entry = self.entries[index]
-        image = load_image(entry.paths[0])
+        image = load_image(entry.paths[0], **self.load_options)
         if self.modality is not None:
             image.modality = self.modality
         label = entry.label.copy() if isinstance(entry.label, np.ndarray) else entry.label

@@ -8,9 +8,10 @@ subjects, labels) is answered without reading any image.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, overload
 
 import numpy as np
@@ -74,6 +75,8 @@ class Dataset(Sequence[Sample]):
     name: str = "dataset"
     source: Path | None = None
     entries: list[Entry]
+    #: keyword arguments of ``load_image`` for the images (e.g. ``presentation="auto"``)
+    load_options: Mapping[str, Any] = MappingProxyType({})
 
     # ------------------------------------------------------------------ to implement
     def __len__(self) -> int:

@@ -19,6 +19,8 @@ def load_image(
     *,
     role: Role | str | None = None,
     series_uid: str | None = None,
+    presentation: bool | str = False,
+    suv: str | None = None,
 ) -> Image:
     """Read one image from a file or folder, whatever its format.
 
@@ -28,6 +30,10 @@ def load_image(
         role: ``"label"`` for label maps (nearest-neighbour interpolation downstream); by default
             an intensity image (DICOM Segmentation objects excepted).
         series_uid: the SeriesInstanceUID to read when a folder holds several series.
+        presentation: DICOM: ``True`` gives what the viewer shows, in [0, 1] (VOI window or
+            LUT, MONOCHROME1 inverted: brighter is denser); ``"auto"`` does so for projection
+            X-ray only. Other formats hold display values already and are returned as read.
+        suv: DICOM PET: ``"bw"``, ``"lbm"`` or ``"bsa"`` standardised uptake values.
 
     Raises:
         ImageReadError: one line naming the file and what is wrong with it.
@@ -39,8 +45,10 @@ def load_image(
     if kind in ("dicom", "dicom-folder"):
         from medlens.io.dicom import read_dicom
 
-        image = read_dicom(path, series_uid=series_uid)
+        image = read_dicom(path, series_uid=series_uid, presentation=presentation, suv=suv)
         return image if role is None else image.replace(role=Role(role))
+    if suv is not None:
+        raise ImageReadError("SUV needs a DICOM PET image (Units, dose, times, weight)", path)
     kwargs = {"role": Role(role) if role is not None else Role.INTENSITY}
     if kind == "nifti":
         from medlens.io.nifti import read_nifti

@@ -124,11 +124,16 @@ def _assemble_planar(frames: list[Frame], source: Path) -> Image:
     array = array[0]
     dy, dx = first.pixel_spacing or (1.0, 1.0)
     meta = _meta(frames, source)
-    if first.samples > 1:  # colour: (frames, y, x, s) -> (s, y, x) for one frame
-        if len(frames) > 1:
-            raise SeriesError("several colour frames without geometry are not supported", source)
-        return Image(np.ascontiguousarray(np.moveaxis(array[0], -1, 0)), spacing=(dx, dy),
-                     leading=("channel",), modality=meta.get("modality"), meta=meta)  # fmt: skip
+    if first.samples > 1:  # colour: (frames, y, x, s) -> ([t,] s, y, x)
+        channels = np.ascontiguousarray(np.moveaxis(array, -1, 1))
+        if len(frames) == 1:
+            return Image(channels[0], spacing=(dx, dy), leading=("channel",),
+                         modality=meta.get("modality"), meta=meta)  # fmt: skip
+        times = _time_points(frames)
+        if times is not None:
+            meta["time_points"] = times
+        return Image(channels, spacing=(dx, dy), leading=("time", "channel"),
+                     modality=meta.get("modality"), meta=meta)  # fmt: skip
     if len(frames) == 1:
         return Image(array[0], spacing=(dx, dy), modality=meta.get("modality"), meta=meta)
     times = _time_points(frames)
@@ -305,9 +310,13 @@ def _meta(frames: list[Frame], source: Path) -> dict:
         value = ds.get(name)
         if value not in (None, ""):
             meta[key] = str(value)
+    if frames[0].extra.get("spacing_source"):
+        meta["pixel_spacing_source"] = frames[0].extra["spacing_source"]
     file_meta = getattr(ds, "file_meta", None)
     if file_meta is not None and "TransferSyntaxUID" in file_meta:
         meta["transfer_syntax"] = str(file_meta.TransferSyntaxUID)
+    if ds.get("VOILUTFunction"):
+        meta["voi_function"] = str(ds.VOILUTFunction)
     for key, name in (("window_center", "WindowCenter"), ("window_width", "WindowWidth")):
         value = ds.get(name)
         if value is not None:

@@ -24,6 +24,7 @@ from medlens.io._dicom_checks import (
     convert_values,
     frame_layout,
 )
+from medlens.io._dicom_display import palette_to_rgb, pixel_spacing
 
 __all__ = ["Frame", "decode_many", "decode_pixels", "frames_from_dataset", "read_dataset"]
 
@@ -156,6 +157,15 @@ def frames_from_dataset(ds, path: Path) -> list[Frame]:
     except (AttributeError, TypeError, ValueError):
         raise ImageReadError("DICOM image without Rows/Columns", path) from None
     samples, n_frames = frame_layout(ds, rows, columns, _syntax(ds) in _NATIVE_LE, path)
+    photometric = _photometric(ds)
+    if photometric == "PALETTE COLOR":
+        samples = 3  # decoded through the palette to RGB
+    if photometric.endswith(("_422", "_420")) and columns % 2 and _syntax(ds) in _NATIVE_LE:
+        raise ImageReadError(
+            f"{photometric} image with an odd width ({columns} columns): its chroma pairs "
+            "cannot be split",
+            path,
+        )
     try:
         base = _attributes(ds)
         shared = _functional_groups(ds.get("SharedFunctionalGroupsSequence"))
@@ -196,13 +206,29 @@ def frames_from_dataset(ds, path: Path) -> list[Frame]:
                 repetition_ms=values.get("repetition_ms"),
                 instance=values.get("instance", 0),
                 sop_uid=str(ds.get("SOPInstanceUID", "")),
-                extra={"stack": values.get("stack")},
+                extra={
+                    "stack": values.get("stack"),
+                    "spacing_source": values.get("spacing_source"),
+                },
             )
         )
     return frames
 
 
 def decode_pixels(ds, path: Path) -> np.ndarray:
+    """Pixel values of all frames, shape ``(frames, rows, columns[, samples])``: stored values,
+    colour as RGB (YBR converted by pydicom's decoders, PALETTE COLOR through its palette)."""
+    array = _stored_pixels(ds, path)
+    if _photometric(ds) == "PALETTE COLOR":
+        array = palette_to_rgb(array, ds, path)
+    return array
+
+
+def _photometric(ds) -> str:
+    return str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
+
+
+def _stored_pixels(ds, path: Path) -> np.ndarray:
     """Stored pixel values of all frames, shape ``(frames, rows, columns[, samples])``.
 
     Uncompressed little-endian data is viewed straight from the file's bytes; JPEG 2000, JPEG-LS
@@ -307,11 +333,10 @@ def _attributes(ds) -> dict:
     position = _floats(ds.get("ImagePositionPatient"), 3)
     if position is not None:
         out["position"] = position
-    spacing = _floats(ds.get("PixelSpacing"), 2)
-    if spacing is None:
-        spacing = _floats(ds.get("ImagerPixelSpacing"), 2)
-    if spacing is not None and np.all(spacing > 0):
-        out["pixel_spacing"] = (float(spacing[0]), float(spacing[1]))
+    spacing, source = pixel_spacing(ds)
+    if spacing is not None:
+        out["pixel_spacing"] = spacing
+    out["spacing_source"] = source
     between = _float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness"))
     if between:
         out["slice_spacing"] = abs(between)
@@ -388,9 +413,12 @@ def _legacy_multiframe(ds, index: int, values: dict) -> dict:
     """Multi-frame files without functional groups (NM, US cine): frames along time or slices."""
     out: dict = {}
     frame_time = _float(ds.get("FrameTime"))
-    if frame_time is not None:  # cine loop: frames are time points at one position
+    vector = _floats(ds.get("FrameTimeVector"), int(ds.get("NumberOfFrames", 1) or 1))
+    if frame_time is not None or vector is not None:  # cine: time points at one position
         out["time_key"] = (index,)
-        out["trigger_ms"] = index * frame_time
+        # FrameTimeVector holds the increments from the previous frame (the first is 0)
+        out["trigger_ms"] = float(vector[: index + 1].sum()) if vector is not None else (
+            index * frame_time)  # fmt: skip
         return out
     position = values.get("position")
     orientation = values.get("orientation")

@@ -17,10 +17,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medlens.errors import ImageReadError, MultipleSeriesError, SeriesError
 from medlens.image import Image
 from medlens.io._detect import looks_like_raw_dicom
 from medlens.io._dicom_assemble import SliceSpacingWarning, assemble
+from medlens.io._dicom_display import PROJECTION_XRAY
+from medlens.io._dicom_display import presentation as to_presentation
 from medlens.io._dicom_frames import frames_from_dataset, read_dataset
 
 __all__ = [
@@ -65,21 +69,57 @@ class SeriesInfo:
         }
 
 
-def read_dicom(path: str | Path, *, series_uid: str | None = None, strict: bool = True) -> Image:
+def read_dicom(
+    path: str | Path,
+    *,
+    series_uid: str | None = None,
+    strict: bool = True,
+    presentation: bool | str = False,
+    suv: str | None = None,
+) -> Image:
     """Read a DICOM file, folder or DICOMDIR into one :class:`Image`.
+
+    Values are the modality's (rescaled: HU for CT, Bq/ml for PET); colour is RGB.
 
     Args:
         path: a single file (classic or enhanced multi-frame), a folder, or a DICOMDIR.
         series_uid: which series to read when there are several.
         strict: raise on missing slices (otherwise warn).
+        presentation: ``True``: what the viewer shows, in [0, 1] (VOI window or LUT, MONOCHROME1
+            inverted; see :mod:`medlens.io._dicom_display`); ``"auto"``: so for projection X-ray
+            (CR, DX, MG, XA, RF), modality values otherwise.
+        suv: ``"bw"``, ``"lbm"`` or ``"bsa"``: PET values as SUV (``meta["suv_factor"]``).
     """
     path = Path(path)
     if path.is_file() and path.name.upper() != "DICOMDIR":
         ds = read_dataset(path)
         if "DirectoryRecordSequence" in ds:
-            return _read_folder(path, _dicomdir_files(path, ds), series_uid, strict)
-        return assemble(frames_from_dataset(ds, path), path, strict=strict)
-    return _read_folder(path, find_dicom_files(path), series_uid, strict)
+            frames = _series_frames(path, _dicomdir_files(path, ds), series_uid)
+        else:
+            frames = frames_from_dataset(ds, path)
+    else:
+        frames = _series_frames(path, find_dicom_files(path), series_uid)
+    image = assemble(frames, path, strict=strict)
+    return _as_requested(image, frames, path, presentation, suv)
+
+
+def _as_requested(image: Image, frames, source: Path, presentation, suv) -> Image:
+    """SUV or presentation values when asked for (modality values otherwise)."""
+    modality = str(image.modality or "")
+    if suv is not None:
+        from medlens.io._dicom_suv import suv_factor
+
+        unique = list({id(f.dataset): f.dataset for f in frames}.values())
+        factor, details = suv_factor(unique, suv, source)
+        meta = {**image.meta, "suv_factor": factor, "suv": details, "units": f"SUV{suv}"}
+        array = image.array.astype(np.float32) * np.float32(factor)
+        return image.replace(array=array, meta=meta)
+    if presentation == "auto":
+        presentation = modality in PROJECTION_XRAY
+    if presentation and "channel" not in image.leading:
+        values, details = to_presentation(image.array, frames[0].dataset, source)
+        return image.replace(array=values, meta={**image.meta, **details, "presentation": True})
+    return image
 
 
 def list_series(path: str | Path) -> list[SeriesInfo]:
@@ -129,7 +169,7 @@ def find_dicom_files(folder: str | Path) -> list[Path]:
     return found
 
 
-def _read_folder(source: Path, files: list[Path], series_uid: str | None, strict: bool) -> Image:
+def _series_frames(source: Path, files: list[Path], series_uid: str | None) -> list:
     datasets = []
     for file in files:
         ds = read_dataset(file)
@@ -158,8 +198,7 @@ def _read_folder(source: Path, files: list[Path], series_uid: str | None, strict
         )
     else:
         chosen = next(iter(by_series.values()))
-    frames = [frame for file, ds in chosen for frame in frames_from_dataset(ds, file)]
-    return assemble(frames, source, strict=strict)
+    return [frame for file, ds in chosen for frame in frames_from_dataset(ds, file)]
 
 
 def _dicomdir_files(dicomdir: Path, ds) -> list[Path]:

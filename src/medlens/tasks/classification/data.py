@@ -28,22 +28,33 @@ __all__ = ["ImageSet", "InputSpec", "conform", "load_labelled", "read_inputs"]
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The grid every image is brought to: channels, spatial shape ``([D,] H, W)`` and dtype."""
+    """The grid every image is brought to: channels, spatial shape ``([D,] H, W)`` and dtype,
+    and how DICOM pixels are read (``presentation``: ``"auto"``, the default of new runs, reads
+    projection X-ray as the viewer shows it and other modalities as modality values;
+    ``"none"``, runs from before it was recorded, reads modality values throughout)."""
 
     channels: int
     shape: tuple[int, ...]
     uint8: bool
+    presentation: str = "none"
 
     @property
     def spatial_dims(self) -> int:
         return len(self.shape)
 
+    @property
+    def load_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``load_image`` for this run's inputs."""
+        return {"presentation": "auto"} if self.presentation == "auto" else {}
+
     def to_dict(self) -> dict[str, Any]:
-        return {"channels": self.channels, "shape": list(self.shape), "uint8": self.uint8}
+        return {"channels": self.channels, "shape": list(self.shape), "uint8": self.uint8,
+                "presentation": self.presentation}  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InputSpec:
-        return cls(int(data["channels"]), tuple(int(v) for v in data["shape"]), bool(data["uint8"]))
+        return cls(int(data["channels"]), tuple(int(v) for v in data["shape"]),
+                   bool(data["uint8"]), str(data.get("presentation", "none")))  # fmt: skip
 
 
 @dataclass
@@ -66,6 +77,7 @@ class ImageSet:
     source: str = ""
     split: str | None = None
     subjects: list[str] | None = None  # patient ids where the source names them (grouped splits)
+    presentation: str = "none"  # how DICOM pixels were read (see InputSpec)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -76,9 +88,8 @@ class ImageSet:
 
     @property
     def spec(self) -> InputSpec:
-        return InputSpec(
-            int(self.images.shape[1]), tuple(self.images.shape[2:]), self.images.dtype == np.uint8
-        )
+        return InputSpec(int(self.images.shape[1]), tuple(self.images.shape[2:]),
+                         self.images.dtype == np.uint8, self.presentation)  # fmt: skip
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSet:
         index = np.asarray(indices, dtype=np.int64)
@@ -92,6 +103,7 @@ class ImageSet:
             self.source,
             self.split,
             None if self.subjects is None else [self.subjects[i] for i in index],
+            self.presentation,
         )
 
 
@@ -102,6 +114,7 @@ def load_labelled(
     *,
     size: Sequence[int] | None = None,
     progress: bool = False,
+    presentation: str = "auto",
 ) -> ImageSet:
     """Read a labelled split (MedMNIST) or a whole labelled dataset (CSV, folder) into memory.
 
@@ -110,6 +123,7 @@ def load_labelled(
         split: the ``.npz`` split (``train``, ``val``, ``test``); ignored by other sources.
         size: spatial size to bring every image to; by default MedMNIST keeps its own and
             other sources take the median image shape.
+        presentation: how DICOM pixels are read (see :class:`InputSpec`).
     """
     from medlens.data import open_dataset
     from medlens.data.medmnist import MedMNISTDataset
@@ -121,6 +135,7 @@ def load_labelled(
         dataset = open_dataset(path)
     if dataset.task not in ("classification", "ordinal", "multilabel"):
         raise DatasetError(f"a {dataset.task} dataset, not a classification one", path)
+    dataset.load_options = InputSpec(1, (1,), False, presentation).load_options
     if isinstance(dataset, MedMNISTDataset):
         images, labels = dataset.arrays()
         images = images if images.ndim == dataset.spatial_dims + 2 else images[:, None]
@@ -133,6 +148,7 @@ def load_labelled(
             dataset.name,
             str(path),
             dataset.split,
+            presentation=presentation,
         )
         if size is not None and tuple(size) != out.images.shape[2:]:
             out.images = conform(out.images, out.spec.channels, tuple(size))
@@ -161,6 +177,7 @@ def load_labelled(
         str(path),
         None,
         dataset.subjects() if dataset.has_subjects() else None,
+        presentation,
     )
 
 
@@ -193,7 +210,7 @@ def read_inputs(
     items = input_items(path, spec.spatial_dims)
     arrays, ids = [], []
     for item_id, source in shown(items, "reading images", enabled=progress):
-        arrays.append(_read_one(source, item_id, spec.spatial_dims))
+        arrays.append(_read_one(source, item_id, spec.spatial_dims, spec.load_options))
         ids.append(item_id)
     images = _stack(arrays, spec.channels, spec.shape, spec.uint8)
     return ImageSet(images, None, ids, source=str(path), split=None)
@@ -273,15 +290,13 @@ def _group_inputs(files: list[Path], spatial_dims: int, root: Path) -> list[tupl
     return sorted(items, key=lambda item: item[0])
 
 
-def _read_one(source: Any, item_id: str, spatial_dims: int) -> np.ndarray:
+def _read_one(source: Any, item_id: str, spatial_dims: int, options: dict) -> np.ndarray:
     from medlens.io import load_image
 
     if isinstance(source, tuple):  # one DICOM series: (folder, series UID)
-        from medlens.io.dicom import read_dicom
-
-        image = read_dicom(source[0], series_uid=source[1])
+        image = load_image(source[0], series_uid=source[1], **options)
     else:
-        image = load_image(source)
+        image = load_image(source, **options)
     array = _as_chw(image.array, image.leading, item_id)
     if array.ndim - 1 == 3 and spatial_dims == 2:
         if array.shape[1] != 1:
