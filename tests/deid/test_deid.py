@@ -423,3 +423,23 @@ def test_public_tags_the_standard_does_not_define_are_removed(t1_files, tmp_path
     assert b"Undefined^Tagged^Name" not in data and b"private stays" not in data
     rows = read_csv(f"{out}.audit.csv")
     assert any(r["tag"] == "(0010,0011)" and r["action"] == "removed" for r in rows)
+
+
+def test_values_that_swallowed_other_elements_are_not_kept(t1_files, tmp_path):
+    """A damaged length makes a kept value swallow the elements after it (found by fuzzing a
+    DICOMDIR with --retain uids): a UID that is not one is replaced, other damaged values go."""
+    swallowed = "\x10\x00\x10\x00PN\x0c\x00SECRET^NAME"
+
+    def edit(index, ds):
+        ds.add_new(0x0020000D, "UI", "1.2.826.0.1.3680043.10.1051.762\x00 " + swallowed)
+        ds.add_new(0x00080008, "CS", ["ORIGINAL", "PRIMARY" + swallowed.replace("^", "_")])
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    planted(t1_files[:1], src, edit=edit)
+    anonymize(src, out, profile=Profile(retain=frozenset({"uids"})))
+    (written,) = outputs(out)
+    data = written.read_bytes()
+    assert b"SECRET" not in data
+    ds = pydicom.dcmread(written)
+    assert str(ds.StudyInstanceUID).startswith("2.25.") and "ImageType" not in ds
+    assert ds.SeriesInstanceUID == pydicom.dcmread(src / "IM0000.dcm").SeriesInstanceUID

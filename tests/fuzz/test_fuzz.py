@@ -186,11 +186,13 @@ def _npy_header(data: bytes, old: str, new: str) -> bytes:
     return raw[:8] + (len(raw) - 10).to_bytes(2, "little") + raw[10:] + data[end:]
 
 
-def _npz_without(data: bytes, key: str) -> bytes:
+def _npz_without(data: bytes, key: str, replacement: bytes | None = None) -> bytes:
     import zipfile
 
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         members = {n: archive.read(n) for n in archive.namelist() if n != f"{key}.npy"}
+    if replacement is not None:
+        members[f"{key}.npy"] = replacement
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, value in members.items():
@@ -232,6 +234,18 @@ def _with_command_element(data: bytes) -> bytes:
     """(0000,0100) Command Field, US 1, first in the data set (pydicom will not write one)."""
     end = 144 + struct.unpack_from("<I", data, 140)[0]  # after the file meta group
     return data[:end] + b"\x00\x00\x00\x01US\x02\x00\x01\x00" + data[end:]
+
+
+def _npy_unicode_beyond_range() -> bytes:
+    """A ``<U1`` array whose one character is 0xFFFFFFFF: no code point at all."""
+    header = "{'descr': '<U1', 'fortran_order': False, 'shape': (), }"
+    header = header.ljust(64 - 10 - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + b"\xff" * 4
+
+
+def _null_in_file_id(ds) -> None:
+    record = next(r for r in ds.DirectoryRecordSequence if "ReferencedFileID" in r)
+    record.ReferencedFileID = ["PT000000", "SE\x00\x12UI"]
 
 
 def _delete_records(ds) -> None:
@@ -288,6 +302,15 @@ CRASHES = {
     "dicomdir record without offsets (KeyError in anonymize)": (
         "dicomdir", None, "fs/DICOMDIR", lambda d: _dicom(d, _record_without_offsets),
         "anonymize", 1, "without its offsets",
+    ),
+    "dicomdir file ID with a null byte (ValueError in anonymize)": (
+        "dicomdir", None, "fs/DICOMDIR", lambda d: _dicom(d, _null_in_file_id),
+        "anonymize", 1, "not a valid file ID",
+    ),
+    "medlens npz modality beyond unicode (SystemError)": (
+        "npz", None, "image.npz",
+        lambda d: _npz_without(d, "modality", _npy_unicode_beyond_range()),
+        "info", 1, "invalid medlens .npz image",
     ),
     "npy shape 2^31 x 2^31 (MemoryError)": (
         "npy", None, "cube.npy",

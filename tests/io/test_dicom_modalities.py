@@ -345,3 +345,88 @@ def test_classification_reads_projection_xray_as_presented_and_records_it(mr_sli
     np.testing.assert_allclose(predicted.images[0], shown.images[1], atol=1e-6)
     old = InputSpec.from_dict({"channels": 1, "shape": [8, 8], "uint8": True})
     assert old.presentation == "none" and old.load_options == {}  # runs from before: unchanged
+
+
+def test_modality_lut_sequence_gives_the_modality_values(mr_slices, tmp_path):
+    from pydicom.pixels import apply_modality_lut
+
+    def lut(ds):
+        del ds.RescaleSlope, ds.RescaleIntercept
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [4096, 0, 16]
+        item.ModalityLUTType = "OD"
+        item.add_new(0x00283006, "US", [int(v) for v in np.sqrt(np.arange(4096)) * 1000])
+        ds.ModalityLUTSequence = [item]
+
+    path = _cr(mr_slices[2], tmp_path / "mlut.dcm", photometric="MONOCHROME2", edit=lut)
+    ds = pydicom.dcmread(path)
+    np.testing.assert_array_equal(load_image(path).array, apply_modality_lut(ds.pixel_array, ds))
+    shown = load_image(path, presentation=True)  # the window then applies to the LUT's output
+    assert 0 <= shown.array.min() < shown.array.max() <= 1
+
+
+def test_philips_private_scale_slope_behind_an_option(mr_slices, tmp_path):
+    folder = tmp_path / "philips"
+    folder.mkdir()
+    for i, source in enumerate(mr_slices[:3]):
+        ds = pydicom.dcmread(source)
+        ds.Manufacturer = "Philips Medical Systems"
+        ds.RescaleSlope, ds.RescaleIntercept = "1.5", "-10"
+        block = ds.private_block(0x2005, "Philips MR Imaging DD 001", create=True)
+        block.add_new(0x0E, "FL", 0.25 + 0.05 * i)
+        ds.save_as(folder / f"{i}.dcm", enforce_file_format=True)
+    shown = load_image(folder)
+    quantitative = load_image(folder, philips_scale=True)
+    for k in range(3):  # each slice by its own scale: (SV * RS + RI) / (RS * SS)
+        ds = pydicom.dcmread(folder / f"{k}.dcm")
+        sv = ds.pixel_array.astype(np.float64)
+        ss = float(ds[0x2005, 0x100E].value)
+        expected = (sv * 1.5 - 10) / (1.5 * ss)
+        match = [z for z in range(3) if np.allclose(shown.array[z], sv * 1.5 - 10)]
+        assert len(match) == 1
+        np.testing.assert_allclose(quantitative.array[match[0]], expected, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ImageReadError, match="no Philips private Scale Slope"):
+        load_image(mr_slices[0], philips_scale=True)
+
+
+def test_nm_multiframe_frames_are_ordered_by_their_named_vectors(mr_slices, tmp_path):
+    """Two energy windows x two detectors, stored detector-major: read window-major, named."""
+    ds = pydicom.dcmread(mr_slices[0])
+    planes = [pydicom.dcmread(p).pixel_array for p in mr_slices[:4]]
+    ds.Modality = "NM"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.20"
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient"):
+        delattr(ds, keyword)
+    ds.NumberOfFrames = 4
+    ds.FrameIncrementPointer = [0x00540010, 0x00540020]
+    ds.EnergyWindowVector = [2, 1, 2, 1]
+    ds.DetectorVector = [1, 1, 2, 2]
+    ds.PixelData = np.stack(planes).astype(np.uint16).tobytes()
+    ds.save_as(tmp_path / "nm.dcm", enforce_file_format=True)
+    image = load_image(tmp_path / "nm.dcm")
+    assert image.leading == ("channel",) and image.array.shape[0] == 4
+    assert image.meta["frame_axes"] == ["EnergyWindowVector", "DetectorVector"]
+    assert image.meta["frame_index"] == {"EnergyWindowVector": [1, 1, 2, 2],
+                                         "DetectorVector": [1, 2, 1, 2]}  # fmt: skip
+    for k, stored in enumerate([1, 3, 0, 2]):  # frames (window, detector) in that order
+        np.testing.assert_array_equal(image.array[k], planes[stored])
+
+
+def test_philips_factor_cross_checks_bqml(mr_slices, tmp_path):
+    from medlens.io._dicom_suv import SUVWarning
+
+    def philips(value):
+        def edit(i, ds):
+            block = ds.private_block(0x7053, "Philips PET Private Group", create=True)
+            block.add_new(0x00, "DS", value)
+
+        return edit
+
+    ours = WEIGHT * 1000 / DOSE
+    agreeing = _pet_series(mr_slices, tmp_path / "a", decay="ADMIN", edit=philips(f"{ours:.8g}"))
+    image = load_image(agreeing, suv="bw")
+    assert image.meta["suv"]["philips_factor"] == pytest.approx(ours, rel=1e-6)
+    other = _pet_series(mr_slices, tmp_path / "b", decay="ADMIN", edit=philips(f"{2 * ours:.8g}"))
+    with pytest.warns(SUVWarning, match="differs from Philips' SUV scale factor"):
+        image = load_image(other, suv="bw")
+    assert image.meta["suv_factor"] == pytest.approx(ours)  # ours is used, and said

@@ -11,12 +11,15 @@ offsets (same length, since offsets are fixed-size).
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 from pydicom.errors import BytesLengthException
 
 from medlens._atomic import atomic_path
 from medlens.deid.engine import Deidentifier, Outcome, _Context, patient_key
+
+_FILE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 __all__ = ["anonymize_dicomdir"]
 
@@ -111,6 +114,8 @@ def _outside_reference(record, folder: Path) -> str | None:
     for part in parts:
         if part in ("", ".", "..") or "/" in part or "\\" in part or ":" in part:
             return f"references {shown!r}, outside the file-set folder"
+        if not _FILE_ID.fullmatch(part):  # PS3.10 8.2: letters, digits and underscore
+            return f"references {shown[:80]!r}, not a valid file ID"
     target = folder.joinpath(*parts).resolve()
     base = folder.resolve()
     if base not in target.parents:

@@ -23,6 +23,7 @@ import base64
 import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 from collections import Counter
 from dataclasses import dataclass, field
@@ -183,9 +184,7 @@ class Deidentifier:
             action = rules.action(tag)
             listed = action is not None
             if action is None:
-                action = self._unlisted(ds, tag)
-                if action is None:
-                    continue
+                action = self._unlisted(ds, tag) or "K"
             self._apply(ds, tag, action, listed, context, parent, prefix)
         for tag, keep in creators.items():
             if not keep and tag in ds:
@@ -236,6 +235,14 @@ class Deidentifier:
             if vr == "SQ":
                 for index, item in enumerate(element.value):
                     self.clean(item, context, keyword, f"{path}[{index}]")
+            elif _damaged(element):  # a value its VR cannot hold: a length or bytes gone wrong
+                if vr == "UI":  # can swallow the elements after it; kept, it would leak them
+                    self._replace_uids(element)
+                    outcome.log(path, keyword, "uid")
+                else:
+                    del ds[tag]
+                    outcome.log(path, keyword, "removed")
+                return
             if listed and action == "K":
                 outcome.log(path, keyword, "kept")
         elif action == "Z":
@@ -375,6 +382,41 @@ def _dictionary_vr(tag: int) -> str:
         return dictionary_VR(tag)
     except KeyError:
         return "UN"
+
+
+_MAX_LENGTH = {
+    "AE": 16,
+    "AS": 4,
+    "CS": 16,
+    "DA": 8,
+    "DS": 16,
+    "DT": 26,
+    "IS": 12,
+    "SH": 16,
+    "LO": 64,
+    "TM": 16,
+    "UI": 64,
+}  # fmt: skip  (PS3.5 Table 6.2-1, per value)
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def _damaged(element) -> bool:
+    """Whether a kept value breaks its VR (too long, control characters, a UID that is not
+    one): such a value is damage, and may hold the bytes of the elements that followed it."""
+    limit = _MAX_LENGTH.get(element.VR)
+    if limit is None:
+        return False
+    value = element.value
+    single = isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")
+    values = [value] if single else list(value)
+    for item in values:
+        text = item.decode("latin-1") if isinstance(item, bytes) else str(item)
+        text = text.strip("\0 ")
+        if len(text) > limit or any(ord(c) < 32 and c != "\x1b" for c in text):
+            return True
+        if element.VR == "UI" and text and not _UID.fullmatch(text):
+            return True
+    return False
 
 
 def _in_dictionary(tag: int) -> bool:

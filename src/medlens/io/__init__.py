@@ -21,6 +21,7 @@ def load_image(
     series_uid: str | None = None,
     presentation: bool | str = False,
     suv: str | None = None,
+    philips_scale: bool = False,
 ) -> Image:
     """Read one image from a file or folder, whatever its format.
 
@@ -34,6 +35,7 @@ def load_image(
             LUT, MONOCHROME1 inverted: brighter is denser); ``"auto"`` does so for projection
             X-ray only. Other formats hold display values already and are returned as read.
         suv: DICOM PET: ``"bw"``, ``"lbm"`` or ``"bsa"`` standardised uptake values.
+        philips_scale: DICOM Philips MR: quantitative values with the private Scale Slope.
 
     Raises:
         ImageReadError: one line naming the file and what is wrong with it.
@@ -45,7 +47,8 @@ def load_image(
     if kind in ("dicom", "dicom-folder"):
         from medlens.io.dicom import read_dicom
 
-        image = read_dicom(path, series_uid=series_uid, presentation=presentation, suv=suv)
+        image = read_dicom(path, series_uid=series_uid, presentation=presentation, suv=suv,
+                           philips_scale=philips_scale)  # fmt: skip
         return image if role is None else image.replace(role=Role(role))
     if suv is not None:
         raise ImageReadError("SUV needs a DICOM PET image (Units, dose, times, weight)", path)

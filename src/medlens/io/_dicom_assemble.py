@@ -116,8 +116,11 @@ def assemble(frames: list[Frame], source: Path, *, strict: bool = True) -> Image
 
 
 def _assemble_planar(frames: list[Frame], source: Path) -> Image:
-    """Images without patient geometry (projection X-ray, secondary capture, US cine)."""
+    """Images without patient geometry (projection X-ray, secondary capture, US cine, NM)."""
     frames = sorted(frames, key=lambda f: (f.time_key, f.instance))
+    axes = _nm_frame_axes(frames)
+    if axes is not None:
+        return _assemble_nm(frames, axes, source)
     first = frames[0]
     shape = (1, len(frames), first.rows, first.columns)
     array = _fill(frames, [list(range(len(frames)))], shape, source)
@@ -140,6 +143,54 @@ def _assemble_planar(frames: list[Frame], source: Path) -> Image:
     if times is not None:
         meta["time_points"] = times
     return Image(array, spacing=(dx, dy), leading=("time",), modality=meta.get("modality"),
+                 meta=meta)  # fmt: skip
+
+
+_NM_TIME = {"TimeSlotVector", "TimeSliceVector", "RRIntervalVector", "PhaseVector"}
+
+
+def _nm_frame_axes(frames: list[Frame]) -> dict[str, list[int]] | None:
+    """NM multi-frame: the vectors its Frame Increment Pointer names, one value per frame."""
+    ds = frames[0].dataset
+    if len({id(f.dataset) for f in frames}) != 1 or "FrameIncrementPointer" not in ds:
+        return None
+    from pydicom.datadict import keyword_for_tag
+
+    pointers = ds.FrameIncrementPointer
+    pointers = [pointers] if isinstance(pointers, int) else list(pointers)
+    axes: dict[str, list[int]] = {}
+    for tag in pointers:
+        keyword = keyword_for_tag(int(tag))
+        values = ds.get(keyword)
+        if not keyword.endswith("Vector") or keyword == "FrameTimeVector" or values is None:
+            continue
+        values = [int(v) for v in (values if not isinstance(values, int) else [values])]
+        if len(values) != len(frames):
+            raise SeriesError(f"{keyword} has {len(values)} values for {len(frames)} frames",
+                              frames[0].path)  # fmt: skip
+        axes[keyword] = values
+    return axes or None
+
+
+def _assemble_nm(frames: list[Frame], axes: dict[str, list[int]], source: Path) -> Image:
+    """Frames ordered by the named vectors (energy window, detector, ...), stacked on one axis:
+    ``time`` when a time, phase or R-R vector varies, ``channel`` otherwise; ``meta`` keeps the
+    axes' names and each frame's index along them."""
+    ordered = sorted(frames, key=lambda f: (tuple(v[f.frame] for v in axes.values()), f.frame))
+    first = ordered[0]
+    array = _fill(ordered, [list(range(len(ordered)))], (1, len(ordered), first.rows,
+                                                          first.columns), source)[0]  # fmt: skip
+    meta = _meta(ordered, source)
+    meta["frame_axes"] = list(axes)
+    meta["frame_index"] = {
+        name: [values[f.frame] for f in ordered] for name, values in axes.items()
+    }
+    varying = [name for name, values in axes.items() if len(set(values)) > 1]
+    leading = ("time",) if any(name in _NM_TIME for name in varying) else ("channel",)
+    dy, dx = first.pixel_spacing or (1.0, 1.0)
+    if len(ordered) == 1:
+        return Image(array[0], spacing=(dx, dy), modality=meta.get("modality"), meta=meta)
+    return Image(array, spacing=(dx, dy), leading=leading, modality=meta.get("modality"),
                  meta=meta)  # fmt: skip
 
 

@@ -18,7 +18,14 @@ import numpy as np
 
 from medlens.errors import ImageReadError
 
-__all__ = ["PROJECTION_XRAY", "palette_to_rgb", "pixel_spacing", "presentation", "window"]
+__all__ = [
+    "PROJECTION_XRAY",
+    "modality_lut",
+    "palette_to_rgb",
+    "pixel_spacing",
+    "presentation",
+    "window",
+]
 
 PROJECTION_XRAY = frozenset({"CR", "DX", "MG", "XA", "RF", "IO", "PX"})
 _FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
@@ -124,6 +131,27 @@ def _voi_lut(values: np.ndarray, ds, path: Path) -> np.ndarray:
     table_max = float(np.max(np.asarray(data))) if count else top
     scale = top if table_max <= top else table_max  # some writers misstate the bit depth
     return (np.asarray(out, dtype=np.float32) / np.float32(scale)).clip(0.0, 1.0)
+
+
+def modality_lut(stored: np.ndarray, ds, path: str | Path) -> np.ndarray:
+    """Stored values through the Modality LUT Sequence (pydicom's), its descriptor checked."""
+    from pydicom.pixels import apply_modality_lut
+
+    item = ds.ModalityLUTSequence[0]
+    try:
+        entries = int(item.LUTDescriptor[0]) or 65536
+        data = item.LUTData
+    except (AttributeError, TypeError, ValueError, IndexError):
+        raise ImageReadError("Modality LUT without a readable descriptor and data", path) from None
+    count = len(data) // 2 if isinstance(data, (bytes, bytearray)) else len(data)
+    if count != entries:
+        raise ImageReadError(
+            f"Modality LUT descriptor says {entries} entries but the table holds {count}", path
+        )
+    try:
+        return np.asarray(apply_modality_lut(np.asarray(stored), ds))
+    except Exception as exc:  # pydicom's table checks
+        raise ImageReadError(f"cannot apply the Modality LUT ({exc})", path) from None
 
 
 def palette_to_rgb(indices: np.ndarray, ds, path: str | Path) -> np.ndarray:

@@ -24,7 +24,12 @@ from medlens.io._dicom_checks import (
     convert_values,
     frame_layout,
 )
-from medlens.io._dicom_display import palette_to_rgb, pixel_spacing
+from medlens.io._dicom_display import modality_lut, palette_to_rgb, pixel_spacing
+from medlens.io._dicom_values import integer as _int
+from medlens.io._dicom_values import number as _float
+from medlens.io._dicom_values import numbers as _floats
+from medlens.io._dicom_values import seconds_of_datetime as _dicom_datetime
+from medlens.io._dicom_values import seconds_of_day as _dicom_time
 
 __all__ = ["Frame", "decode_many", "decode_pixels", "frames_from_dataset", "read_dataset"]
 
@@ -221,6 +226,8 @@ def decode_pixels(ds, path: Path) -> np.ndarray:
     array = _stored_pixels(ds, path)
     if _photometric(ds) == "PALETTE COLOR":
         array = palette_to_rgb(array, ds, path)
+    elif "ModalityLUTSequence" in ds:  # instead of rescale (PS3.3 C.11.1): the LUT's values
+        array = modality_lut(array, ds, path)
     return array
 
 
@@ -340,8 +347,9 @@ def _attributes(ds) -> dict:
     between = _float(ds.get("SpacingBetweenSlices")) or _float(ds.get("SliceThickness"))
     if between:
         out["slice_spacing"] = abs(between)
-    out["slope"] = _rescale(ds, "RescaleSlope", 1.0)
-    out["intercept"] = _rescale(ds, "RescaleIntercept", 0.0)
+    lut = "ModalityLUTSequence" in ds  # applied when decoding, in place of the rescale
+    out["slope"] = 1.0 if lut else _rescale(ds, "RescaleSlope", 1.0)
+    out["intercept"] = 0.0 if lut else _rescale(ds, "RescaleIntercept", 0.0)
     acquisition = _dicom_time(ds.get("AcquisitionTime")) or _dicom_time(ds.get("ContentTime"))
     trigger = _float(ds.get("TriggerTime"))
     out["time_key"] = (
@@ -431,16 +439,6 @@ def _legacy_multiframe(ds, index: int, values: dict) -> dict:
     return out
 
 
-def _floats(value, count: int) -> np.ndarray | None:
-    if value is None:
-        return None
-    try:
-        out = np.array([float(v) for v in value], dtype=float)
-    except (TypeError, ValueError):
-        return None
-    return out if out.size == count and np.all(np.isfinite(out)) else None
-
-
 class _BadAttribute(ValueError):
     """An attribute whose value would silently give wrong pixel values."""
 
@@ -455,43 +453,6 @@ def _rescale(ds, keyword: str, default: float) -> float:
     if number is None or (keyword == "RescaleSlope" and number == 0):
         raise _BadAttribute(f"{keyword} {str(value)!r} is not a usable number")
     return number
-
-
-def _float(value) -> float | None:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if np.isfinite(out) else None
-
-
-def _int(value, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
-
-
-def _dicom_time(value) -> float | None:
-    """``HHMMSS.ffffff`` to seconds since midnight."""
-    if not value:
-        return None
-    text = str(value).strip()
-    try:
-        hours = int(text[0:2])
-        minutes = int(text[2:4]) if len(text) >= 4 else 0
-        seconds = float(text[4:]) if len(text) > 4 else 0.0
-    except ValueError:
-        return None
-    return hours * 3600 + minutes * 60 + seconds
-
-
-def _dicom_datetime(value) -> float | None:
-    """``YYYYMMDDHHMMSS.ffffff`` to seconds since midnight of its day (for ordering)."""
-    if not value:
-        return None
-    text = str(value).strip()
-    return _dicom_time(text[8:]) if len(text) > 8 else None
 
 
 def _short(exc: BaseException) -> str:

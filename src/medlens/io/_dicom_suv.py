@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medlens.errors import ImageReadError
+from medlens.io._dicom_values import date_of, datetime_of, time_of_day
 
 __all__ = ["SUV_KINDS", "suv_factor"]
 
@@ -144,10 +145,10 @@ def _radiopharmaceutical(ds, path: Path) -> tuple[float, dt.datetime | None, flo
     item = sequence[0]
     dose = _positive(item, "RadionuclideTotalDose", path)
     half_life = _positive(item, "RadionuclideHalfLife", path)
-    start = _datetime(item.get("RadiopharmaceuticalStartDateTime"))
+    start = datetime_of(item.get("RadiopharmaceuticalStartDateTime"))
     if start is None and item.get("RadiopharmaceuticalStartTime"):
-        day = _date(ds.get("SeriesDate")) or _date(ds.get("StudyDate"))
-        clock = _time(item.get("RadiopharmaceuticalStartTime"))
+        day = date_of(ds.get("SeriesDate")) or date_of(ds.get("StudyDate"))
+        clock = time_of_day(item.get("RadiopharmaceuticalStartTime"))
         if day is None or clock is None:
             raise ImageReadError(
                 "cannot compute SUV: RadiopharmaceuticalStartTime without a readable date", path
@@ -165,14 +166,14 @@ def _scan_time(datasets: list[Any], path: Path) -> dt.datetime:
     """Series date and time, or the earliest acquisition when the series time is later (a
     series re-saved after processing), as the QIBA profile prescribes."""
     first = datasets[0]
-    day, clock = _date(first.get("SeriesDate")), _time(first.get("SeriesTime"))
+    day, clock = date_of(first.get("SeriesDate")), time_of_day(first.get("SeriesTime"))
     if day is None or clock is None:
         raise ImageReadError("cannot compute SUV: SeriesDate or SeriesTime is missing", path)
     series = dt.datetime.combine(day, clock)
     acquired = []
     for ds in datasets:
-        a_day = _date(ds.get("AcquisitionDate")) or day
-        a_clock = _time(ds.get("AcquisitionTime"))
+        a_day = date_of(ds.get("AcquisitionDate")) or day
+        a_clock = time_of_day(ds.get("AcquisitionTime"))
         if a_clock is not None:
             acquired.append(dt.datetime.combine(a_day, a_clock))
     earliest = min(acquired, default=None)
@@ -221,36 +222,3 @@ def _as_list(value) -> list:
     if value is None:
         return []
     return [value] if isinstance(value, str) else list(value)
-
-
-def _date(value) -> dt.date | None:
-    text = str(value or "").strip()
-    try:
-        return dt.datetime.strptime(text[:8], "%Y%m%d").date()
-    except ValueError:
-        return None
-
-
-def _time(value) -> dt.time | None:
-    text = str(value or "").strip()
-    if len(text) < 4 or not text[:6].replace(".", "").isdigit():
-        return None
-    try:
-        hours, minutes = int(text[0:2]), int(text[2:4])
-        seconds = float(text[4:]) if len(text) > 4 else 0.0
-        whole = int(seconds)
-        return dt.time(hours, minutes, whole, round((seconds - whole) * 1e6) % 1000000)
-    except ValueError:
-        return None
-
-
-def _datetime(value) -> dt.datetime | None:
-    text = str(value or "").strip()
-    for sign in ("+", "-"):  # an offset from UTC: times of one series share it, drop it
-        cut = text.find(sign, 8)
-        if cut > 0:
-            text = text[:cut]
-    day, clock = _date(text[:8]), _time(text[8:])
-    if day is None:
-        return None
-    return dt.datetime.combine(day, clock or dt.time())

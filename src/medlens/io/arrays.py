@@ -86,7 +86,8 @@ def read_npz(path: str | Path, *, role: Role | str | None = None) -> Image:
             leading=tuple(str(v) for v in np.ravel(fields["leading"])),
             meta=meta,
         )
-    except (ValueError, TypeError, OverflowError) as exc:  # Image() checks geometry with these
+    except (ValueError, TypeError, OverflowError, SystemError, UnicodeError) as exc:  # Image()
+        # checks geometry with the first three; a damaged unicode array fails with the others
         raise ImageReadError(f"invalid medlens .npz image ({_one_line(exc)})", path) from None
 
 

@@ -76,6 +76,7 @@ def read_dicom(
     strict: bool = True,
     presentation: bool | str = False,
     suv: str | None = None,
+    philips_scale: bool = False,
 ) -> Image:
     """Read a DICOM file, folder or DICOMDIR into one :class:`Image`.
 
@@ -89,6 +90,8 @@ def read_dicom(
             inverted; see :mod:`medlens.io._dicom_display`); ``"auto"``: so for projection X-ray
             (CR, DX, MG, XA, RF), modality values otherwise.
         suv: ``"bw"``, ``"lbm"`` or ``"bsa"``: PET values as SUV (``meta["suv_factor"]``).
+        philips_scale: Philips MR: quantitative values ``(SV * RS + RI) / (RS * SS)`` with the
+            private Scale Slope SS (2005,100E) instead of the displayed values ``SV * RS + RI``.
     """
     path = Path(path)
     if path.is_file() and path.name.upper() != "DICOMDIR":
@@ -99,8 +102,30 @@ def read_dicom(
             frames = frames_from_dataset(ds, path)
     else:
         frames = _series_frames(path, find_dicom_files(path), series_uid)
+    if philips_scale:
+        _philips_quantitative(frames, path)
     image = assemble(frames, path, strict=strict)
+    if philips_scale:
+        image.meta["philips_scale"] = True
     return _as_requested(image, frames, path, presentation, suv)
+
+
+def _philips_quantitative(frames, source: Path) -> None:
+    """Each frame's rescale turned into Philips' floating-point (quantitative) scale."""
+    for frame in frames:
+        try:
+            block = frame.dataset.private_block(0x2005, "Philips MR Imaging DD 001")
+            scale = float(block[0x0E].value)
+        except (KeyError, TypeError, ValueError):
+            raise ImageReadError(
+                "no Philips private Scale Slope (2005,100E): not a Philips MR image, or the "
+                "private attributes were removed",
+                frame.path,
+            ) from None
+        if not (np.isfinite(scale) and scale != 0):
+            raise ImageReadError(f"Philips Scale Slope {scale} is not usable", frame.path)
+        slope, intercept = frame.slope, frame.intercept
+        frame.slope, frame.intercept = 1.0 / scale, intercept / (slope * scale)
 
 
 def _as_requested(image: Image, frames, source: Path, presentation, suv) -> Image:
