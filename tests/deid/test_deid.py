@@ -234,7 +234,7 @@ def test_references_still_resolve(t1_files, t1_image, tmp_path):
     """A SEG referencing the series, and a reference inside a kept sequence, still resolve."""
     import highdicom as hd
 
-    from medlens.tasks.segmentation.dicomseg import write_dicom_seg
+    from medlens.io.dicomseg import write_dicom_seg
 
     source = tmp_path / "in" / "mr"
     shutil.copytree(t1_files[0].parent, source)
@@ -443,3 +443,19 @@ def test_values_that_swallowed_other_elements_are_not_kept(t1_files, tmp_path):
     ds = pydicom.dcmread(written)
     assert str(ds.StudyInstanceUID).startswith("2.25.") and "ImageType" not in ds
     assert ds.SeriesInstanceUID == pydicom.dcmread(src / "IM0000.dcm").SeriesInstanceUID
+
+
+def test_a_retained_instance_uid_that_is_not_one_never_names_the_output(t1_files, tmp_path):
+    """Found by fuzzing: the data set's SOP Instance UID cut away, the file meta's holding the
+    bytes of an identifying attribute; with --retain uids it named the output file."""
+    src, out = tmp_path / "in", tmp_path / "out"
+
+    def edit(index, ds):
+        del ds.SOPInstanceUID
+        ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3\x00SECRET_ADDRESS"
+
+    planted(t1_files[:1], src, edit=edit)
+    anonymize(src, out, profile=Profile(retain=frozenset({"uids"})))
+    (written,) = outputs(out)
+    assert "SECRET" not in str(written) and b"SECRET" not in written.read_bytes()
+    assert written.stem.startswith("2.25.")

@@ -357,6 +357,11 @@ CRASHES = {
         lambda d: _corrupt(d, 4000, 100),
         "anonymize", 1, "corrupt or truncated data",
     ),
+    "decathlon label map saved as 4D with one volume (IndexError in the fingerprint)": (
+        "decathlon", None, "task/labelsTr/hippocampus_001.nii.gz",
+        lambda d: _nifti_field(d, 40, "h", 5),
+        "info", 0, "",
+    ),
     "decathlon dataset.json nested 100000 deep (RecursionError)": (
         "decathlon", None, "task/dataset.json", lambda d: b"[" * 100000 + b"]" * 100000,
         "info", 1, "not valid JSON",

@@ -20,31 +20,16 @@ import pytest
 from medlens.cli.main import main
 from medlens.tasks.classification import train_classification
 
+from .test_classification import _blobs, _npz
+
 QUIET = {"progress": False, "n_boot": 50, "log": lambda line: None}
-
-
-def _blobs(n: int, seed: int):
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    grid = np.meshgrid(np.linspace(-1, 1, 16), np.linspace(-1, 1, 16), indexing="ij")
-    blob = np.exp(-(grid[0] ** 2 + grid[1] ** 2) * 4)
-    images = rng.normal(60, 20, (n, 16, 16)) + 120 * blob[None] * labels[:, None, None]
-    return np.clip(images, 0, 255).astype(np.uint8), labels[:, None]
-
-
-def _npz(path: Path, n=(64, 24)) -> Path:
-    train_x, train_y = _blobs(n[0], 0)
-    val_x, val_y = _blobs(n[1], 1)
-    np.savez(path, train_images=train_x, train_labels=train_y, val_images=val_x,
-             val_labels=val_y)  # fmt: skip
-    return path
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("reliable")
     (root / "data").mkdir()
-    data = _npz(root / "data" / "blobs.npz")
+    data = _npz(root / "data" / "blobs.npz", n=(64, 24))
     run = root / "run"
     train_classification(data, run, epochs=2, seed=0, **QUIET)
     return data, run
@@ -64,7 +49,7 @@ def _one_line_error(err: str) -> None:
 
 # ------------------------------------------------------------------------------ NaN inputs
 def _nan_npz(path: Path) -> Path:
-    x, y = _blobs(24, 2)
+    x, y = _blobs(24, (16, 16), 2)
     images = x.astype(np.float32)
     images[0] = np.nan  # an all-NaN image
     images[3, 2, 2] = np.inf
@@ -249,7 +234,7 @@ def _disk_fills_at(monkeypatch, save_number: int) -> None:
 
 def test_full_disk_marks_the_run_failed_and_resume_finishes_it(tmp_path, capsys, monkeypatch):
     (tmp_path / "in").mkdir()
-    data = _npz(tmp_path / "in" / "blobs.npz")
+    data = _npz(tmp_path / "in" / "blobs.npz", n=(64, 24))
     run = tmp_path / "run"
     _disk_fills_at(monkeypatch, 3)  # epoch 1 writes last.pt and best.pt, epoch 2 fails
     code, _, err = _cli(capsys, "train", "--task", "classification", "--data", data,
@@ -271,7 +256,7 @@ def test_full_disk_marks_the_run_failed_and_resume_finishes_it(tmp_path, capsys,
 
 def test_full_disk_before_any_checkpoint_removes_the_run_folder(tmp_path, capsys, monkeypatch):
     (tmp_path / "in").mkdir()
-    data = _npz(tmp_path / "in" / "blobs.npz")
+    data = _npz(tmp_path / "in" / "blobs.npz", n=(64, 24))
     _disk_fills_at(monkeypatch, 1)
     code, _, err = _cli(capsys, "train", "--task", "classification", "--data", data,
                         "--output", tmp_path / "run", "--epochs", "2", "--no-progress")  # fmt: skip
@@ -288,7 +273,7 @@ def test_full_disk_before_any_checkpoint_removes_the_run_folder(tmp_path, capsys
 # --------------------------------------------------------------------------- expectations
 def test_plain_progress_lines_when_not_a_terminal(tmp_path, capsys):
     (tmp_path / "in").mkdir()
-    data = _npz(tmp_path / "in" / "blobs.npz")
+    data = _npz(tmp_path / "in" / "blobs.npz", n=(64, 24))
     code, _, err = _cli(capsys, "train", "--task", "classification", "--data", data,
                         "--output", tmp_path / "run", "--epochs", "2")  # fmt: skip
     assert code == 0, err
@@ -299,7 +284,7 @@ def test_plain_progress_lines_when_not_a_terminal(tmp_path, capsys):
 
 def test_predict_reads_npy_and_writes_beside_a_single_input(trained, tmp_path, capsys):
     _data, run = trained
-    images, _ = _blobs(2, 5)
+    images, _ = _blobs(2, (16, 16), 5)
     (tmp_path / "cases").mkdir()
     np.save(tmp_path / "cases" / "one.npy", images[0])
     (tmp_path / "cases" / "two.png").write_bytes(b"")  # unreadable, but not asked for

@@ -23,7 +23,7 @@ from pydicom.uid import SegmentationStorage
 
 from medlens.errors import GeometryError, ImageReadError, MedlensError
 from medlens.io import load_image
-from medlens.tasks.segmentation.dicomseg import DicomSegWarning, write_dicom_seg
+from medlens.io.dicomseg import DicomSegWarning, write_dicom_seg
 
 # TotalSegmentator values kept in the small label maps (labels_total.csv) -> our values
 KEPT = {5: 1, 1: 2, 52: 3}  # liver, spleen, aorta

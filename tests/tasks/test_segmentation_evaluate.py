@@ -19,7 +19,8 @@ import pytest
 from PIL import Image as PILImage
 
 from medlens.cli.main import main
-from medlens.tasks.segmentation.evaluate import evaluate_segmentation, overlay_figure
+from medlens.tasks.segmentation.evaluate import evaluate_segmentation
+from medlens.tasks.segmentation.overlays import overlay_figure
 from medlens.tasks.segmentation.train import train_segmentation
 
 TINY = ["network.features=[8,16,16]", "network.strides=[[1,1],[2,2],[2,2]]",

@@ -195,6 +195,9 @@ def as_label_map(image: Image, *, binary_255: bool = True) -> Image:
     """
     array = image.array
     leading = image.leading
+    if "time" in leading and array.shape[leading.index("time")] == 1:  # a 4D file of one volume
+        array = np.take(array, 0, axis=leading.index("time"))
+        leading = tuple(name for name in leading if name != "time")
     if "channel" in leading:
         axis = leading.index("channel")
         first = np.take(array, 0, axis=axis)

@@ -125,6 +125,11 @@ class DecathlonDataset(Dataset):
             # 0/255 masks become 0/1 unless 255 is a declared label (nnU-Net's ignore label).
             binary = 255 not in self.label_values.values()
             mask = as_label_map(load_image(entry.mask_path), binary_255=binary)
+            if mask.leading:
+                raise DatasetError(
+                    f"label map has {mask.array.shape[0]} {mask.leading[0]} points; one needed",
+                    entry.mask_path,
+                )
             image.check_same_grid(mask, name=str(entry.mask_path))
         meta = {"paths": [str(p) for p in entry.paths], **entry.meta}
         if entry.mask_path is not None:

@@ -81,3 +81,10 @@ def drop_command_set(ds) -> bool:
     for tag in commands:
         del ds[tag]
     return bool(commands)
+
+
+def valid_uid(value) -> bool:
+    """A UID: digits and dots, 64 characters at most (damage can make it hold other bytes)."""
+    from medlens._atomic import safe_uid
+
+    return value is not None and safe_uid(str(value)) == str(value).strip().rstrip("\0")

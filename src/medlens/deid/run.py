@@ -1,12 +1,9 @@
 """De-identify a file, a folder tree or a DICOMDIR file-set: ``medlens anonymize``.
 
-* The input is never modified; every output is written to a temporary file beside its target
-  and renamed into place, so a crash leaves whole files only.
-* A file that fails (corrupt, truncated) or is not DICOM is reported and the rest go on.
-* Images that may carry burned-in identifying text are skipped unless allowed (see
-  :func:`burned_in_reason`).
-* Files are streamed one at a time (optionally in worker processes); memory does not grow with
-  the size of the tree, only the small per-patient table for the mapping file does.
+* The input is never modified; outputs are written atomically. A file that fails or is not
+  DICOM is reported and the rest go on; images that may carry burned-in text are skipped
+  unless allowed (:func:`burned_in_reason`).
+* Files are streamed one at a time (optionally in worker processes): memory does not grow.
 * The audit log (CSV) lists, per file, each attribute and the action taken, never a value; it
   is written beside the output (``OUTPUT.audit.csv``), not inside it, because it names input
   files. The mapping file (``--map``), which re-identifies patients, is written only when asked
@@ -438,10 +435,14 @@ def _new_meta(ds, deid: Deidentifier) -> None:
     syntax = instance.written_syntax(ds)
     old = old if old is not None else {}
     old_instance = old.get("MediaStorageSOPInstanceUID")
-    if "uids" not in deid.profile.retain and old_instance:
-        old_instance = deid.uid(str(old_instance))
+    if old_instance and ("uids" not in deid.profile.retain or not instance.valid_uid(old_instance)):
+        old_instance = deid.uid(str(old_instance))  # retained only when it is a UID at all
+    old_class = old.get("MediaStorageSOPClassUID")
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or old.get("MediaStorageSOPClassUID")
+    meta.MediaStorageSOPClassUID = ds.get("SOPClassUID") or (
+        old_class if instance.valid_uid(old_class) else None)  # fmt: skip
+    if not meta.MediaStorageSOPClassUID:
+        raise MedlensError("no valid SOP Class UID (in the data set or the file meta)")
     meta.MediaStorageSOPInstanceUID = ds.get("SOPInstanceUID") or old_instance
     meta.TransferSyntaxUID = syntax
     meta.ImplementationClassUID = _IMPLEMENTATION_UID

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from medlens.transforms import _compile, _filters
+from medlens.transforms._stats import minmax, std_mean
 from medlens.transforms.base import IntensityTransform, Params
 from medlens.transforms.batch import Batch
 
@@ -76,27 +77,6 @@ def _where_applied(
     on_device = index.to(image.device)
     out = image.clone()
     return out.index_copy_(0, on_device, function(image.index_select(0, on_device), index))
-
-
-def _minmax(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample and channel minimum and maximum, shaped to broadcast over ``image``."""
-    flat = image.flatten(2)
-    low, high = flat.amin(dim=-1), flat.amax(dim=-1)  # faster than aminmax on the CPU
-    shape = (*image.shape[:2], *([1] * (image.ndim - 2)))
-    return low.view(shape), high.view(shape)
-
-
-def _std_mean(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per sample and channel standard deviation (no correction) and mean, broadcastable.
-
-    Two passes (the mean, then the norm of the centred values) are accurate in float32 and on
-    the CPU several times faster than ``torch.std_mean``.
-    """
-    flat = image.flatten(2)
-    mean = flat.mean(dim=-1, keepdim=True)
-    std = torch.linalg.vector_norm(flat - mean, dim=-1) / math.sqrt(flat.shape[-1])
-    shape = (*image.shape[:2], *([1] * (image.ndim - 2)))
-    return std.view(shape), mean.view(shape)
 
 
 class GaussianNoise(IntensityTransform):
@@ -306,15 +286,15 @@ class Gamma(IntensityTransform):
 
     def _gamma(self, x: torch.Tensor, sel, params: Params) -> torch.Tensor:
         if self.retain_stats:
-            std, mean = _std_mean(x)
-        low, high = _minmax(x)
+            std, mean = std_mean(x)
+        low, high = minmax(x)
         span = high - low
         scale = 1 / span.clamp(min=torch.finfo(x.dtype).tiny)
         u = torch.sub(high, x) if self.invert else torch.sub(x, low)
         u.mul_(scale).pow_(_per_sample(params["gamma"][sel], x))  # u >= 0 exactly: no NaN
         out = torch.addcmul(high, u, -span) if self.invert else torch.addcmul(low, u, span)
         if self.retain_stats:
-            new_std, new_mean = _std_mean(out)
+            new_std, new_mean = std_mean(out)
             ratio = std / new_std.clamp(min=1e-8)
             out = out.sub_(new_mean).mul_(ratio).add_(mean)
         return out
@@ -351,7 +331,7 @@ class Contrast(IntensityTransform):
             mean = x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
             out = torch.addcmul(mean * (1 - factor), x, factor)
             if self.preserve_range:
-                low, high = _minmax(x)
+                low, high = minmax(x)
                 out = out.clamp_(low, high)
             return out
 

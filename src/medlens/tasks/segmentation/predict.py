@@ -129,11 +129,11 @@ def predict_inputs(
     """Predict every image under ``source`` into ``output``, one mask per image.
 
     A DICOM series folder (3D models) also gets ``<name>.seg.dcm``: a DICOM Segmentation
-    referencing the series' instances (see :mod:`medlens.tasks.segmentation.dicomseg`).
+    referencing the series' instances (see :mod:`medlens.io.dicomseg`).
     """
     from medlens._atomic import ensure_outside
     from medlens.io import load_image, save_image
-    from medlens.tasks.segmentation.dicomseg import write_dicom_seg
+    from medlens.io.dicomseg import write_dicom_seg
 
     source, output = Path(source), Path(output)
     if not source.exists():

@@ -70,7 +70,8 @@ def write_dicom_seg(
 
     Args:
         labels: the label map, array ``(z, y, x)`` on the grid the medlens DICOM reader gives
-            for ``series_dir`` (as :func:`medlens.tasks.segmentation.predict_image` returns it).
+            for ``series_dir`` (as :func:`medlens.tasks.segmentation.predict.predict_image`
+            returns it).
         series_dir: the folder (or DICOMDIR) of the source series.
         output: the ``.dcm`` file to write (atomically; its folder is created).
         label_values: the model's label values; each non-zero one becomes a segment.
