@@ -184,7 +184,11 @@ class Deidentifier:
             action = rules.action(tag)
             listed = action is not None
             if action is None:
-                action = self._unlisted(ds, tag) or "K"
+                action = self._unlisted(ds, tag)
+                if action is None:  # kept as is, unless damaged (judged on the raw bytes)
+                    if not _damaged(ds.get_item(tag), tag):
+                        continue
+                    action = "K"
             self._apply(ds, tag, action, listed, context, parent, prefix)
         for tag, keep in creators.items():
             if not keep and tag in ds:
@@ -235,7 +239,7 @@ class Deidentifier:
             if vr == "SQ":
                 for index, item in enumerate(element.value):
                     self.clean(item, context, keyword, f"{path}[{index}]")
-            elif _damaged(element):  # a value its VR cannot hold: a length or bytes gone wrong
+            elif _damaged(element, tag):  # a value its VR cannot hold: a length or bytes gone wrong
                 if vr == "UI":  # can swallow the elements after it; kept, it would leak them
                     self._replace_uids(element)
                     outcome.log(path, keyword, "uid")
@@ -384,38 +388,34 @@ def _dictionary_vr(tag: int) -> str:
         return "UN"
 
 
-_MAX_LENGTH = {
-    "AE": 16,
-    "AS": 4,
-    "CS": 16,
-    "DA": 8,
-    "DS": 16,
-    "DT": 26,
-    "IS": 12,
-    "SH": 16,
-    "LO": 64,
-    "TM": 16,
-    "UI": 64,
-}  # fmt: skip  (PS3.5 Table 6.2-1, per value)
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "SH", "LO", "TM", "UI"})
+_TOO_LONG = 256  # bytes: far past any of these VRs' limits (64 at most); real files exceed
+# the limits by a little (a 20-character SH), damage by a lot
+_CONTROL = re.compile(rb"[\x00-\x1a\x1c-\x1f]")  # ESC (0x1b) switches character sets
+_UID = re.compile(rb"[0-9]+(\.[0-9]+)*")
 
 
-def _damaged(element) -> bool:
-    """Whether a kept value breaks its VR (too long, control characters, a UID that is not
-    one): such a value is damage, and may hold the bytes of the elements that followed it."""
-    limit = _MAX_LENGTH.get(element.VR)
-    if limit is None:
+def _damaged(element, tag: int) -> bool:
+    """Whether a kept value cannot be what its VR says (control characters, far too long, a UID
+    that is not one): such a value is damage, and may hold the bytes of the elements that
+    followed it. Raw elements are judged on their bytes, without being converted."""
+    vr = element.VR if element.VR not in (None, "UN") else _dictionary_vr(tag)
+    if vr not in _TEXT_VRS:
         return False
     value = element.value
-    single = isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")
-    values = [value] if single else list(value)
-    for item in values:
-        text = item.decode("latin-1") if isinstance(item, bytes) else str(item)
-        text = text.strip("\0 ")
-        if len(text) > limit or any(ord(c) < 32 and c != "\x1b" for c in text):
-            return True
-        if element.VR == "UI" and text and not _UID.fullmatch(text):
-            return True
+    if value is None:
+        return False
+    if not isinstance(value, bytes):  # a converted element: back to text
+        single = isinstance(value, str) or not hasattr(value, "__iter__")
+        value = "\\".join(str(v) for v in ([value] if single else value)).encode(
+            "latin-1", "replace"
+        )
+    value = value.rstrip(b"\0 ")
+    if len(value) > _TOO_LONG or _CONTROL.search(value):
+        return True
+    if vr == "UI":
+        return any(v.strip(b"\0 ") and not _UID.fullmatch(v.strip(b"\0 "))
+                   for v in value.split(b"\\"))  # fmt: skip
     return False
 
 
