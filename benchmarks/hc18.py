@@ -150,8 +150,8 @@ def evaluate(run: Path, data: Path, masks: Path, *, mirror: bool | None) -> dict
             "patch_size": trained.plan.patch_size,
             "batch_size": trained.plan.batch_size,
             "features": trained.plan.network["features"],
-            "epochs": trained.plan.train.get("epochs"),
-            "batches_per_epoch": trained.plan.train.get("batches_per_epoch"),
+            "epochs": trained.plan.train.epochs,
+            "batches_per_epoch": trained.plan.train.batches_per_epoch,
         },
     }
 

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from medlens import Image, load_image, save_image
 from medlens.cli.main import main
 from medlens.explain import METHOD_NAMES, METHODS, attribute
-from medlens.explain.run import explain_run
 from medlens.tasks.classification import load_run, train_classification
+from medlens.tasks.explaining import explain_run
 
 QUIET = {"progress": False, "n_boot": 50, "log": lambda line: None}
 PNG = b"\x89PNG\r\n\x1a\n"

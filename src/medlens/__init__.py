@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Image", "Role", "load_image", "open_dataset", "save_image"]
+__all__ = ["Image", "Role", "load_image", "load_predictor", "open_dataset", "save_image"]
 
 _LAZY = {
     "Image": "medlens.image",
@@ -17,12 +17,14 @@ _LAZY = {
     "load_image": "medlens.io",
     "save_image": "medlens.io",
     "open_dataset": "medlens.data",
+    "load_predictor": "medlens.tasks.registry",
 }
 
 if TYPE_CHECKING:
     from medlens.data import open_dataset
     from medlens.image import Image, Role
     from medlens.io import load_image, save_image
+    from medlens.tasks.registry import load_predictor
 
 
 def __getattr__(name: str) -> Any:

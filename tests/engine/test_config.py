@@ -60,7 +60,7 @@ def test_overrides_are_typed_from_annotations():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("optimzer=sgd", "unknown configuration key 'optimzer' (did you mean optimizer?)"),
+        ("optimzer=sgd", "unknown configuration key 'optimzer' (did you mean 'optimizer'?)"),
         ("epochs=1.5", "epochs='1.5': expected int"),
         ("lr=fast", "lr='fast': expected float"),
         ("nesterov=maybe", "expected true or false"),
@@ -91,7 +91,7 @@ def test_from_dict_and_load_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ConfigError) as info:
         load_config(bad)
-    assert str(info.value).startswith(f"{bad}: cannot read configuration")
+    assert str(info.value).startswith(f"{bad}: not valid JSON")
     bad.write_text('{"epochs": 0}')
     with pytest.raises(ConfigError, match=r"bad.json: epochs=0: must be at least 1"):
         load_config(bad)

@@ -320,7 +320,7 @@ def test_downsample_targets_is_nearest():
         ({"convs_per_stage": 0}, "convs_per_stage must be positive"),
         ({"convs_per_stage": [2, 2]}, "convs_per_stage has 2 entries"),
         ({"blocks_per_stage": [1, 2, 2]}, "blocks_per_stage only applies"),
-        ({"norm": "group"}, "norm"),
+        ({"norm": "layer"}, "norm must be one of"),
         ({"dropout": 1.0}, "dropout"),
     ],
 )
@@ -370,8 +370,10 @@ def test_registered_as_segmentation_models():
     assert model_task("resnet18") == "classification"
     with pytest.raises(ValueError, match=r"unknown model 'unte'.*did you mean 'unet'"):
         model_task("unte")
-    with pytest.raises(ValueError, match="task must be one of"):
+    with pytest.raises(ValueError, match="no models of task 'detection'"):
         list_models(task="detection")
+    with pytest.raises(ValueError, match=r"did you mean 'segmentation'"):
+        list_models(task="segmenation")
 
 
 @pytest.mark.parametrize(("name", "block"), [("unet", ConvNormAct), ("resunet", ResidualBlock)])
@@ -406,5 +408,9 @@ def test_register_model_with_a_task(monkeypatch):
     assert "tinyunet" in list_models(task="segmentation")
     assert "tinyunet" not in list_models(task="classification")
     assert create_model("tinyunet", num_classes=3)(rand(1, 1, 4, 4)).shape == (1, 3, 4, 4)
-    with pytest.raises(ValueError, match="task must be one of"):
-        register_model("tinyseg", task="segmenation")
+    with pytest.raises(ValueError, match="lower-case name"):
+        register_model("tinyseg", task="Segmentation")
+    # kinds are open: a new task brings models of a new kind, found by that kind only
+    register_model("tinydet", task="detection")(tinyunet)
+    assert list_models(task="detection") == ["tinydet"]
+    assert "detection" in registry_module.kinds()

@@ -3,7 +3,9 @@
 The tests are parametrised over :func:`list_models`, so a new model gets them on registration.
 Inputs stay small (28x28, 28^3 behind the large stem, 8^3 behind the small one) to keep the
 file fast on a CPU; the full-resolution 3D small-stem case is in ``test_model_archs.py``, marked
-slow.
+slow. The multi-scale features (``feature_info``, ``forward_intermediates``) are tested on
+narrow builds (the ``narrow`` fixture of ``conftest.py``) of every model, U-Nets included; the
+``norm`` option in ``test_zoo_norm.py``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from medlens.models import Backbone, count_parameters, create_model, list_models, register_model
 from medlens.models import registry as registry_module
 
 MODELS = list_models(task="classification")  # the Backbone interface; U-Nets: test_unet.py
+SEGMENTATION = list_models(task="segmentation")
 DIMS = (2, 3)
 NUM_CLASSES = 3
 
@@ -271,3 +275,112 @@ def test_register_model(monkeypatch):
         register_model("tinycnn")(tinycnn)
     with pytest.raises(ValueError, match="non-empty"):
         register_model("")
+
+
+# -- multi-scale features: feature_info and forward_intermediates -----------------------------
+
+
+def rand(*shape: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def check_feature_info(
+    model: nn.Module, x: torch.Tensor, sides: list[tuple[int, ...]] | None = None
+) -> None:
+    """``forward_intermediates(x)`` matches ``feature_info`` and hooks on its modules.
+
+    ``sides``: the spatial shape of each stage, if not the input's divided by ``reduction``.
+    """
+    info = model.feature_info
+    assert info and all(set(f) == {"module", "num_chs", "reduction"} for f in info)
+    reductions = [f["reduction"] for f in info]
+    assert reductions == sorted(reductions) and reductions[0] >= 1
+    assert info[-1]["num_chs"] == model.num_features
+    assert model.get_submodule(info[-1]["module"]) is model.feature_layer
+    if sides is None:
+        sides = [tuple(math.ceil(s / r) for s in x.shape[2:]) for r in reductions]
+    seen: list[torch.Tensor] = []
+    hooks = [
+        model.get_submodule(f["module"]).register_forward_hook(
+            lambda m, i, o: seen.append(o.clone())
+        )
+        for f in info
+    ]
+    try:
+        with torch.no_grad():
+            final = model.forward_features(x)
+            maps = model.forward_intermediates(x)  # runs the same modules: hooks fire again
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(maps) == len(info) and len(seen) == 2 * len(info)
+    hooked_maps, hooked_again = seen[: len(info)], seen[len(info) :]
+    for f, side, m, hooked, again in zip(info, sides, maps, hooked_maps, hooked_again, strict=True):
+        assert m.shape == (x.shape[0], f["num_chs"], *side), f
+        torch.testing.assert_close(m, hooked)
+        torch.testing.assert_close(m, again)
+    torch.testing.assert_close(maps[-1], final)
+
+
+@pytest.mark.parametrize(
+    ("spatial_dims", "stem", "side"), [(2, "large", 64), (3, "large", 32), (3, "small", 12)]
+)
+@pytest.mark.parametrize("name", MODELS)
+def test_feature_info_describes_forward_intermediates(narrow, name, spatial_dims, stem, side):
+    try:
+        model = narrow(name, spatial_dims, stem=stem)
+    except TypeError:  # a model without stem options (smallcnn)
+        model = narrow(name, spatial_dims)
+    check_feature_info(model, rand(2, 1, *(side,) * spatial_dims))
+
+
+@pytest.mark.parametrize("spatial_dims", DIMS)
+@pytest.mark.parametrize("name", SEGMENTATION)
+def test_unet_feature_info_follows_anisotropic_strides(narrow, name, spatial_dims):
+    """Encoder stages with per-axis strides: ``reduction`` is the largest axis's."""
+    strides = [1, 2, (1, 2) if spatial_dims == 2 else (1, 2, 2)]
+    model = narrow(name, spatial_dims, strides=strides)
+    info = model.feature_info
+    assert [f["module"] for f in info] == ["encoder.0", "encoder.1", "encoder.2"]
+    assert [f["num_chs"] for f in info] == list(model.features)
+    assert [f["reduction"] for f in info] == [1, 2, 4]
+    shape = (8, 16) if spatial_dims == 2 else (8, 16, 16)
+    sides = [shape, tuple(s // 2 for s in shape)]
+    sides.append(tuple(s // d for s, d in zip(shape, model.required_divisor, strict=True)))
+    check_feature_info(model, rand(2, 1, *shape), sides)
+
+
+@pytest.mark.parametrize("name", MODELS + SEGMENTATION)
+def test_forward_intermediates_indices(narrow, name):
+    model = narrow(name, 2)
+    x = rand(1, 1, 32, 32)
+    n = len(model.feature_info)
+
+    def take(indices: Any, stop_early: bool = False) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return model.forward_intermediates(x, indices, stop_early=stop_early)
+
+    every = take(None)
+    assert [m.shape for m in take(2)] == [m.shape for m in every[-2:]]
+    assert [m.shape for m in take(n)] == [m.shape for m in every]
+    for indices in ([0, -1], [-1, 0], [n - 1, 0, -n]):  # shallow to deep, no repeats
+        got = take(indices)
+        assert len(got) == 2
+        torch.testing.assert_close(got[0], every[0])
+        torch.testing.assert_close(got[1], every[-1])
+    # stop_early gives the same map without running the deeper stages.
+    calls: list[int] = []
+    last = model.get_submodule(model.feature_info[-1]["module"])
+    hook = last.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        torch.testing.assert_close(take([1], stop_early=True)[0], every[1])
+        assert not calls
+        take([1])
+        assert calls
+    finally:
+        hook.remove()
+    for bad in (0, n + 1, [n], [-n - 1], [], "0", [True], 1.0):
+        with pytest.raises(ValueError, match="indices"):
+            take(bad)
+    with pytest.raises(ValueError, match="expects input"):
+        model.forward_intermediates(x[0])

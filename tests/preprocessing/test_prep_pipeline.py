@@ -36,6 +36,7 @@ EXAMPLES = {
     "Brightness": lambda n: {"delta": 3.0},
     "CLAHE": lambda n: {"clip_limit": 0.02, "kernel_size": 4},
     "CTWindow": lambda n: {"preset": "abdomen"},
+    "ChannelZScore": lambda n: {"sample": 1},
     "Contrast": lambda n: {"factor": 1.3},
     "CropForeground": lambda n: {"threshold": 0.0, "margin": 1},
     "Gamma": lambda n: {"gamma": 0.7},
@@ -129,6 +130,7 @@ TENSOR_STEPS = [
     "MinMax",
     "ZScore",
     "PercentileClipZScore",
+    "ChannelZScore",
 ]
 
 

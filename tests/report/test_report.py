@@ -478,7 +478,7 @@ def test_example_titles_carry_the_probability_of_each_named_class(monkeypatch):
 
 
 def test_explained_example_titles_fit_their_tiles(monkeypatch):
-    import medlens.report._figure as figure
+    import medlens.report.figures as figure
     from medlens.explain.render import explained_grid
 
     drawn = []

@@ -75,6 +75,12 @@ def test_run_folder_holds_everything_and_learns(trained):
     ):
         assert (run / name).is_file(), name  # fmt: skip
     assert info["status"] == "complete" and info["plan"]["model"] == "smallcnn"
+    from medlens.preprocessing import ChannelZScore, Preprocessor
+
+    (scaler,) = Preprocessor.load(run / "preprocessing.json").steps  # the fitted normalisation
+    norm = info["normalisation"]
+    assert isinstance(scaler, ChannelZScore)
+    assert (scaler.mean_, scaler.std_) == (norm["mean"], norm["std"])
     metrics = json.loads((run / "metrics.json").read_text())
     for name in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
         assert metrics[name]["low"] <= metrics[name]["value"] <= metrics[name]["high"]

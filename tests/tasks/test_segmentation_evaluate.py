@@ -183,6 +183,8 @@ def test_kfold_run_is_scored_out_of_fold(run, ellipses, all_cases, tmp_path):
         torch.save(state, cv / "fold-1" / name)  # zero logits: all background
     folds = kfold_splits(open_dataset(ellipses), 2, stratify=False, seed=0)
     save_splits(cv / "splits.json", folds)
+    info = json.loads((cv / "run.json").read_text())
+    (cv / "run.json").write_text(json.dumps({**info, "folds": 2}))  # as a 2-fold run records it
     result = evaluate_segmentation(cv, ellipses, n_boot=0, progress=False)
     assert result["split"] == "val" and result["n_cases"] == N_CASES
     fold_of = dict(zip(result["case_ids"], result["folds"], strict=True))

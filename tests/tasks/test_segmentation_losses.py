@@ -97,9 +97,8 @@ def test_the_plan_chooses_the_loss():
     plan = make_plan(fp)
     loss = _loss(plan)
     assert loss.batch_dice and loss.focal_gamma is None
-    plan.train.update(loss="dice_focal", batch_dice=False, focal_gamma=1.5)
+    plan = plan.with_overrides(["train.loss=dice_focal", "batch_dice=false", "focal_gamma=1.5"])
     loss = _loss(plan)
     assert not loss.batch_dice and loss.focal_gamma == 1.5
-    plan.train["loss"] = "dice_bce"
     with pytest.raises(MedlensError, match=r"train\.loss"):
-        _loss(plan)
+        plan.with_overrides(["train.loss=dice_bce"])

@@ -52,7 +52,7 @@ def test_isotropic_ct_volume():
     assert all(k == [3, 3, 3] for k in plan.network["kernel_sizes"])
     # a CPU plan: half of nnU-Net's widths, the CPU schedule; a GPU plan: the full widths
     assert plan.network["features"][0] == 16 and max(plan.network["features"]) <= 160
-    assert plan.train["epochs"] * plan.train["batches_per_epoch"] == 2000
+    assert plan.train.epochs * plan.train.batches_per_epoch == 2000
     assert plan.batch_size >= 2
     gpu = make_plan(_fingerprint([1.0, 1.0, 1.0], [200, 180, 160], modality="CT"), device="gpu")
     assert gpu.network["features"][0] == 32 and max(gpu.network["features"]) == 320
@@ -116,11 +116,26 @@ def test_json_round_trip_overrides_and_errors(tmp_path):
     edited = apply_plan_overrides(plan, ["patch_size=32,64,64", "batch_size=3",
                                          "network.encoder=residual", "train.epochs=5"])  # fmt: skip
     assert edited.patch_size == [32, 64, 64] and edited.batch_size == 3
-    assert edited.network["encoder"] == "residual" and edited.train["epochs"] == 5
+    assert edited.network["encoder"] == "residual" and edited.train.epochs == 5
+    assert edited.train.batch_size == 3
     with pytest.raises(PlanError, match="not divisible"):
         apply_plan_overrides(plan, ["patch_size=33,64,64"])
-    with pytest.raises(PlanError, match="unknown plan key"):
+    with pytest.raises(PlanError, match=r"unknown plan key 'patchsize' .did you mean 'patch_size'"):
         apply_plan_overrides(plan, ["patchsize=32,64,64"])
+    # a misspelt key inside a section is refused with a suggestion, never silently kept
+    with pytest.raises(PlanError, match=r"unknown training setting 'lrr' .did you mean 'lr'"):
+        apply_plan_overrides(plan, ["train.lrr=1"])
+    with pytest.raises(PlanError, match=r"'network' has no key 'encodr' .did you mean 'encoder'"):
+        apply_plan_overrides(plan, ["network.encodr=residual"])
+    with pytest.raises(PlanError, match="expected float"):
+        apply_plan_overrides(plan, ["train.lr=fast"])
+    # one grammar: a bare training setting means train.<key>
+    assert apply_plan_overrides(plan, ["lr=0.02"]).train.lr == 0.02
+    data = plan.to_dict()
+    data["train"]["lrr"] = 1
+    (tmp_path / "typo.json").write_text(json.dumps(data))
+    with pytest.raises(PlanError, match=r"typo\.json: train: .*'lrr' .did you mean 'lr'"):
+        SegmentationPlan.load(tmp_path / "typo.json")
     data = json.loads(path.read_text())
     data["format"] = "something else"
     (tmp_path / "bad.json").write_text(json.dumps(data))
@@ -135,7 +150,7 @@ def test_cli_plans_hc18(real, tmp_path, capsys):
     assert main(["plan", str(real("hc18")), "-o", str(out), "--max-samples", "20",
                  "--set", "train.epochs=7"]) == 0  # fmt: skip
     plan = SegmentationPlan.load(out)
-    assert plan.spatial_dims == 2 and plan.modality == "US" and plan.train["epochs"] == 7
+    assert plan.spatial_dims == 2 and plan.modality == "US" and plan.train.epochs == 7
     assert plan.normalisation["scheme"] == "zscore" and plan.label_values == [0, 1]
     assert plan.target_scale is not None  # zoomed ultrasound: scaled per image
     assert "pixels scaled by" in capsys.readouterr().out

@@ -36,7 +36,7 @@ def explain(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Explain each image's prediction with attribution maps; check how faithful they are."""
-    from medlens.explain.run import explain_run
+    from medlens.tasks.explaining import explain_run
 
     explain_run(
         run,

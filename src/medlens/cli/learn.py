@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-TASKS = ("classification", "segmentation")
 MIRROR_HELP = (
     "Segmentation: mirroring test-time augmentation (default: on for 2D models, off for 3D, "
     "where it costs 8 passes)."
@@ -15,7 +14,9 @@ MIRROR_HELP = (
 
 
 def train(
-    task: str = typer.Option(..., "--task", help="What to learn: classification, segmentation."),
+    task: str = typer.Option(
+        ..., "--task", help="What to learn: classification, segmentation (any registered task)."
+    ),
     data: Path = typer.Option(..., "--data", help="Dataset: MedMNIST .npz, CSV of labels, folder."),
     output: Path = typer.Option(..., "--output", help="Run folder to create (or resume)."),
     model: str | None = typer.Option(None, "--model", help="Model name; default: chosen."),
@@ -24,11 +25,14 @@ def train(
     seed: int = typer.Option(0, "--seed", help="Seed of splits, weights, batches, augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     overrides: list[str] = typer.Option(
-        [], "--set", help="Training setting key=value (e.g. --set lr=0.001); repeatable."
+        [],
+        "--set",
+        help="Plan setting key=value: a training setting (lr=0.001, train.epochs=5) or a plan "
+        "entry (patch_size=96,96,96); repeatable.",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
     plan: Path | None = typer.Option(
-        None, "--plan", help="Segmentation: a plan.json (from medlens plan) instead of planning."
+        None, "--plan", help="A plan file (from medlens plan) instead of planning."
     ),
     positive_class: str | None = typer.Option(
         None,
@@ -38,46 +42,14 @@ def train(
     ),
 ) -> None:
     """Train, tune and evaluate a model; write the run folder with its report."""
-    from medlens.errors import MedlensError
+    from medlens.tasks.base import check_options
+    from medlens.tasks.registry import get_task
 
-    if task not in TASKS:
-        raise MedlensError(f"--task {task}: not available (tasks: {', '.join(TASKS)})")
-    if task == "segmentation":
-        from medlens.tasks.segmentation.train import train_segmentation
-
-        if positive_class is not None:
-            raise MedlensError("--positive-class is for binary classification, not segmentation")
-        if model is not None:  # the plan's U-Net with a plain or residual encoder
-            encoders = {"unet": "plain", "resunet": "residual"}
-            if model not in encoders:
-                raise MedlensError(f"--model {model}: not a segmentation model (unet, resunet)")
-            overrides = [f"network.encoder={encoders[model]}", *(overrides or [])]
-        info = train_segmentation(data, output, plan=plan, epochs=epochs, folds=folds,
-                                  seed=seed, resume=resume, overrides=overrides,
-                                  progress=progress, log=typer.echo)  # fmt: skip
-        typer.echo(f"run folder: {output} ({info['train_seconds']:.0f} s)")
-        return
-    if model is not None:
-        from medlens.models import list_models
-
-        known = list_models(task="classification")
-        if model not in known:
-            raise MedlensError(f"--model {model}: not a classification model ({', '.join(known)})")
-    from medlens.tasks.classification import train_classification
-
-    info = train_classification(
-        data,
-        output,
-        model=model,
-        epochs=epochs,
-        folds=folds,
-        seed=seed,
-        resume=resume,
-        overrides=overrides,
-        progress=progress,
-        log=typer.echo,
-        positive_class=positive_class,
-    )
+    chosen = get_task(task)
+    options = check_options(chosen, "train", {"model": model, "positive_class": positive_class})
+    info = chosen.train(data, output, plan=plan, epochs=epochs, folds=folds, seed=seed,
+                        resume=resume, overrides=overrides, progress=progress, log=typer.echo,
+                        **options)  # fmt: skip
     typer.echo(f"run folder: {output} ({info['train_seconds']:.0f} s)")
 
 
@@ -103,67 +75,18 @@ def evaluate(
 ) -> None:
     """Metrics with 95% bootstrap confidence intervals on labelled data."""
     from medlens._atomic import atomic_write_text
-    from medlens.errors import MedlensError
+    from medlens.tasks.base import check_options
+    from medlens.tasks.registry import task_for_run
 
-    if _is_segmentation_run(run):
-        from medlens.tasks.segmentation.evaluate import evaluate_segmentation, format_table
-
-        result = evaluate_segmentation(
-            run,
-            data,
-            split=split,
-            tolerance_mm=1.0 if tolerance_mm is None else tolerance_mm,
-            output=output,
-            n_boot=n_boot,
-            mirror=mirror,
-            progress=progress,
-        )
-        typer.echo(format_table(result))
-        files = result["files"]
-        typer.echo(f"metrics: {files['metrics']}")
-        typer.echo(f"per case: {files['per_case']}")
-        typer.echo(f"report: {files['report']}")
-        if json_path is not None:
-            metrics = {k: v for k, v in result.items() if k != "files"}
-            atomic_write_text(json_path, json.dumps(metrics, indent=1) + "\n")
-            typer.echo(f"metrics (copy): {json_path}")
-        return
-    if output is not None or mirror is not None or tolerance_mm is not None:
-        raise MedlensError("--output, --mirror and --tolerance-mm are for segmentation runs")
-    from medlens.metrics import evaluate_classification
-    from medlens.tasks.classification import load_run, predict_probs, read_inputs
-    from medlens.tasks.classification.data import load_labelled
-
-    trained = load_run(run)
-    if data.suffix.lower() == ".npz":
-        images = read_inputs(data, trained.spec, split=split)
-    else:
-        images = load_labelled(data, size=trained.spec.shape,
-                               presentation=trained.spec.presentation)  # fmt: skip
-    if images.labels is None:
-        raise MedlensError(f"{data}: no labels to evaluate against")
-    probs = predict_probs(trained.networks, images.images, trained.task)
-    labels = images.labels
-    if trained.metric_task != "multilabel":
-        labels = labels.reshape(-1).astype(int)
-    result = evaluate_classification(
-        labels,
-        probs,
-        trained.metric_task,
-        class_names=trained.class_names,
-        threshold=trained.threshold,
-        n_boot=n_boot,
-        positive=trained.positive,
-    )
-    result["data"] = str(data)
-    result["split"] = split or images.split
-    if trained.positive is not None:
-        typer.echo(f"positive class: {trained.class_names[trained.positive]!r}")
-    for name in ("auc", "accuracy", "sensitivity", "specificity", "f1"):
-        typer.echo(f"{name:<12} {_interval(result[name])}")
+    task, folder = task_for_run(run)
+    given = {"output": output, "mirror": mirror, "tolerance_mm": tolerance_mm}
+    options = check_options(task, "evaluate", given)
+    result = task.evaluate(folder, data, split=split, n_boot=n_boot, progress=progress, **options)
+    for line in result.lines:
+        typer.echo(line)
     if json_path is not None:
-        atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
-        typer.echo(f"metrics: {json_path}")
+        atomic_write_text(json_path, json.dumps(result.metrics, indent=1) + "\n")
+        typer.echo(f"metrics{' (copy)' if result.files else ''}: {json_path}")
 
 
 def predict(
@@ -176,46 +99,10 @@ def predict(
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", help=MIRROR_HELP),
 ) -> None:
     """Classification: probabilities per image as CSV. Segmentation: one mask per image."""
-    from medlens._atomic import ensure_outside
+    from medlens.tasks.base import check_options
+    from medlens.tasks.registry import task_for_run
 
-    if _is_segmentation_run(run):
-        from medlens.tasks.segmentation.predict import load_segmentation_run, predict_inputs
-
-        written = predict_inputs(load_segmentation_run(run), input_path, output, mirror=mirror)
-        segs = sum(p.name.endswith(".seg.dcm") for p in written)
-        extra = f" and {segs} DICOM SEG" if segs else ""
-        typer.echo(f"{len(written) - segs} masks{extra}: {output}")
-        return
-    from medlens.tasks.classification import load_run, predict_probs, read_inputs
-    from medlens.tasks.classification.bundle import write_predictions
-
-    ensure_outside(output, input_path)
-    trained = load_run(run)
-    images = read_inputs(input_path, trained.spec, split=split)
-    images.labels = None  # predictions do not need them; evaluate uses them
-    probs = predict_probs(trained.networks, images.images, trained.task)
-    write_predictions(
-        output,
-        images,
-        probs,
-        trained.class_names,
-        trained.metric_task,
-        trained.threshold,
-        trained.positive,
-    )
-    typer.echo(f"{len(images)} predictions: {output}")
-
-
-def _is_segmentation_run(run: Path) -> bool:
-    try:
-        return json.loads((run / "run.json").read_text()).get("task") == "segmentation"
-    except (OSError, ValueError):
-        return False
-
-
-def _interval(metric: dict) -> str:
-    if metric.get("value") is None:
-        return "n/a"
-    if metric.get("low") is None:
-        return f"{metric['value']:.3f}"
-    return f"{metric['value']:.3f}  (95% CI {metric['low']:.3f} to {metric['high']:.3f})"
+    task, folder = task_for_run(run)
+    options = check_options(task, "predict", {"split": split, "mirror": mirror})
+    predictor = task.load_predictor(folder)
+    typer.echo(predictor.predict_path(input_path, output, **options))

@@ -1,4 +1,4 @@
-"""``medlens plan``: the self-configured segmentation plan of a dataset, as editable JSON."""
+"""``medlens plan``: a task's self-configured plan for a dataset, as editable JSON."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import typer
 
 
 def plan(
-    data: Path = typer.Argument(..., help="Segmentation dataset (Decathlon folder, HC18, ...)."),
+    data: Path = typer.Argument(..., help="Dataset (Decathlon folder, HC18, MedMNIST .npz, ...)."),
     output: Path = typer.Option(..., "--output", "-o", help="The plan JSON to write."),
+    task: str | None = typer.Option(
+        None, "--task", help="Task to plan for; default: what the dataset is labelled for."
+    ),
     device: str = typer.Option("cpu", "--device", help="Budget to plan for: cpu or gpu."),
     max_samples: int | None = typer.Option(
         None, "--max-samples", help="Fingerprint at most this many cases (faster on big sets)."
@@ -18,30 +21,17 @@ def plan(
         [], "--set", help="Override a plan entry, e.g. --set patch_size=96,96,96; repeatable."
     ),
 ) -> None:
-    """Fingerprint the dataset and write its segmentation plan (spacing, patch, network)."""
+    """Fingerprint the dataset and write its plan (segmentation: spacing, patch, network;
+    classification: model, schedule, augmentation)."""
     from medlens._atomic import ensure_outside
-    from medlens.data import fingerprint, open_dataset
-    from medlens.tasks.segmentation import PlanError, apply_plan_overrides, make_plan
+    from medlens.data import open_dataset
+    from medlens.tasks.registry import get_task, task_for_dataset
 
-    if device not in ("cpu", "gpu"):
-        raise PlanError(f"--device {device}: choose cpu or gpu")
     ensure_outside(output, data)
-    dataset = open_dataset(data)
-    result = make_plan(fingerprint(dataset, max_samples=max_samples, progress=True), device=device)
-    if overrides:
-        result = apply_plan_overrides(result, overrides)
+    chosen = get_task(task) if task is not None else task_for_dataset(open_dataset(data).task)
+    result = chosen.plan(data, device=device, max_samples=max_samples, overrides=overrides,
+                         log=typer.echo)  # fmt: skip
     result.save(output)
-    shape = "x".join(map(str, result.patch_size))
-    spacing = ", ".join(f"{s:.3g}" for s in result.target_spacing)
-    grid = f"spacing ({spacing}) mm"
-    if result.target_scale is not None:
-        factors = ", ".join(f"{s:.3g}" for s in result.target_scale)
-        grid = f"pixels scaled by 1/({factors}), median spacing ({spacing}) mm"
-    typer.echo(
-        f"{result.dataset}: {result.spatial_dims}D, {grid}, patch {shape}, "
-        f"batch {result.batch_size}, {len(result.network['features'])}-stage U-Net, "
-        f"{result.normalisation['scheme']} normalisation"
-    )
-    for note in result.notes:
-        typer.echo(f"  {note}")
+    for line in result.describe():
+        typer.echo(line)
     typer.echo(f"plan: {output}")

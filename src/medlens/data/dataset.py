@@ -27,7 +27,7 @@ TASKS = ("classification", "multilabel", "ordinal", "regression", "segmentation"
 
 @dataclass(eq=False)
 class Sample:
-    """One case: the image, its target and who it belongs to.
+    """One case: the image, its target and who it belongs to, plus any named extra targets.
 
     Args:
         image: the (loaded) image; folder datasets read it when the sample is requested.
@@ -37,6 +37,15 @@ class Sample:
         subject: patient/subject id; grouped splits never put one subject on both sides.
         study: examination id when a subject has several (CheXpert ``patient1/study2``).
         meta: provenance (paths, CSV row, pixel size, reference measurements, ...).
+        fields: extra targets by name, on the image's grid and in its index coordinates, so that
+            augmentation moves them with it: :class:`Image` objects or arrays ``([T,] C, *S)``
+            (a registration's fixed image, a displacement field ``(ndim, *S)`` with components
+            in index order ``(x, y[, z])`` in voxels, a reconstruction target), boxes
+            ``(N, 2 * ndim)`` and points ``(N, ndim)`` in index coordinates ``(x, y[, z])``.
+        kinds: the batch kind of each extra field (``"image"``, ``"label"``, ``"spatial"``,
+            ``"displacement"``, ``"boxes"``, ``"points"``) where its name does not say
+            (see :mod:`medlens.transforms.batch`).
+        times: acquisition time of each frame (seconds) when the image is a time series.
     """
 
     image: Image
@@ -46,6 +55,54 @@ class Sample:
     subject: str | None = None
     study: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    times: tuple[float, ...] | None = None
+
+    @property
+    def has_time(self) -> bool:
+        """Whether the image is a time series (a ``"time"`` leading axis)."""
+        return "time" in self.image.leading
+
+    def batch_arrays(self) -> dict[str, np.ndarray]:
+        """The sample's tensors as :class:`medlens.transforms.Batch` lays them out, without the
+        batch axis: ``image``, ``label`` (the mask) and each extra field. Images become
+        ``([T,] C, *spatial)`` (time first, a channel axis always); arrays are taken as given.
+
+        ``medlens.transforms.Batch.from_samples`` stacks these with :meth:`batch_kinds`.
+        """
+        out = {"image": _batch_layout(self.image)}
+        if self.mask is not None:
+            out["label"] = _batch_layout(self.mask)
+        for name, value in self.fields.items():
+            if name in out:
+                raise ValueError(f"extra field {name!r} clashes with the sample's {name}")
+            out[name] = _batch_layout(value) if isinstance(value, Image) else np.asarray(value)
+        return out
+
+    def batch_kinds(self) -> dict[str, str]:
+        """The batch kind of every field of :meth:`batch_arrays`.
+
+        ``image`` is an image and ``label`` a label map; an extra field takes its kind from
+        :attr:`kinds`, else from its name as :class:`medlens.transforms.Batch` reads names
+        (``flow`` -> displacement, ``boxes`` -> boxes, ...), else from an :class:`Image`'s role,
+        else from its dtype (floating: image, integer: label).
+        """
+        from medlens.transforms.batch import kind_from_name  # lazily: data sits below transforms
+
+        out = {"image": "image"}
+        if self.mask is not None:
+            out["label"] = "label"
+        for name, value in self.fields.items():
+            kind = self.kinds.get(name) or kind_from_name(name)
+            if kind is None and isinstance(value, Image):
+                kind = "label" if value.is_label else "image"
+            if kind is None:
+                if np.asarray(value).dtype.kind not in "biuf":
+                    raise ValueError(f"say the kind of extra field {name!r} (Sample.kinds)")
+                kind = "image" if np.asarray(value).dtype.kind == "f" else "label"
+            out[name] = kind
+        return out
 
 
 @dataclass(eq=False)
@@ -216,6 +273,15 @@ def as_label_map(image: Image, *, binary_255: bool = True) -> Image:
     elif values.size and values.min() >= np.iinfo(np.int16).min and values.max() < 2**15:
         array = array.astype(np.int16, copy=False)
     return image.replace(array=np.ascontiguousarray(array), leading=leading, role=Role.LABEL)
+
+
+def _batch_layout(image: Image) -> np.ndarray:
+    """An image's array as ``([T,] C, *spatial)``: time first, then a channel axis (added)."""
+    array, leading = image.array, list(image.leading)
+    if "channel" not in leading:
+        array, leading = array[None], ["channel", *leading]
+    order = [leading.index(name) for name in ("time", "channel") if name in leading]
+    return np.moveaxis(array, order, list(range(len(order))))
 
 
 def _progress(items: Sequence[Any], description: str, enabled: bool) -> Iterator[Any]:

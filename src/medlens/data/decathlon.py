@@ -23,10 +23,13 @@ import numpy as np
 
 from medlens.data.dataset import Dataset, Entry, Sample, _lazy_io, as_label_map
 from medlens.errors import DatasetError
+from medlens.io.discover import IMAGE_SUFFIXES
 
 __all__ = ["DecathlonDataset", "read_dataset_json"]
 
-_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".png", ".tif", ".tiff", ".npz", ".npy")
+#: File endings of case files: the images medlens reads, and nnU-Net's other formats (named,
+#: so that a case's id never keeps half of ``.nii.gz``).
+_ENDINGS = (*IMAGE_SUFFIXES, ".nrrd", ".mha")
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _MAX_LISTED = 3
 

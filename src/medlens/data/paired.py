@@ -11,23 +11,12 @@ from pathlib import Path
 
 from medlens.data.dataset import Dataset, Entry, Sample, _lazy_io, as_label_map
 from medlens.errors import DatasetError
+from medlens.io.discover import IMAGE_SUFFIXES, file_stem
 
 __all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIXES", "PairedFolderDataset", "file_stem"]
 
 MASK_SUFFIXES = ("_mask", "_masks", "_Annotation", "_annotation", "_seg", "_label", "_gt")
-IMAGE_SUFFIXES = (
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".nii.gz", ".nii", ".npy", ".npz", ".dcm",
-)  # fmt: skip
 _MAX_LISTED = 5
-
-
-def file_stem(name: str) -> str:
-    """The name without its image extension (``a.nii.gz`` -> ``a``)."""
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(name).stem
 
 
 def _image_files(folder: Path) -> list[Path]:

@@ -12,6 +12,13 @@ GPUs); rank 0 writes checkpoints, logs and the progress bar.
 
 from __future__ import annotations
 
+from medlens.engine._validation import (
+    BatchMetrics,
+    batch_metrics_for,
+    multiclass_accuracy,
+    multilabel_accuracy,
+    regression_mae,
+)
 from medlens.engine.callbacks import (
     BestTracker,
     Callback,
@@ -60,6 +67,7 @@ from medlens.engine.trainer import Trainer, resolve_device
 
 __all__ = [
     "RESUME_MUTABLE",
+    "BatchMetrics",
     "BestTracker",
     "Callback",
     "CheckpointError",
@@ -78,6 +86,7 @@ __all__ = [
     "Trainer",
     "apply_overrides",
     "as_batches",
+    "batch_metrics_for",
     "build_loss",
     "build_optimizer",
     "build_scheduler",
@@ -91,7 +100,10 @@ __all__ = [
     "load_config",
     "load_weights",
     "lr_factor_fn",
+    "multiclass_accuracy",
+    "multilabel_accuracy",
     "parse_train_args",
+    "regression_mae",
     "reported_checkpoint",
     "resolve_device",
     "save_checkpoint",

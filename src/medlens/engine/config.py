@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from medlens._atomic import atomic_write_text
+from medlens._json import check_keys, did_you_mean, read_json
 from medlens.errors import MedlensError
 
 __all__ = [
@@ -46,13 +47,18 @@ class TrainConfig:
     Schedules step per iteration; ``warmup_epochs`` may be fractional. ``ema_decay``,
     ``grad_clip``, ``early_stopping_patience`` and ``class_weights`` are off when ``None``.
     ``monitor`` names a key of the per-epoch record (``val_loss``, ``val_accuracy``,
-    ``train_loss``, or ``val_<name>`` for a custom evaluation's ``<name>``). ``val_every``
+    ``train_loss``, or ``val_<name>`` for a custom evaluation's ``<name>``). ``loss`` names the
+    loss: the engine's built-in ones (``auto``, ``ce``, ``bce``, ``mse``, ``focal``; see
+    :func:`~medlens.engine.build_loss`) or one a task defines (segmentation: ``dice_ce``), which
+    that task checks and builds. ``batches_per_epoch`` is for data drawn at random (patches):
+    how many batches make an epoch (``None``: one pass over the data). ``val_every``
     validates every so many epochs (and always after the last); early stopping's patience
     then counts validated epochs only.
     """
 
     epochs: int = 10
     batch_size: int = 128
+    batches_per_epoch: int | None = None
     eval_batch_size: int | None = None
     drop_last: bool = False
     # optimiser
@@ -69,7 +75,7 @@ class TrainConfig:
     step_size: int = 30
     gamma: float = 0.1
     # loss
-    loss: Literal["auto", "ce", "bce", "mse", "focal"] = "auto"
+    loss: str = "auto"
     label_smoothing: float = 0.0
     class_weights: tuple[float, ...] | None = None
     focal_gamma: float = 2.0
@@ -106,6 +112,12 @@ class TrainConfig:
 
         need(self.epochs >= 1, "epochs", "must be at least 1")
         need(self.batch_size >= 1, "batch_size", "must be at least 1")
+        need(
+            self.batches_per_epoch is None or self.batches_per_epoch >= 1,
+            "batches_per_epoch",
+            "must be at least 1",
+        )
+        need(bool(self.loss), "loss", "must name a loss")
         need(self.eval_batch_size is None or self.eval_batch_size >= 1, "eval_batch_size", ">= 1")
         need(self.lr > 0, "lr", "must be positive")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
@@ -144,10 +156,7 @@ class TrainConfig:
         """Build from plain values, refusing unknown keys; missing keys take their defaults."""
         if not isinstance(data, dict):
             raise ConfigError(f"a configuration must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown configuration key(s) {', '.join(unknown)}")
+        check_keys(data, [f.name for f in fields(cls)], what="configuration key", error=ConfigError)
         return cls(**data)
 
     def to_json(self) -> str:
@@ -173,10 +182,7 @@ def save_config(config: TrainConfig, path: str | Path) -> None:
 def load_config(path: str | Path) -> TrainConfig:
     """Read a JSON configuration written by :func:`save_config` (or by hand)."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot read configuration ({exc})", path) from None
+    data = read_json(path, what="configuration", error=ConfigError)
     try:
         return TrainConfig.from_dict(data)
     except ConfigError as exc:
@@ -197,9 +203,7 @@ def apply_overrides(config: TrainConfig, overrides: Iterable[str]) -> TrainConfi
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         if key not in hints:
-            close = [k for k in hints if k.startswith(key[:3])]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(f"unknown configuration key {key!r}{hint}")
+            raise ConfigError(f"unknown configuration key {key!r}{did_you_mean(key, hints)}")
         changes[key] = _parse(raw.strip(), hints[key], key)
     return dataclasses.replace(config, **changes)
 

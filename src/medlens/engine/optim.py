@@ -94,6 +94,10 @@ def build_scheduler(
 
 
 # ---------------------------------------------------------------------- losses
+#: The losses :func:`build_loss` builds (``auto`` picks one of the others by task).
+ENGINE_LOSSES = ("auto", "ce", "bce", "mse", "focal")
+
+
 def resolve_loss_name(config: TrainConfig, task: str | None) -> str:
     """``config.loss``, with ``"auto"`` chosen from the task (multi-label: BCE, regression: MSE)."""
     if config.loss != "auto":
@@ -108,6 +112,11 @@ def build_loss(config: TrainConfig, task: str | None = None) -> nn.Module:
     applies to CE and BCE.
     """
     name = resolve_loss_name(config, task)
+    if name not in ENGINE_LOSSES:
+        raise ConfigError(
+            f"loss={config.loss!r}: not one of the engine's losses ({', '.join(ENGINE_LOSSES)}); "
+            "a task's own loss is built by that task"
+        )
     weight = None
     if config.class_weights is not None:
         weight = torch.tensor(config.class_weights, dtype=torch.float32)

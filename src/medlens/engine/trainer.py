@@ -4,11 +4,15 @@ Optimisers and schedulers live in dicts keyed by name (``"model"`` by default), 
 that trains two networks (a GAN) overrides :meth:`Trainer.configure_optimizers` and
 :meth:`Trainer.train_step` and keeps checkpointing, AMP, EMA, logging and resume for free.
 Everything a run needs to continue bit-identically after a kill is in its checkpoint.
+
+Three seams serve tasks built on top: :meth:`Trainer.prepare` wraps the model, optimisers and
+data for the run (DDP today, differential privacy next); ``fit(initial_weights=...,
+max_steps=...)`` trains a round from given weights for a budget of steps (federated learning);
+and ``batch_metrics`` chooses what the generic validation step reports besides the loss.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -18,46 +22,39 @@ import torch
 from torch import nn
 
 from medlens.engine import distributed as D
+from medlens.engine._start import (
+    CHECKPOINT_FORMAT,
+    Weights,
+    apply_weights,
+    checkpoint_to_resume,
+    read_resumable,
+    read_weights,
+)
+from medlens.engine._steps import StepHelpers, amp_dtype, resolve_device
+from medlens.engine._validation import BatchMetrics, batch_metrics_for, mean_over_batches
 from medlens.engine.callbacks import (
     BestTracker,
     HistoryWriter,
     ProgressBar,
     TensorBoardLogger,
 )
-from medlens.engine.checkpoint import (
-    CheckpointError,
-    get_rng_state,
-    load_checkpoint,
-    save_checkpoint,
-    set_rng_state,
-)
-from medlens.engine.config import RESUME_MUTABLE, ConfigError, TrainConfig, save_config
-from medlens.engine.data import as_batches
+from medlens.engine.checkpoint import get_rng_state, save_checkpoint, set_rng_state
+from medlens.engine.config import ConfigError, TrainConfig, save_config
+from medlens.engine.data import as_batches, mix_seed
 from medlens.engine.ema import ModelEMA
 from medlens.engine.optim import build_loss, build_optimizer, build_scheduler, resolve_loss_name
 from medlens.engine.seed import deterministic_mode, seed_everything
 
 __all__ = ["CHECKPOINT_FORMAT", "Trainer", "resolve_device"]
 
-CHECKPOINT_FORMAT = "medlens.engine/1"
 EvaluateFn = Callable[[nn.Module, Any], Mapping[str, float]]
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    """``"auto"``: this process's GPU when CUDA is available, else the CPU."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
-class Trainer:
+class Trainer(StepHelpers):
     """Fit ``model`` on ``train_data`` as ``config`` says; validate on ``val_data`` each epoch.
 
     Args:
-        model: the network (not wrapped; DDP wrapping happens here under ``torchrun``).
+        model: the network, unwrapped (:meth:`prepare` wraps it in DDP under ``torchrun``).
         config: the run's settings; defaults when ``None``.
         train_data: ``(inputs, targets)`` tensors/arrays, a dataset (MedMNIST-like datasets are
             served from memory), or a :class:`TensorBatches`/:class:`LoaderBatches`.
@@ -66,6 +63,10 @@ class Trainer:
             and ``tensorboard/``; ``None`` writes nothing.
         evaluate_fn: ``evaluate_fn(model, val_data) -> {name: value}`` replacing the default
             validation (loss and accuracy); values are logged as ``val_<name>``.
+        batch_metrics: ``batch_metrics(outputs, targets) -> {name: batch mean}`` reported by the
+            default validation next to the loss, as ``val_<name>`` (sample-weighted over the
+            batches and ranks); outputs are float32. By default :func:`batch_metrics_for` the
+            task and loss: accuracy, or MAE for regression. Not with ``evaluate_fn``.
         hooks: :class:`Callback`-like objects called at fit/epoch/batch boundaries.
         loss_fn: a loss module instead of the one the config describes.
         task: ``"classification"``, ``"multilabel"``, ``"regression"``, ...; taken from the
@@ -84,7 +85,11 @@ class Trainer:
         hooks: Iterable[Any] = (),
         loss_fn: nn.Module | None = None,
         task: str | None = None,
+        batch_metrics: BatchMetrics | None = None,
     ) -> None:
+        if evaluate_fn is not None and batch_metrics is not None:
+            raise ConfigError("batch_metrics: used by the default validation only, not with "
+                              "evaluate_fn (return those metrics from evaluate_fn)")  # fmt: skip
         self.model = model
         self.config = config or TrainConfig()
         self.train_data, self.val_data = train_data, val_data
@@ -93,9 +98,14 @@ class Trainer:
         self.hooks = list(hooks)
         self.task = task or getattr(train_data, "task", None) or "classification"
         self.loss_fn = loss_fn if loss_fn is not None else build_loss(self.config, self.task)
+        if batch_metrics is None:
+            batch_metrics = batch_metrics_for(self.task, resolve_loss_name(self.config, self.task))
+        self.batch_metrics = batch_metrics
         self.dist = D.current_dist()
         self.device = torch.device("cpu")
         self.train_model: nn.Module = model
+        self.train_batches: Any = None
+        self.val_batches: Any = None
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.schedulers: dict[str, Any] = {}
         self.scaler: torch.amp.GradScaler | None = None
@@ -105,6 +115,11 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.epoch = self.start_epoch = self.global_step = self.steps_per_epoch = 0
         self.should_stop = False
+        self.max_steps: int | None = None
+        #: Added to the epoch when choosing its data order: earlier fits' epochs, so a later
+        #: round draws new batches instead of replaying the first round's.
+        self.data_epoch_offset = 0
+        self._run_dir: Path | None = None  # the output_dir this trainer has started runs in
         self.callbacks: list[Any] = []
         self._loss_sum: torch.Tensor | None = None
         self._loss_count = 0
@@ -126,23 +141,44 @@ class Trainer:
         return {"loss": loss.detach()}
 
     def validation_step(self, batch: Any, model: nn.Module) -> dict[str, Any]:
-        """Batch means of the validation metrics (loss; accuracy or MAE by task)."""
+        """Batch means of the validation loss and of ``self.batch_metrics``' values."""
         inputs, targets = batch
         with self.autocast():
             outputs = model(inputs)
         outputs = outputs.float()
         metrics: dict[str, Any] = {"loss": self.loss_fn(outputs, targets)}
-        kind = resolve_loss_name(self.config, self.task)
-        if self.task == "multilabel" or kind == "bce":
-            target = targets.float().reshape(outputs.shape)
-            valid = ~torch.isnan(target)
-            hits = ((outputs > 0) == (target > 0.5)) & valid
-            metrics["accuracy"] = hits.sum() / valid.sum().clamp_min(1)
-        elif self.task == "regression" or kind == "mse":
-            metrics["mae"] = (outputs - targets.float().reshape(outputs.shape)).abs().mean()
-        elif outputs.ndim >= 2 and outputs.shape[1] > 1:
-            metrics["accuracy"] = (outputs.argmax(1) == targets).float().mean()
+        extra = self.batch_metrics(outputs, targets)
+        if "loss" in extra:
+            raise ConfigError("batch_metrics: must not return 'loss' (the trainer reports it)")
+        metrics.update(extra)
         return metrics
+
+    def prepare(self) -> None:
+        """Wrap the model, optimisers and data for the run: DDP under ``torchrun``, else nothing.
+
+        The one place a subclass changes how a run trains without touching the loop, e.g.
+        differential privacy with Opacus' ``PrivacyEngine.make_private(module, optimizer,
+        data_loader)``. :meth:`fit` calls it once per call (each round of repeated fits gets its
+        own call), last in setup, when everything is built:
+
+        - ``self.device`` is chosen; ``self.model`` and ``self.loss_fn`` are on it, ``self.model``
+          holding the starting weights (``initial_weights``, or the checkpoint's on resume);
+        - ``self.optimizers`` and ``self.schedulers`` are built (from :meth:`configure_optimizers`)
+          and, on resume, restored, as are ``self.scaler``, ``self.ema``, the counters, the
+          history and the subclass's :meth:`load_extra` state;
+        - ``self.train_batches`` / ``self.val_batches`` are built (this rank's shard) and
+          ``self.steps_per_epoch`` is the number of training batches;
+        - ``self.train_model`` is ``self.model`` (a previous fit's wrapper is dropped).
+
+        It may replace ``self.train_model`` (what :meth:`train_step` calls: it must share
+        ``self.model``'s parameters, which checkpoints, EMA and validation read),
+        ``self.optimizers[name]`` (by a wrapper sharing the built optimiser's ``param_groups``,
+        which the schedulers keep setting; checkpoints save the wrapper's ``state_dict()``),
+        ``self.train_batches`` and ``self.val_batches`` (set ``self.steps_per_epoch`` when the
+        length changes; the schedule was built for the old one). Marks a wrapper leaves on
+        ``self.model`` itself (hooks) are the subclass's to remove before the next fit.
+        """
+        self.train_model = D.wrap_model(self.model, self.device, self.dist)
 
     def extra_state(self) -> dict[str, Any]:
         """More plain state for the checkpoint (subclasses); restored by :meth:`load_extra`."""
@@ -150,52 +186,44 @@ class Trainer:
 
     def load_extra(self, state: dict[str, Any]) -> None: ...
 
-    # ------------------------------------------------------------------ step helpers
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision for the forward pass when the config and device enable it."""
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def backward_step(self, loss: torch.Tensor, name: str = "model") -> None:
-        """Zero, backpropagate (scaled under fp16), clip and step optimiser ``name``."""
-        optimizer = self.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.config.grad_clip is not None:
-            self.scaler.unscale_(optimizer)
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
-        self.scaler.step(optimizer)
-
-    def to_device(self, batch: Any) -> Any:
-        """``batch`` with every tensor moved to the training device."""
-        if isinstance(batch, torch.Tensor):
-            return batch.to(self.device, non_blocking=True)
-        if isinstance(batch, (tuple, list)):
-            return type(batch)(self.to_device(b) for b in batch)
-        if isinstance(batch, dict):
-            return {k: self.to_device(v) for k, v in batch.items()}
-        return batch
-
-    @property
-    def _sum_dtype(self) -> torch.dtype:
-        """Metric sums in float64 (exact counts), except where the device lacks it (MPS)."""
-        return torch.float32 if self.device.type == "mps" else torch.float64
-
-    def running_loss(self) -> float:
-        """Mean training loss of the current epoch so far on this rank (syncs the device)."""
-        if self._loss_sum is None or not self._loss_count:
-            return float("nan")
-        return float(self._loss_sum) / self._loss_count
-
     # ------------------------------------------------------------------ the loop
-    def fit(self, *, resume: bool | str | Path = False) -> list[dict[str, Any]]:
-        """Train for ``config.epochs`` (or until early stopping); returns the history.
+    def fit(
+        self,
+        *,
+        resume: bool | str | Path = False,
+        initial_weights: Weights | None = None,
+        max_steps: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Train for ``config.epochs`` (or until early stopping or ``max_steps``); the history.
+
+        Each call is a run of its own: optimisers, schedulers, scaler, EMA, batches, counters,
+        history and best metric are built afresh, so optimiser state (momentum, Adam moments)
+        does not carry over from an earlier call (``resume`` is how a run continues), and
+        :meth:`prepare` wraps them again. Repeated calls are thus rounds, e.g. federated::
+
+            for _ in range(rounds):
+                trainer.fit(initial_weights=server_weights, max_steps=local_steps)
+                server_weights = aggregate(trainer.model.state_dict(), ...)
+
+        A later call draws new data orders and random streams (not the first call's again) and
+        may reuse the ``output_dir`` this trainer wrote: its files then describe the latest call.
 
         Args:
             resume: ``True`` continues from ``output_dir/last.pt``, a path from that checkpoint.
+            initial_weights: a state dict, or a file holding one (read with ``weights_only``;
+                a medlens training checkpoint gives its ``"model"``), copied into the model
+                before training; keys and shapes must match. Not with ``resume``.
+            max_steps: stop once the run has taken this many optimiser steps (``global_step``,
+                counted from the run's start: a resumed run takes the rest), possibly inside an
+                epoch, which is then recorded (loss over its steps so far), validated and
+                checkpointed like a last epoch, and counts as done on resume.
+                ``config.epochs`` still sets the schedule's length and must allow the budget.
         """
+        if resume and initial_weights is not None:
+            raise ConfigError("initial_weights: not with resume (the checkpoint has the weights)")
+        if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) < 1):
+            raise ConfigError(f"max_steps={max_steps!r}: must be a positive number of steps")
+        self.max_steps = None if max_steps is None else int(max_steps)
         owns_group = D.launched_by_torchrun() and not D.current_dist().enabled
         self.dist = D.init_distributed()
         threads = torch.get_num_threads()
@@ -203,10 +231,10 @@ class Trainer:
             if self.config.num_threads:
                 torch.set_num_threads(self.config.num_threads)
             with deterministic_mode(self.config.deterministic):
-                self._setup(resume)
+                self._setup(resume, initial_weights)
                 self._emit("on_fit_start")
                 for epoch in range(self.start_epoch + 1, self.config.epochs + 1):
-                    if self.should_stop:
+                    if self.should_stop or self._budget_spent():
                         break
                     self._run_epoch(epoch)
                 self._emit("on_fit_end")
@@ -219,18 +247,24 @@ class Trainer:
                 D.destroy_distributed()
         return self.history
 
-    def _setup(self, resume: bool | str | Path) -> None:
+    def _setup(self, resume: bool | str | Path, initial_weights: Weights | None) -> None:
         config, info = self.config, self.dist
         if self.train_data is None:
             raise ConfigError("Trainer.fit needs train_data")
-        checkpoint = self._checkpoint_to_resume(resume)
-        seed_everything(config.seed + info.rank)
+        checkpoint = checkpoint_to_resume(resume, self.output_dir, self._run_dir)
+        weights = None if initial_weights is None else read_weights(initial_weights)
+        self._new_run()
+        offset = self.data_epoch_offset  # 0 on a first fit: the seed it always had
+        seed_everything(
+            mix_seed(config.seed, info.rank, offset) if offset else config.seed + info.rank
+        )
         self.device = resolve_device(config.device, info.local_rank)
         self.model.to(self.device)
         self.loss_fn.to(self.device)
+        if weights is not None:
+            apply_weights(self.model, *weights)
         if config.ema_decay is not None:
             self.ema = ModelEMA(self.model, config.ema_decay)
-        self.train_model = D.wrap_model(self.model, self.device, info)
         common = {"seed": config.seed, "rank": info.rank, "world_size": info.world_size}
         self.train_batches = as_batches(
             self.train_data,
@@ -257,27 +291,35 @@ class Trainer:
         self.steps_per_epoch = len(self.train_batches)
         if self.steps_per_epoch == 0:
             raise ConfigError("the training data gives no batch (empty, or drop_last with too few)")
+        if self.max_steps is not None and self.max_steps > config.epochs * self.steps_per_epoch:
+            raise ConfigError(
+                f"max_steps={self.max_steps}: more than epochs={config.epochs} x "
+                f"{self.steps_per_epoch} batches allow; raise epochs (it sets the schedule too)"
+            )
         self.optimizers, self.schedulers = self.configure_optimizers()
-        self.amp_dtype = _amp_dtype(config.amp, self.device)
+        self.amp_dtype = amp_dtype(config.amp, self.device)
         fp16 = self.amp_dtype == torch.float16 and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
         if checkpoint is not None:
             self._restore(checkpoint)
+        self.prepare()
         self.callbacks = [*self._builtin_callbacks(), *self.hooks]
+        self._run_dir = self.output_dir
         if info.is_main and self.output_dir is not None:
             save_config(config, self.output_dir / "config.json")
 
-    def _checkpoint_to_resume(self, resume: bool | str | Path) -> Path | None:
-        last = None if self.output_dir is None else self.output_dir / "last.pt"
-        if not resume:
-            if last is not None and last.exists():
-                raise CheckpointError("holds a run already; resume it or use a new folder", last)
-            return None
-        if resume is True:
-            if last is None:
-                raise CheckpointError("resume=True needs an output_dir (or a checkpoint path)")
-            return last
-        return Path(resume)
+    def _new_run(self) -> None:
+        """Forget an earlier fit's run (a no-op on a new trainer); a resume then restores all."""
+        self.data_epoch_offset += self.epoch
+        self.history = []
+        self.epoch = self.start_epoch = self.global_step = 0
+        self.should_stop = False
+        self.tracker = BestTracker(self.config.monitor_mode, self.config.early_stopping_min_delta)
+        self.ema = None
+        self.train_model = self.model
+
+    def _budget_spent(self) -> bool:
+        return self.max_steps is not None and self.global_step >= self.max_steps
 
     def _builtin_callbacks(self) -> list[Any]:
         if not self.dist.is_main:
@@ -301,7 +343,7 @@ class Trainer:
         self.epoch = epoch
         started = time.perf_counter()
         if hasattr(self.train_batches, "set_epoch"):
-            self.train_batches.set_epoch(epoch)
+            self.train_batches.set_epoch(self.data_epoch_offset + epoch)
         self.train_model.train()
         self._loss_sum, self._loss_count = torch.zeros((), device=self.device), 0
         self._emit("on_epoch_start", epoch)
@@ -318,6 +360,8 @@ class Trainer:
             self._loss_sum += outputs["loss"].detach().float()
             self._loss_count += 1
             self._emit("on_batch_end", index, outputs)
+            if self._budget_spent():
+                break  # max_steps inside the epoch: record, validate and save it as the last
         count = torch.tensor(self._loss_count, device=self.device)
         totals = torch.stack([self._loss_sum, count]).to(self._sum_dtype)
         totals = D.all_reduce_sum(totals, self.dist)
@@ -336,7 +380,8 @@ class Trainer:
         if self.val_batches is None and self.evaluate_fn is None:
             return False
         every = self.config.val_every
-        return every == 1 or epoch % every == 0 or epoch >= self.config.epochs
+        last = epoch >= self.config.epochs or self._budget_spent()
+        return every == 1 or epoch % every == 0 or last
 
     def _track(self, record: dict[str, Any]) -> bool:
         config = self.config
@@ -373,20 +418,13 @@ class Trainer:
             model.train(was_training)
 
     def _default_evaluate(self, model: nn.Module) -> dict[str, float]:
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        for batch in self.val_batches:
-            batch = self.to_device(batch)
-            n = len(batch[0])
-            for key, value in self.validation_step(batch, model).items():
-                value = torch.as_tensor(value, dtype=self._sum_dtype, device=self.device) * n
-                sums[key] = sums[key] + value if key in sums else value
-            count += n
-        keys = D.broadcast_object(sorted(sums), self.dist)
-        zero = torch.zeros((), dtype=self._sum_dtype, device=self.device)
-        totals = torch.stack([*(sums.get(k, zero) for k in keys), zero + count])
-        totals = D.all_reduce_sum(totals, self.dist).tolist()
-        return {k: totals[i] / max(totals[-1], 1) for i, k in enumerate(keys)}
+        return mean_over_batches(
+            self.val_batches,
+            lambda batch: self.validation_step(self.to_device(batch), model),
+            device=self.device,
+            dtype=self._sum_dtype,
+            dist=self.dist,
+        )
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -407,6 +445,7 @@ class Trainer:
             "rng": D.all_gather_objects(get_rng_state(), self.dist),
             "world_size": self.dist.world_size,
             "extra": self.extra_state(),
+            "data_epoch_offset": self.data_epoch_offset,
         }
 
     def _save(self, improved: bool) -> None:
@@ -418,23 +457,7 @@ class Trainer:
             save_checkpoint(self.output_dir / "best.pt", state)
 
     def _restore(self, path: Path) -> None:
-        state = load_checkpoint(path)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"not a {CHECKPOINT_FORMAT} training checkpoint", path)
-        saved = TrainConfig.from_dict(state["config"])
-        changed = saved.differences(self.config, ignore=RESUME_MUTABLE)
-        if changed:
-            raise CheckpointError(
-                "the configuration differs from the checkpoint's (only epochs and display "
-                f"settings may change on resume): {'; '.join(changed)}",
-                path,
-            )
-        if set(state["optimizers"]) != set(self.optimizers):
-            raise CheckpointError(
-                f"the checkpoint has optimisers {sorted(state['optimizers'])}, this trainer "
-                f"{sorted(self.optimizers)}",
-                path,
-            )
+        state = read_resumable(path, self.config, self.optimizers)
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
@@ -448,17 +471,7 @@ class Trainer:
         self.epoch = self.start_epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.should_stop = bool(state["stopped"])
+        self.data_epoch_offset = int(state.get("data_epoch_offset", 0))  # older checkpoints: 0
         rng = state["rng"]
         set_rng_state(rng[self.dist.rank % len(rng)])
         self.load_extra(state.get("extra", {}))
-
-
-def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    """fp16 on CUDA for ``auto``/``on``; bf16 on the CPU only when asked with ``on``."""
-    if mode == "off":
-        return None
-    if device.type == "cuda":
-        return torch.float16
-    if mode == "on":
-        return torch.bfloat16 if device.type == "cpu" else torch.float16
-    return None

@@ -33,7 +33,7 @@ def planes_through_max(volume: np.ndarray, attribution: np.ndarray) -> list[tupl
 
 def _display(image: np.ndarray) -> np.ndarray:
     """A 2D picture in [0, 1] (first channel, or RGB for 3 channels), as the reports draw them."""
-    from medlens.report._examples import _display as report_display
+    from medlens.report.figures import display_image as report_display
 
     return report_display(image)[0]
 
@@ -73,7 +73,7 @@ def attribution_figure(
     3D images get one row per plane (axial, coronal, sagittal) through the first method's
     maximum.
     """
-    from medlens.report._figure import new_figure, plain, to_png
+    from medlens.report.figures import new_figure, plain, to_png
 
     signed = signed or {}
     names = list(attributions)
@@ -123,7 +123,7 @@ def explained_grid(
     """PNG grid of image + overlay pairs (3D: the axial plane through each map's maximum), for
     the reports' explained examples. A caption may have several lines; each is titled over its
     pair, left-aligned, and cut to the pair's width."""
-    from medlens.report._figure import new_figure, plain, to_png
+    from medlens.report.figures import new_figure, plain, to_png
 
     n = len(images)
     columns = max(1, min(columns, n))
@@ -171,7 +171,7 @@ def explained_examples(
     import torch
 
     from medlens.explain.methods import attribute
-    from medlens.report._figure import cut
+    from medlens.report.figures import cut
 
     predicted = probs.argmax(axis=1) if predicted is None else np.asarray(predicted, dtype=int)
     confidence = probs[np.arange(len(predicted)), predicted]

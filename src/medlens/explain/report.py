@@ -30,7 +30,7 @@ def write_explain_html(
     from medlens.explain.methods import METHOD_NAMES
     from medlens.explain.render import attribution_figure
     from medlens.explain.run import UNSIGNED
-    from medlens.report.html import _e, _figure, _section, html_page
+    from medlens.report.page import escape, figure, html_page, section
 
     rows = []
     for m in methods:
@@ -41,10 +41,10 @@ def write_explain_html(
             rand_text = f"{rand['final']:.2f}" + (" (flagged)" if rand["flagged"] else "")
         rows.append(
             "<tr>"
-            f"<td>{_e(METHOD_NAMES[m])}</td><td>{_e(_ABOUT.get(m, ''))}</td>"
+            f"<td>{escape(METHOD_NAMES[m])}</td><td>{escape(_ABOUT.get(m, ''))}</td>"
             f"<td>{entry['ms_per_image']:.0f}</td>"
             f"<td>{_fmt(entry.get('deletion_auc'))}</td><td>{_fmt(entry.get('insertion_auc'))}</td>"
-            f"<td>{_e(rand_text)}</td></tr>"
+            f"<td>{escape(rand_text)}</td></tr>"
         )
     table = (
         "<table><thead><tr><th>Method</th><th>What it shows</th><th>ms / image</th>"
@@ -60,8 +60,8 @@ def write_explain_html(
         "is shown. At or above 0.5 the method is flagged: its map shows the image more than "
         "the model (Adebayo et al., 2018).</p>"
     )
-    notes = "".join(f"<p class='note'>{_e(n)}</p>" for n in figures.get("notes", []))
-    sections = [_section("faithfulness", "Methods and faithfulness", table + notes)]
+    notes = "".join(f"<p class='note'>{escape(n)}</p>" for n in figures.get("notes", []))
+    sections = [section("faithfulness", "Methods and faithfulness", table + notes)]
     signed = {METHOD_NAMES[m]: m not in UNSIGNED for m in methods}
     body = []
     for i, item in enumerate(job.ids[:32]):
@@ -69,11 +69,11 @@ def write_explain_html(
         png = attribution_figure(
             job.display[i], per, title=f"{item}: {job.target_names[i]}", signed=signed
         )
-        body.append(_figure(png, f"{item} explained", f"{item}: {job.target_names[i]}"))
+        body.append(figure(png, f"{item} explained", f"{item}: {job.target_names[i]}"))
     more = len(job.ids) - 32
     if more > 0:
         body.append(f"<p>{more} more image(s) in the folder's PNG files.</p>")
-    sections.append(_section("images", "Explained images", "".join(body)))
+    sections.append(section("images", "Explained images", "".join(body)))
     page = html_page(f"Explanations: {figures['run']}", sections, kind="Explanations")
     atomic_write_text(path, page)
     return path

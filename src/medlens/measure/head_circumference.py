@@ -31,6 +31,7 @@ import numpy as np
 
 from medlens._atomic import atomic_write_text, ensure_outside
 from medlens.errors import DatasetError, MedlensError
+from medlens.io.discover import LABEL_SUFFIXES
 
 __all__ = [
     "LINE_HALF_WIDTH_PX",
@@ -303,7 +304,7 @@ def head_circumference_mm(
 
 
 # ----------------------------------------------------------------------------- folders of masks
-_MASK_SUFFIXES = (".png", ".nii.gz", ".nii", ".npz", ".npy", ".tif", ".tiff", ".bmp")
+
 _MAX_LISTED = 5
 
 
@@ -353,7 +354,7 @@ def read_pixel_sizes(path: str | Path) -> list[tuple[str, float]]:
 
 def _stem(name: str) -> str:
     lower = name.lower()
-    for suffix in _MASK_SUFFIXES:
+    for suffix in LABEL_SUFFIXES:
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name.rsplit(".", 1)[0] if "." in name else name
@@ -365,7 +366,7 @@ def _masks_by_stem(folder: Path) -> dict[str, Path]:
         if (
             path.is_file()
             and not path.name.startswith(".")
-            and path.name.lower().endswith(_MASK_SUFFIXES)
+            and path.name.lower().endswith(LABEL_SUFFIXES)
         ):
             stem = _stem(path.name)
             if stem in found:

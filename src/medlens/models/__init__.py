@@ -1,8 +1,9 @@
 """The model zoo: 2D/3D networks built by name with :func:`create_model`.
 
 Every classification model is a :class:`Backbone` (``forward_features`` -> feature map,
-``forward_head`` -> logits, ``feature_layer`` for Grad-CAM hooks), written on ``torch.nn`` for
-both 2D and 3D::
+``forward_head`` -> logits, ``feature_layer`` for Grad-CAM hooks, ``feature_info`` and
+``forward_intermediates`` for multi-scale heads), written on ``torch.nn`` for both 2D and 3D;
+``norm="group"`` or ``"instance"`` swaps every batch norm (for differential privacy)::
 
     model = create_model("resnet18", spatial_dims=3, in_channels=1, num_classes=2, input_size=28)
 

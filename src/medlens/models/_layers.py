@@ -13,18 +13,31 @@ import torch
 from torch import nn
 
 __all__ = [
+    "GROUP_NORM_MAX_GROUPS",
+    "NORMS",
     "SMALL_INPUT_MAX",
+    "STEM_ACT",
+    "NormKind",
     "StemKind",
     "avg_pool",
     "batch_norm",
+    "check_norm",
     "check_spatial_dims",
     "conv",
+    "group_count",
     "make_stem",
     "max_pool",
+    "norm_layer",
     "resolve_stem",
+    "stem_reduction",
 ]
 
 StemKind = Literal["auto", "small", "large"]
+NormKind = Literal["batch", "instance", "group"]
+NORMS: tuple[str, ...] = ("batch", "instance", "group")
+
+# Wu & He (2018) use 32 groups; narrower layers get fewer (see :func:`group_count`).
+GROUP_NORM_MAX_GROUPS = 32
 
 # With ``stem="auto"``, inputs whose smallest side is at most this get the small stem: a 7x7/2
 # convolution plus a max-pool would shrink a 28x28 MedMNIST image to 7x7 before the first block.
@@ -68,9 +81,51 @@ def conv(
     return layer
 
 
+def check_norm(norm: object) -> str:
+    """``norm`` itself, or a ``ValueError`` naming the option and its choices.
+
+    Checked before any layer is built, so a typo fails at once and says what would work.
+    """
+    if not isinstance(norm, str) or norm not in NORMS:
+        raise ValueError(f"norm must be one of {', '.join(map(repr, NORMS))}, got {norm!r}")
+    return norm
+
+
+def group_count(channels: int) -> int:
+    """Groups of a group norm over ``channels``: the largest divisor of it not above 32.
+
+    That is 32 for the usual multiples of 32 (Wu & He 2018), and still a valid split for odd
+    widths (48 -> 24 groups, 20 -> 20, i.e. instance-norm-like for narrow layers).
+    """
+    groups = min(GROUP_NORM_MAX_GROUPS, channels)
+    while channels % groups:
+        groups -= 1
+    return groups
+
+
+def norm_layer(norm: str, spatial_dims: int, channels: int, eps: float = 1e-5) -> nn.Module:
+    """The normalisation layer of kind ``norm`` over ``channels``, for 2D or 3D maps.
+
+    The one place every zoo model gets its norms from. ``"batch"`` is the classic choice;
+    ``"instance"`` (affine, no running statistics) and ``"group"`` (see :func:`group_count`)
+    do not mix samples of a batch, which differential privacy (Opacus forbids batch norm),
+    federated training on non-identical sites and batches of one need. In training, instance
+    norm needs more than one spatial position per map, and group norm more than one value per
+    group (a group of one channel, as in layers of at most 32 channels, on a 1-voxel map fails).
+    """
+    check_norm(norm)
+    if norm == "group":
+        return nn.GroupNorm(group_count(channels), channels, eps=eps)
+    if norm == "instance":
+        cls = nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d
+        return cls(channels, eps=eps, affine=True)
+    cls = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
+    return cls(channels, eps=eps)
+
+
 def batch_norm(spatial_dims: int, channels: int) -> nn.Module:
-    """Batch norm over ``channels`` for 2D or 3D feature maps."""
-    return nn.BatchNorm2d(channels) if spatial_dims == 2 else nn.BatchNorm3d(channels)
+    """Batch norm over ``channels`` for 2D or 3D feature maps (``norm_layer("batch", ...)``)."""
+    return norm_layer("batch", spatial_dims, channels)
 
 
 def max_pool(
@@ -114,23 +169,38 @@ def resolve_stem(
 
 
 def make_stem(
-    spatial_dims: int, in_channels: int, out_channels: int, stem: Literal["small", "large"]
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    stem: Literal["small", "large"],
+    norm: str = "batch",
 ) -> nn.Sequential:
     """The first layers of a ResNet or DenseNet.
 
     ``"small"`` is a 3x3 stride-1 convolution without max-pool, which keeps the full resolution
     of tiny inputs (as the MedMNIST ResNet-18 (28) does); ``"large"`` is the ImageNet stem, a
-    7x7 stride-2 convolution and a 3x3 stride-2 max-pool (4x downsampling).
+    7x7 stride-2 convolution and a 3x3 stride-2 max-pool (4x downsampling). Either way index 2
+    is the activation, whose output is the stem's feature map (:data:`STEM_ACT`).
     """
     if stem == "small":
         return nn.Sequential(
             conv(spatial_dims, in_channels, out_channels, 3),
-            batch_norm(spatial_dims, out_channels),
+            norm_layer(norm, spatial_dims, out_channels),
             nn.ReLU(inplace=True),
         )
     return nn.Sequential(
         conv(spatial_dims, in_channels, out_channels, 7, stride=2),
-        batch_norm(spatial_dims, out_channels),
+        norm_layer(norm, spatial_dims, out_channels),
         nn.ReLU(inplace=True),
         max_pool(spatial_dims, 3, stride=2, padding=1),
     )
+
+
+# Index in the stem of its activation (before any max-pool): where its feature map is taken,
+# as timm takes ``act1``; ``stem[: STEM_ACT + 1]`` computes it.
+STEM_ACT = 2
+
+
+def stem_reduction(stem: Literal["small", "large"]) -> tuple[int, int]:
+    """Total stride of the stem at its activation, and at its output (after the max-pool)."""
+    return (1, 1) if stem == "small" else (2, 4)

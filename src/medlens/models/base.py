@@ -1,17 +1,20 @@
 """The backbone interface every model in the zoo implements.
 
-Explainability (Grad-CAM hooks onto :attr:`Backbone.feature_layer`), detection heads and
-self-supervised pre-training (``num_classes=0``) only rely on this interface, never on the
-internals of a particular architecture.
+Explainability (Grad-CAM hooks onto :attr:`Backbone.feature_layer`), detection heads
+(:attr:`Backbone.feature_info` and :meth:`Backbone.forward_intermediates`) and self-supervised
+pre-training (``num_classes=0``) only rely on this interface, never on the internals of a
+particular architecture.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
+from medlens.models._features import FeatureInfo, run_stages
 from medlens.models._layers import check_spatial_dims
 
 __all__ = ["Backbone", "check_model_args", "count_parameters"]
@@ -44,7 +47,8 @@ class Backbone(nn.Module, abc.ABC):
     """A classification network split into a feature extractor and a pooled linear head.
 
     Subclasses build their layers, call :meth:`_build_head` with the channel count of their last
-    feature map, and implement :meth:`_forward_features` and :attr:`feature_layer`.
+    feature map, fill :attr:`feature_info`, and implement :meth:`_forward_features`,
+    :meth:`_feature_stages` and :attr:`feature_layer`.
 
     Attributes:
         spatial_dims: 2 for images ``(B, C, H, W)``, 3 for volumes ``(B, C, D, H, W)``.
@@ -52,7 +56,12 @@ class Backbone(nn.Module, abc.ABC):
         num_classes: outputs of the classifier; 0 means no classifier (pooled features out).
         num_features: channels of the feature map, i.e. the width of the pooled features.
         dropout: dropout probability before the classifier.
+        feature_info: one :class:`~medlens.models._features.FeatureInfo` per feature stage,
+            shallow to deep (timm's convention): ``{"module", "num_chs", "reduction"}``. The
+            last is the map of :meth:`forward_features`, its module :attr:`feature_layer`.
     """
+
+    feature_info: list[FeatureInfo]
 
     def __init__(
         self, spatial_dims: int, in_channels: int, num_classes: int, dropout: float = 0.0
@@ -66,6 +75,7 @@ class Backbone(nn.Module, abc.ABC):
         self.num_classes = int(num_classes)
         self.num_features = 0
         self.dropout = float(dropout)
+        self.feature_info = []
 
     def _build_head(self, num_features: int) -> None:
         """Create the dropout and classifier for a feature map of ``num_features`` channels."""
@@ -84,6 +94,13 @@ class Backbone(nn.Module, abc.ABC):
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The architecture's feature extractor (input already checked)."""
 
+    @abc.abstractmethod
+    def _feature_stages(self) -> list[Sequence[nn.Module]]:
+        """Per entry of :attr:`feature_info`, the modules leading to it from the one before.
+
+        Running them all in order must compute :meth:`_forward_features`.
+        """
+
     @property
     @abc.abstractmethod
     def feature_layer(self) -> nn.Module:
@@ -93,6 +110,29 @@ class Backbone(nn.Module, abc.ABC):
         """The last convolutional feature map ``(B, num_features, *spatial)``."""
         self._check_input(x)
         return self._forward_features(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+    ) -> list[torch.Tensor]:
+        """Feature maps of several stages, e.g. for a feature pyramid or a detection head.
+
+        Args:
+            x: input ``(B, in_channels, *spatial)``.
+            indices: stages of :attr:`feature_info` to return: ``None`` for all, an int ``n``
+                for the last ``n``, or a list of positions (negative ones from the deepest).
+            stop_early: stop after the deepest stage asked for instead of running the whole
+                feature extractor (which keeps every batch-norm statistic updated in training).
+
+        Returns:
+            The maps, shallow to deep whatever the order of ``indices``: stage ``i`` is
+            ``(B, feature_info[i]["num_chs"], *(side / feature_info[i]["reduction"]))``
+            (rounded up where a pooling rounds up).
+        """
+        self._check_input(x)
+        return run_stages(x, self._feature_stages(), indices, stop_early)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pool, dropout and linear: logits ``(B, num_classes)``.

@@ -21,13 +21,18 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from medlens.models._features import feature_info
 from medlens.models._layers import (
+    STEM_ACT,
+    NormKind,
     StemKind,
     avg_pool,
-    batch_norm,
+    check_norm,
     conv,
     make_stem,
+    norm_layer,
     resolve_stem,
+    stem_reduction,
 )
 from medlens.models.base import Backbone
 from medlens.models.registry import register_model
@@ -36,7 +41,7 @@ __all__ = ["DenseNet", "densenet121"]
 
 
 class DenseLayer(nn.Module):
-    """BN-ReLU-Conv1x1 (bottleneck) then BN-ReLU-Conv3x3 producing ``growth_rate`` channels."""
+    """Norm-ReLU-Conv1x1 (bottleneck) then norm-ReLU-Conv3x3 producing ``growth_rate`` channels."""
 
     def __init__(
         self,
@@ -45,12 +50,13 @@ class DenseLayer(nn.Module):
         growth_rate: int,
         bn_size: int,
         memory_efficient: bool,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         width = bn_size * growth_rate
-        self.norm1 = batch_norm(spatial_dims, in_channels)
+        self.norm1 = norm_layer(norm, spatial_dims, in_channels)
         self.conv1 = conv(spatial_dims, in_channels, width, 1)
-        self.norm2 = batch_norm(spatial_dims, width)
+        self.norm2 = norm_layer(norm, spatial_dims, width)
         self.conv2 = conv(spatial_dims, width, growth_rate, 3)
         self.relu = nn.ReLU(inplace=True)
         self.memory_efficient = memory_efficient
@@ -61,7 +67,8 @@ class DenseLayer(nn.Module):
     @contextlib.contextmanager
     def _recomputation(self) -> Iterator[None]:
         # The backward pass runs the bottleneck again; its batch norm must not count the batch
-        # twice in the running statistics, so they are put back as they were.
+        # twice in the running statistics, so they are put back as they were (group and
+        # instance norms have no buffers: nothing to do).
         saved = [b.clone() for b in self.norm1.buffers()]
         try:
             yield
@@ -94,11 +101,17 @@ class DenseBlock(nn.Module):
         growth_rate: int,
         bn_size: int,
         memory_efficient: bool,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             DenseLayer(
-                spatial_dims, in_channels + i * growth_rate, growth_rate, bn_size, memory_efficient
+                spatial_dims,
+                in_channels + i * growth_rate,
+                growth_rate,
+                bn_size,
+                memory_efficient,
+                norm,
             )
             for i in range(num_layers)
         )
@@ -111,15 +124,17 @@ class DenseBlock(nn.Module):
 
 
 class Transition(nn.Sequential):
-    """BN-ReLU-Conv1x1 compressing channels, then 2x average pooling.
+    """Norm-ReLU-Conv1x1 compressing channels, then 2x average pooling.
 
     The pooling rounds up (``ceil_mode``), so odd sides such as the 7x7 map of a 28x28 input
     behind the large stem do not vanish (7 -> 4 -> 2 -> 1); even sides are unaffected.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int) -> None:
+    def __init__(
+        self, spatial_dims: int, in_channels: int, out_channels: int, norm: str = "batch"
+    ) -> None:
         super().__init__(
-            batch_norm(spatial_dims, in_channels),
+            norm_layer(norm, spatial_dims, in_channels),
             nn.ReLU(inplace=True),
             conv(spatial_dims, in_channels, out_channels, 1),
             avg_pool(spatial_dims, 2, stride=2, ceil_mode=True),
@@ -128,6 +143,11 @@ class Transition(nn.Sequential):
 
 class DenseNet(Backbone):
     """A densely connected network: stem, dense blocks with transitions, BN-ReLU, linear head.
+
+    Feature stages (:attr:`feature_info`, as timm's): the stem's activation (``"stem.2"``), each
+    dense block but the last before its transition (``"blocks.0"``, ``"blocks.2"``, ...), and
+    the final norm-ReLU (``"final"``); for DenseNet-121 with the large stem at 1/2, 1/4, 1/8,
+    1/16 and 1/32 of the input's resolution, with the small one 1, 1, 2, 4, 8.
 
     Args:
         spatial_dims: 2 or 3.
@@ -143,6 +163,9 @@ class DenseNet(Backbone):
         dropout: dropout probability before the classifier.
         memory_efficient: recompute each layer's bottleneck in the backward pass (see module
             docstring).
+        norm: ``"batch"`` (default), ``"instance"`` or ``"group"`` (see
+            :func:`~medlens.models._layers.norm_layer`), kept as ``norm_kind``; the layers keep
+            their names.
     """
 
     def __init__(
@@ -159,6 +182,7 @@ class DenseNet(Backbone):
         input_size: int | Sequence[int] | None = None,
         dropout: float = 0.0,
         memory_efficient: bool = False,
+        norm: NormKind = "batch",
     ) -> None:
         super().__init__(spatial_dims, in_channels, num_classes, dropout)
         dims = self.spatial_dims
@@ -166,23 +190,29 @@ class DenseNet(Backbone):
             raise ValueError(f"block_config must be positive layer counts, got {block_config!r}")
         if not 0.0 < compression <= 1.0:
             raise ValueError(f"compression must be in (0, 1], got {compression!r}")
+        self.norm_kind = check_norm(norm)
         self.stem_kind = resolve_stem(stem, input_size, dims)
-        self.stem = make_stem(dims, in_channels, init_features, self.stem_kind)
+        self.stem = make_stem(dims, in_channels, init_features, self.stem_kind, norm)
+        act_reduction, reduction = stem_reduction(self.stem_kind)
+        self.feature_info.append(feature_info(f"stem.{STEM_ACT}", init_features, act_reduction))
         channels = init_features
         blocks: list[nn.Module] = []
+        opts = (growth_rate, bn_size, memory_efficient, norm)
         for i, num_layers in enumerate(block_config):
-            blocks.append(
-                DenseBlock(dims, num_layers, channels, growth_rate, bn_size, memory_efficient)
-            )
+            blocks.append(DenseBlock(dims, num_layers, channels, *opts))
             channels += num_layers * growth_rate
             if i < len(block_config) - 1:
+                name = f"blocks.{len(blocks) - 1}"
+                self.feature_info.append(feature_info(name, channels, reduction))
                 out_channels = int(channels * compression)
-                blocks.append(Transition(dims, channels, out_channels))
+                blocks.append(Transition(dims, channels, out_channels, norm))
                 channels = out_channels
+                reduction *= 2
         self.blocks = nn.Sequential(*blocks)
-        # The final BN-ReLU is one module, so that its output is exactly the feature map; the
+        # The final norm-ReLU is one module, so that its output is exactly the feature map; the
         # ReLU is not in-place, so backward hooks on it (Grad-CAM) are safe.
-        self.final = nn.Sequential(batch_norm(dims, channels), nn.ReLU())
+        self.final = nn.Sequential(norm_layer(norm, dims, channels), nn.ReLU())
+        self.feature_info.append(feature_info("final", channels, reduction))
         self._build_head(channels)
 
     @property
@@ -192,6 +222,20 @@ class DenseNet(Backbone):
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.final(self.blocks(self.stem(x)))
+
+    def _feature_stages(self) -> list[Sequence[nn.Module]]:
+        # ``blocks`` alternates dense block and transition: a transition opens the next stage,
+        # and the last dense block is in the stage of the final norm.
+        stem = list(self.stem)
+        stages: list[Sequence[nn.Module]] = [stem[: STEM_ACT + 1]]
+        current = stem[STEM_ACT + 1 :]
+        for i, block in enumerate(self.blocks):
+            if i % 2:
+                stages.append(current)
+                current = []
+            current.append(block)
+        stages.append([*current, self.final])
+        return stages
 
 
 @register_model("densenet121")

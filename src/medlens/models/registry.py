@@ -4,7 +4,8 @@ Models are registered explicitly with :func:`register_model` in their own module
 :mod:`medlens.models` imports those modules by name, so what is registered never depends on
 import side effects elsewhere. Training scripts, configs and the CLI name models by string.
 
-Each model is registered for a task (``"classification"`` or ``"segmentation"``), so that code
+Each model is registered for a task kind (``"classification"``, ``"segmentation"``, or a kind a
+new task brings), so that code
 that only handles one kind of network (a classification job, the classifier zoo tests) can ask
 :func:`list_models` for that kind only.
 """
@@ -20,9 +21,11 @@ from torch import nn
 
 from medlens.models.base import check_model_args
 
-__all__ = ["TASKS", "create_model", "list_models", "model_task", "register_model"]
+__all__ = ["TASKS", "create_model", "kinds", "list_models", "model_task", "register_model"]
 
-# A closed set, so that a misspelt task fails at registration instead of making a new task.
+#: The kinds of the built-in models. The set is open: a new task registers models of a new kind
+#: (``register_model("retina", task="detection")``); asking for a kind no model has is an error
+#: with the closest kind suggested, so a misspelt kind still fails.
 TASKS = ("classification", "segmentation")
 
 ModelBuilder = Callable[..., nn.Module]
@@ -39,16 +42,28 @@ _REGISTRY: dict[str, _Entry] = {}
 
 
 def _check_task(task: object) -> str:
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {', '.join(map(repr, TASKS))}, got {task!r}")
-    return str(task)
+    """A kind name: lower-case letters, digits and ``-``."""
+    if (
+        not isinstance(task, str)
+        or not task
+        or not task.replace("-", "").isalnum()
+        or (task != task.lower())
+    ):
+        raise ValueError(f"task must be a lower-case name such as 'classification', got {task!r}")
+    return task
+
+
+def kinds() -> list[str]:
+    """The kinds of the registered models (``classification``, ``segmentation``, ...)."""
+    return sorted({entry.task for entry in _REGISTRY.values()})
 
 
 def register_model(name: str, task: str = "classification") -> Callable[[B], B]:
     """Decorator registering a builder ``f(spatial_dims=, in_channels=, num_classes=, **kw)``.
 
     The builder is returned unchanged. Registering a name twice is an error, so that two models
-    cannot silently shadow each other. ``task`` is one of :data:`TASKS`; classification builders
+    cannot silently shadow each other. ``task`` names the kind (any lower-case name; the built-in
+    kinds are :data:`TASKS`); classification builders
     return a :class:`~medlens.models.base.Backbone`.
     """
     if not isinstance(name, str) or not name:
@@ -71,8 +86,11 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
         pattern: glob on the name, e.g. ``"resnet*"``.
         task: only models for this task (``"classification"``, ``"segmentation"``); all if None.
     """
-    if task is not None:
-        task = _check_task(task)
+    if task is not None and task not in kinds():
+        known = kinds()
+        close = difflib.get_close_matches(str(task), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"no models of task {task!r}{hint}; tasks: {', '.join(known)}")
     names = sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
     return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
 
@@ -107,8 +125,9 @@ def create_model(
         in_channels: input channels (1 for CT/MR/grey X-ray, 3 for RGB).
         num_classes: classifier outputs (0 gives a head returning pooled features), or the
             segmentation classes (output channels) of a segmentation model.
-        **kw: model options, e.g. ``stem``, ``input_size``, ``dropout``, ``width``; for the
-            U-Nets ``features``, ``strides``, ``kernel_sizes``, ``deep_supervision``.
+        **kw: model options, e.g. ``stem``, ``input_size``, ``dropout``, ``width``, ``norm``
+            (``"batch"``, ``"instance"`` or ``"group"``; each model keeps its own default); for
+            the U-Nets ``features``, ``strides``, ``kernel_sizes``, ``deep_supervision``.
 
     Returns:
         A :class:`~medlens.models.base.Backbone` for classification models, the network (e.g. a

@@ -13,12 +13,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from medlens.models._features import feature_info
 from medlens.models._layers import (
+    STEM_ACT,
+    NormKind,
     StemKind,
-    batch_norm,
+    check_norm,
     conv,
     make_stem,
+    norm_layer,
     resolve_stem,
+    stem_reduction,
 )
 from medlens.models.base import Backbone
 from medlens.models.registry import register_model
@@ -26,33 +31,46 @@ from medlens.models.registry import register_model
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet10", "resnet18", "resnet34", "resnet50"]
 
 
-def _shortcut(spatial_dims: int, in_channels: int, out_channels: int, stride: int) -> nn.Module:
+def _shortcut(
+    spatial_dims: int, in_channels: int, out_channels: int, stride: int, norm: str
+) -> nn.Module:
     """Identity, or a 1x1 projection when the block changes width or resolution."""
     if stride == 1 and in_channels == out_channels:
         return nn.Identity()
     return nn.Sequential(
         conv(spatial_dims, in_channels, out_channels, 1, stride=stride),
-        batch_norm(spatial_dims, out_channels),
+        norm_layer(norm, spatial_dims, out_channels),
     )
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection (ResNet-10/18/34)."""
+    """Two 3x3 convolutions with a residual connection (ResNet-10/18/34).
+
+    The norms are called ``bn*`` whatever ``norm`` is, so that checkpoint keys do not depend
+    on it.
+    """
 
     expansion = 1
 
-    def __init__(self, spatial_dims: int, in_channels: int, planes: int, stride: int = 1) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        norm: str = "batch",
+    ) -> None:
         super().__init__()
         self.conv1 = conv(spatial_dims, in_channels, planes, 3, stride=stride)
-        self.bn1 = batch_norm(spatial_dims, planes)
+        self.bn1 = norm_layer(norm, spatial_dims, planes)
         self.conv2 = conv(spatial_dims, planes, planes, 3)
-        self.bn2 = batch_norm(spatial_dims, planes)
+        self.bn2 = norm_layer(norm, spatial_dims, planes)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = _shortcut(spatial_dims, in_channels, planes, stride)
+        self.shortcut = _shortcut(spatial_dims, in_channels, planes, stride, norm)
 
     @property
     def last_bn(self) -> nn.Module:
-        """The batch norm ending the residual branch (zeroed by ``zero_init_residual``)."""
+        """The norm ending the residual branch (zeroed by ``zero_init_residual``)."""
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,25 +80,35 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual connection (ResNet-50)."""
+    """1x1 reduce, 3x3 (strided), 1x1 expand by 4, with a residual connection (ResNet-50).
+
+    The norms are called ``bn*`` whatever ``norm`` is (see :class:`BasicBlock`).
+    """
 
     expansion = 4
 
-    def __init__(self, spatial_dims: int, in_channels: int, planes: int, stride: int = 1) -> None:
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        norm: str = "batch",
+    ) -> None:
         super().__init__()
         out_channels = planes * self.expansion
         self.conv1 = conv(spatial_dims, in_channels, planes, 1)
-        self.bn1 = batch_norm(spatial_dims, planes)
+        self.bn1 = norm_layer(norm, spatial_dims, planes)
         self.conv2 = conv(spatial_dims, planes, planes, 3, stride=stride)
-        self.bn2 = batch_norm(spatial_dims, planes)
+        self.bn2 = norm_layer(norm, spatial_dims, planes)
         self.conv3 = conv(spatial_dims, planes, out_channels, 1)
-        self.bn3 = batch_norm(spatial_dims, out_channels)
+        self.bn3 = norm_layer(norm, spatial_dims, out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.shortcut = _shortcut(spatial_dims, in_channels, out_channels, stride)
+        self.shortcut = _shortcut(spatial_dims, in_channels, out_channels, stride, norm)
 
     @property
     def last_bn(self) -> nn.Module:
-        """The batch norm ending the residual branch (zeroed by ``zero_init_residual``)."""
+        """The norm ending the residual branch (zeroed by ``zero_init_residual``)."""
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,6 +120,10 @@ class Bottleneck(nn.Module):
 
 class ResNet(Backbone):
     """A residual network: stem, four stages (64, 128, 256, 512 planes), pooled linear head.
+
+    Feature stages (:attr:`feature_info`, as timm's): the stem's activation (``"stem.2"``,
+    before the max-pool), then ``"layer1"`` to ``"layer4"``; with the large stem they are at
+    1/2, 1/4, 1/8, 1/16 and 1/32 of the input's resolution, with the small one 1, 1, 2, 4, 8.
 
     Args:
         block: :class:`BasicBlock` or :class:`Bottleneck`.
@@ -107,6 +139,9 @@ class ResNet(Backbone):
         zero_init_residual: start every residual branch at zero (last BN scale 0), so each
             block begins as the identity; this helps training from scratch.
         width: planes of the first stage (64 in the standard ResNet); stages double it.
+        norm: ``"batch"`` (default), ``"instance"`` or ``"group"`` (see
+            :func:`~medlens.models._layers.norm_layer`), kept as ``norm_kind``; the layers keep
+            their names (``bn1``...).
     """
 
     def __init__(
@@ -121,6 +156,7 @@ class ResNet(Backbone):
         dropout: float = 0.0,
         zero_init_residual: bool = True,
         width: int = 64,
+        norm: NormKind = "batch",
     ) -> None:
         super().__init__(spatial_dims, in_channels, num_classes, dropout)
         dims = self.spatial_dims
@@ -128,8 +164,11 @@ class ResNet(Backbone):
             raise ValueError(f"layers must be 4 positive block counts, got {tuple(layers)!r}")
         if width < 1:
             raise ValueError(f"width must be >= 1, got {width!r}")
+        self.norm_kind = check_norm(norm)
         self.stem_kind = resolve_stem(stem, input_size, dims)
-        self.stem = make_stem(dims, in_channels, width, self.stem_kind)
+        self.stem = make_stem(dims, in_channels, width, self.stem_kind, norm)
+        act_reduction, reduction = stem_reduction(self.stem_kind)
+        self.feature_info.append(feature_info(f"stem.{STEM_ACT}", width, act_reduction))
         channels = width
         stages = []
         for i, n_blocks in enumerate(layers):
@@ -137,9 +176,11 @@ class ResNet(Backbone):
             stride = 1 if i == 0 else 2
             blocks = []
             for j in range(n_blocks):
-                blocks.append(block(dims, channels, planes, stride if j == 0 else 1))
+                blocks.append(block(dims, channels, planes, stride if j == 0 else 1, norm))
                 channels = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
+            reduction *= stride
+            self.feature_info.append(feature_info(f"layer{i + 1}", channels, reduction))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self._build_head(channels)
         if zero_init_residual:
@@ -158,6 +199,16 @@ class ResNet(Backbone):
         x = self.layer2(x)
         x = self.layer3(x)
         return self.layer4(x)
+
+    def _feature_stages(self) -> list[Sequence[nn.Module]]:
+        stem = list(self.stem)
+        return [
+            stem[: STEM_ACT + 1],
+            [*stem[STEM_ACT + 1 :], self.layer1],
+            [self.layer2],
+            [self.layer3],
+            [self.layer4],
+        ]
 
 
 @register_model("resnet10")

@@ -6,13 +6,13 @@ the depth; this module only builds what it is told, checks it, and says which in
 (:attr:`UNet.required_divisor`). Blocks are conv -> (dropout) -> instance norm -> leaky ReLU;
 downsampling is the strided first convolution of a stage, upsampling a transposed convolution
 with kernel = stride, skips are concatenated. The residual encoder swaps the plain stages for
-basic residual blocks (nnU-Net ResEnc); the decoder stays plain.
+basic residual blocks (nnU-Net ResEnc); the decoder stays plain. The blocks and the plan checks
+live in :mod:`medlens.models._unet_blocks`.
 """
 
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -20,11 +20,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medlens.models._features import FeatureInfo, feature_info, run_stages
+from medlens.models._layers import NormKind, check_norm
+from medlens.models._unet_blocks import (
+    NEGATIVE_SLOPE,
+    ConvNormAct,
+    ResidualBlock,
+    axes_per_stage,
+    check_counts,
+    is_int,
+    make_stage,
+    unet_conv,
+)
 from medlens.models.base import check_model_args
 from medlens.models.registry import register_model
 
 __all__ = [
     "MAX_FEATURES",
+    "NEGATIVE_SLOPE",
     "ConvNormAct",
     "ResidualBlock",
     "UNet",
@@ -36,10 +49,8 @@ __all__ = [
 ]
 
 EncoderKind = Literal["plain", "residual"]
-NormKind = Literal["instance", "batch"]
 PerAxis = int | Sequence[int]
 
-NEGATIVE_SLOPE = 0.01  # leaky ReLU slope, also the ``a`` of the Kaiming init
 # nnU-Net's feature caps: wider stages cost memory without helping.
 MAX_FEATURES = {2: 512, 3: 320}
 _AXES = {2: ("H", "W"), 3: ("D", "H", "W")}
@@ -52,168 +63,6 @@ def stage_features(num_stages: int, spatial_dims: int, base: int = 32) -> list[i
         raise ValueError(f"need num_stages >= 1 and base >= 1, got {num_stages}, {base}")
     cap = MAX_FEATURES[spatial_dims]
     return [min(base * 2**i, cap) for i in range(num_stages)]
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _per_stage(values: object, num_stages: int, what: str) -> list[Any]:
-    """One entry per stage: a scalar is repeated, a sequence must have ``num_stages`` entries."""
-    if _is_int(values):
-        return [values] * num_stages
-    if not isinstance(values, Sequence) or isinstance(values, str):
-        raise ValueError(f"{what} must be an int or a sequence, got {values!r}")
-    if len(values) != num_stages:
-        raise ValueError(
-            f"{what} has {len(values)} entries but features has {num_stages} (one per stage)"
-        )
-    return list(values)
-
-
-def _counts(values: object, num_stages: int, what: str) -> list[int]:
-    counts = _per_stage(values, num_stages, what)
-    if not all(_is_int(c) and c >= 1 for c in counts):
-        raise ValueError(f"{what} must be positive ints, got {values!r}")
-    return [int(c) for c in counts]
-
-
-def _axes_per_stage(
-    values: object, num_stages: int, spatial_dims: int, what: str
-) -> tuple[tuple[int, ...], ...]:
-    """Per stage, a per-axis tuple of positive ints (an int entry is the same on every axis)."""
-    out = []
-    for i, v in enumerate(_per_stage(values, num_stages, what)):
-        seq = (v,) * spatial_dims if _is_int(v) else v
-        if not (
-            isinstance(seq, Sequence)
-            and len(seq) == spatial_dims
-            and all(_is_int(x) and x >= 1 for x in seq)
-        ):
-            raise ValueError(
-                f"{what}[{i}] must be a positive int or {spatial_dims} positive ints, got {v!r}"
-            )
-        out.append(tuple(int(x) for x in seq))
-    return tuple(out)
-
-
-def _conv(
-    spatial_dims: int,
-    in_channels: int,
-    out_channels: int,
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...] | None = None,
-    bias: bool = False,
-    transposed: bool = False,
-) -> nn.Module:
-    """A "same"-padded (or transposed, kernel = stride) convolution with nnU-Net's init.
-
-    Built on the meta device and drawn once: Kaiming normal for leaky ReLU (``a=0.01``), zero
-    bias. No bias by default, since a norm with its own shift follows every such convolution.
-    """
-    stride = stride or (1,) * spatial_dims
-    if transposed:
-        cls = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
-        kw: dict[str, Any] = {}
-    else:
-        cls = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
-        kw = {"padding": tuple(k // 2 for k in kernel_size)}
-    layer = cls(
-        in_channels, out_channels, kernel_size, stride=stride, bias=bias, device="meta", **kw
-    ).to_empty(device=torch.get_default_device())
-    nn.init.kaiming_normal_(layer.weight, a=NEGATIVE_SLOPE)
-    if layer.bias is not None:
-        nn.init.zeros_(layer.bias)
-    return layer
-
-
-def _norm(norm: str, spatial_dims: int, channels: int) -> nn.Module:
-    if norm == "instance":
-        cls = nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d
-        return cls(channels, eps=1e-5, affine=True)
-    cls = nn.BatchNorm2d if spatial_dims == 2 else nn.BatchNorm3d
-    return cls(channels, eps=1e-5)
-
-
-class ConvNormAct(nn.Module):
-    """Convolution, optional dropout, norm, leaky ReLU: the unit every stage is made of."""
-
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: tuple[int, ...],
-        stride: tuple[int, ...] | None = None,
-        norm: str = "instance",
-        dropout: float = 0.0,
-        act: bool = True,
-    ) -> None:
-        super().__init__()
-        self.conv = _conv(spatial_dims, in_channels, out_channels, kernel_size, stride)
-        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.norm = _norm(norm, spatial_dims, out_channels)
-        self.act = nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True) if act else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(self.drop(self.conv(x))))
-
-
-class ResidualBlock(nn.Module):
-    """Two convolutions with a shortcut; the first may be strided (the stage's downsampling).
-
-    When the shape changes, the shortcut averages over each stride window and projects with a
-    1x1 convolution + norm (the ResNet-D shortcut), so it sees every input position instead of
-    one in ``prod(stride)`` as a strided 1x1 convolution would.
-    """
-
-    def __init__(
-        self,
-        spatial_dims: int,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: tuple[int, ...],
-        stride: tuple[int, ...] | None = None,
-        norm: str = "instance",
-        dropout: float = 0.0,
-    ) -> None:
-        super().__init__()
-        stride = stride or (1,) * spatial_dims
-        dims, ones, cin, cout = spatial_dims, (1,) * spatial_dims, in_channels, out_channels
-        self.conv1 = ConvNormAct(dims, cin, cout, kernel_size, stride, norm, dropout)
-        self.conv2 = ConvNormAct(dims, cout, cout, kernel_size, norm=norm, act=False)
-        self.act = nn.LeakyReLU(NEGATIVE_SLOPE, inplace=True)
-        self.shortcut: nn.Module = nn.Identity()
-        if stride != ones or cin != cout:
-            pool_cls = nn.AvgPool2d if dims == 2 else nn.AvgPool3d
-            pool = pool_cls(stride, stride) if stride != ones else nn.Identity()
-            self.shortcut = nn.Sequential(
-                pool,
-                _conv(dims, cin, cout, ones),
-                _norm(norm, dims, cout),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv2(self.conv1(x)) + self.shortcut(x))
-
-
-def _stage(
-    block: type[ConvNormAct | ResidualBlock],
-    count: int,
-    spatial_dims: int,
-    in_channels: int,
-    out_channels: int,
-    kernel_size: tuple[int, ...],
-    stride: tuple[int, ...] | None,
-    **opts: Any,
-) -> nn.Sequential:
-    """``count`` blocks; the first changes the width and applies the stage's stride."""
-    first = block(spatial_dims, in_channels, out_channels, kernel_size, stride, **opts)
-    rest = (
-        block(spatial_dims, out_channels, out_channels, kernel_size, **opts)
-        for _ in range(1, count)
-    )
-    return nn.Sequential(first, *rest)
 
 
 class UNet(nn.Module):
@@ -233,13 +82,18 @@ class UNet(nn.Module):
         encoder: ``"plain"`` (conv blocks) or ``"residual"`` (a stem conv, then residual blocks).
         blocks_per_stage: residual blocks per stage (residual encoder only); default nnU-Net
             ResEnc's ``1, 3, 4, 6, 6, ...``.
-        norm: ``"instance"`` (nnU-Net; affine, eps 1e-5) or ``"batch"``.
+        norm: ``"instance"`` (nnU-Net, the default; affine, eps 1e-5), ``"batch"`` or
+            ``"group"`` (see :func:`~medlens.models._layers.norm_layer`).
         deep_supervision: in training mode, return logits of several decoder stages.
         dropout: dropout after each conv of the conv blocks and residual branches.
 
     Attributes:
         features, strides, kernel_sizes: the checked plan, as tuples (per-axis for the last two).
         num_features: channels of the bottleneck map :meth:`forward_features` returns.
+        feature_info: per encoder stage (``"encoder.0"``, ...), its channels and total stride
+            (timm's convention, as :attr:`~medlens.models.Backbone.feature_info`); with
+            anisotropic strides ``reduction`` is the largest over the axes, the per-axis one is
+            the running product of :attr:`strides`.
     """
 
     def __init__(
@@ -264,27 +118,26 @@ class UNet(nn.Module):
         if isinstance(features, str) or not isinstance(features, Sequence) or len(features) < 2:
             raise ValueError(f"features must be at least 2 positive ints, got {features!r}")
         n = len(features)
-        features = _counts(features, n, "features")
+        features = check_counts(features, n, "features")
         strides = [1] + [2] * (n - 1) if strides is None else strides
-        stride_list = _axes_per_stage(strides, n, dims, "strides")
+        stride_list = axes_per_stage(strides, n, dims, "strides")
         if stride_list[0] != (1,) * dims:
             raise ValueError(f"strides[0] must be 1 (full resolution), got {stride_list[0]}")
-        kernel_list = _axes_per_stage(
+        kernel_list = axes_per_stage(
             3 if kernel_sizes is None else kernel_sizes, n, dims, "kernel_sizes"
         )
         for i, k in enumerate(kernel_list):
             if any(v % 2 == 0 for v in k):
                 raise ValueError(f"kernel_sizes[{i}] must be odd (same padding), got {k}")
-        convs = _counts(convs_per_stage, n, "convs_per_stage")
+        convs = check_counts(convs_per_stage, n, "convs_per_stage")
         if encoder not in ("plain", "residual"):
             raise ValueError(f"encoder must be 'plain' or 'residual', got {encoder!r}")
         if encoder == "plain" and blocks_per_stage is not None:
             raise ValueError("blocks_per_stage only applies to encoder='residual'")
         if blocks_per_stage is None:
             blocks_per_stage = [_RESIDUAL_BLOCKS[min(i, 3)] for i in range(n)]
-        blocks = _counts(blocks_per_stage, n, "blocks_per_stage")
-        if norm not in ("instance", "batch"):
-            raise ValueError(f"norm must be 'instance' or 'batch', got {norm!r}")
+        blocks = check_counts(blocks_per_stage, n, "blocks_per_stage")
+        check_norm(norm)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         super().__init__()
@@ -294,6 +147,11 @@ class UNet(nn.Module):
         self.encoder_kind, self.norm_kind = encoder, norm
         self.deep_supervision = bool(deep_supervision)
         self.num_features = self.features[-1]
+        self.feature_info: list[FeatureInfo] = []
+        reduction = (1,) * dims
+        for s, (f, st) in enumerate(zip(self.features, self.strides, strict=True)):
+            reduction = tuple(r * a for r, a in zip(reduction, st, strict=True))
+            self.feature_info.append(feature_info(f"encoder.{s}", f, max(reduction)))
         self._build(convs, blocks, dropout)
 
     def _build(self, convs: list[int], blocks: list[int], dropout: float) -> None:
@@ -304,27 +162,29 @@ class UNet(nn.Module):
             self.stem = ConvNormAct(dims, self.in_channels, f[0], k[0], **opts)
             ins = f[:1] + f[:-1]
             self.encoder = nn.ModuleList(
-                _stage(ResidualBlock, blocks[s], dims, ins[s], f[s], k[s], st[s], **opts)
+                make_stage(ResidualBlock, blocks[s], dims, ins[s], f[s], k[s], st[s], **opts)
                 for s in range(n)
             )
         else:
             ins = (self.in_channels, *f[:-1])
             self.encoder = nn.ModuleList(
-                _stage(ConvNormAct, convs[s], dims, ins[s], f[s], k[s], st[s], **opts)
+                make_stage(ConvNormAct, convs[s], dims, ins[s], f[s], k[s], st[s], **opts)
                 for s in range(n)
             )
         # Indexed by the resolution they work at: upsamples[s] brings stage s+1 to stage s.
         self.upsamples = nn.ModuleList(
-            _conv(dims, f[s + 1], f[s], st[s + 1], st[s + 1], transposed=True) for s in range(n - 1)
+            unet_conv(dims, f[s + 1], f[s], st[s + 1], st[s + 1], transposed=True)
+            for s in range(n - 1)
         )
         self.decoder = nn.ModuleList(
-            _stage(ConvNormAct, convs[s], dims, 2 * f[s], f[s], k[s], None, **opts)
+            make_stage(ConvNormAct, convs[s], dims, 2 * f[s], f[s], k[s], None, **opts)
             for s in range(n - 1)
         )
         # Heads only where an output is used: unused parameters break DDP.
         ones = (1,) * dims
         self.heads = nn.ModuleList(
-            _conv(dims, f[s], self.num_classes, ones, bias=True) for s in range(self.num_outputs)
+            unet_conv(dims, f[s], self.num_classes, ones, bias=True)
+            for s in range(self.num_outputs)
         )
 
     @property
@@ -401,6 +261,29 @@ class UNet(nn.Module):
         self._check_input(x)
         return self._encode(x)[-1]
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+    ) -> list[torch.Tensor]:
+        """Encoder feature maps (the skips), as :meth:`Backbone.forward_intermediates`.
+
+        Args:
+            x: input ``(B, in_channels, *spatial)``, sides multiples of :attr:`required_divisor`.
+            indices: stages of :attr:`feature_info`: ``None`` for all, an int ``n`` for the
+                last ``n``, or a list of positions (negative ones from the bottleneck).
+            stop_early: stop after the deepest stage asked for.
+
+        Returns:
+            The maps, highest resolution first: stage ``s`` is ``(B, features[s], *spatial)``
+            with each side divided by the product of ``strides[: s + 1]`` along its axis.
+        """
+        self._check_input(x)
+        stages: list[Sequence[nn.Module]] = [[self.stem, self.encoder[0]]]
+        stages += [[stage] for stage in list(self.encoder)[1:]]
+        return run_stages(x, stages, indices, stop_early)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits ``(B, num_classes, *spatial)`` at the input's resolution.
 
@@ -428,7 +311,7 @@ def deep_supervision_weights(n: int) -> list[float]:
     nnU-Net computes an output at every decoder stage and weights the lowest 0; :class:`UNet`
     does not compute that one at all, and normalising the rest gives the same weights.
     """
-    if not _is_int(n) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     weights = [0.5**i for i in range(n)]
     total = sum(weights)

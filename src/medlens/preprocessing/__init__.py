@@ -20,6 +20,7 @@ __all__ = [
     "Box",
     "Brightness",
     "CTWindow",
+    "ChannelZScore",
     "Contrast",
     "CropForeground",
     "FittedStep",
@@ -57,6 +58,7 @@ _MODULES = {
         "foreground_box",
     ),
     "intensity": ("CT_WINDOWS", "CTWindow", "MinMax", "PercentileClipZScore", "ZScore"),
+    "_channels": ("ChannelZScore",),
     "enhance": ("CLAHE", "Brightness", "Contrast", "Gamma", "Sharpen"),
     "pipeline": (
         "FittedStep",
@@ -70,6 +72,7 @@ _MODULES = {
 _LAZY = {name: module for module, names in _MODULES.items() for name in names}
 
 if TYPE_CHECKING:
+    from medlens.preprocessing._channels import ChannelZScore
     from medlens.preprocessing.enhance import CLAHE, Brightness, Contrast, Gamma, Sharpen
     from medlens.preprocessing.intensity import (
         CT_WINDOWS,

@@ -43,16 +43,24 @@ class ZScore(Step):
         nonzero: compute the statistics over non-zero voxels only and leave zeros at zero (the
             usual choice for skull-stripped MR, where zero means "outside the head").
         eps: smallest standard deviation divided by; a constant image becomes all zeros.
+        stats_dtype: ``"float64"`` accumulates the mean and standard deviation in float64;
+            ``"float32"`` computes them as NumPy does on the float32 voxels, the way segmentation
+            runs always normalised (kept so their inputs stay bit-identical).
 
     A ``mask`` given to :meth:`transform` restricts the statistics to the mask's voxels; every
     voxel is then normalised with them. An empty mask raises :class:`MedlensError`.
     """
 
-    def __init__(self, nonzero: bool = False, eps: float = 1e-8) -> None:
+    def __init__(
+        self, nonzero: bool = False, eps: float = 1e-8, stats_dtype: str = "float64"
+    ) -> None:
         self.nonzero = nonzero
         self.eps = eps
+        self.stats_dtype = stats_dtype
 
     def transform(self, image: Any, mask: Any = None) -> Any:
+        if self.stats_dtype not in ("float64", "float32"):
+            raise ValueError(f"stats_dtype: 'float64' or 'float32', not {self.stats_dtype!r}")
         rows, restore, where = _to_rows(image, self)
         masks = _mask_rows(mask, image, rows, where)
         if self.nonzero:
@@ -64,7 +72,7 @@ class ZScore(Step):
             if values.shape[0] == 0:
                 what = "mask" if mask is not None else "non-zero region"
                 raise MedlensError(f"ZScore: the {what} is empty, no voxels to normalise", where)
-            mean, std = _mean_std(values)
+            mean, std = _mean_std(values, self.stats_dtype)
             stats.append((mean, max(std, self.eps)))
         mean, std = _columns(stats, rows)
         out = (rows - mean) / std
@@ -108,6 +116,25 @@ class PercentileClipZScore(FittedStep):
         self.samples_per_image = samples_per_image
         self.seed = seed
         self.eps = eps
+
+    @classmethod
+    def from_statistics(
+        cls,
+        clip: Sequence[float],
+        mean: float,
+        std: float,
+        *,
+        n_voxels: int | None = None,
+        **params: Any,
+    ) -> PercentileClipZScore:
+        """A fitted step from statistics computed elsewhere (a segmentation plan's
+        fingerprint), so a plan's CT normalisation is this step without refitting."""
+        low, high = (float(v) for v in clip)
+        step = cls(**params)
+        step.lower_, step.upper_ = low, high
+        step.mean_, step.std_ = float(mean), float(std)
+        step.n_voxels_ = None if n_voxels is None else int(n_voxels)
+        return step
 
     def fit(self, images: Iterable[Image], masks: Iterable[Any] | None = None):
         """Learn the bounds and statistics; ``masks`` (one per image, or None) mark foreground.
@@ -324,10 +351,14 @@ def _foreground_values(image: Image, mask: Any, step: Step) -> np.ndarray:
     return rows.reshape(-1) if masks is None else rows[masks]
 
 
-def _mean_std(values: Any) -> tuple[float, float]:
+def _mean_std(values: Any, dtype: str = "float64") -> tuple[float, float]:
+    """Mean and (population) standard deviation, accumulated in ``dtype``."""
     if _is_tensor(values):
-        v = values.double()
+        v = values.double() if dtype == "float64" else values.float()
         return float(v.mean()), float(v.std(correction=0))
+    if dtype == "float32":  # NumPy's float32 reductions, as ``array.mean()`` gives them
+        values = values.astype(np.float32, copy=False)
+        return float(values.mean()), float(values.std())
     return float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
 
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from medlens._json import check_keys, read_json
 from medlens.errors import MedlensError
 from medlens.image import Image, Role
 
@@ -42,8 +43,11 @@ VERSION = 1
 _BUILTIN_MODULES = (
     "medlens.preprocessing.spatial",
     "medlens.preprocessing.intensity",
+    "medlens.preprocessing._channels",
     "medlens.preprocessing.enhance",
 )
+_KEYS = ("format", "version", "steps")
+_STEP_KEYS = ("name", "params", "state")
 _REGISTRY: dict[str, type[Step]] = {}
 
 
@@ -185,6 +189,8 @@ def step_to_dict(step: Step) -> dict[str, Any]:
 
 
 def step_from_dict(data: dict[str, Any]) -> Step:
+    where = f"step {data.get('name')!r}" if isinstance(data, dict) else "step"
+    check_keys(data, _STEP_KEYS, where=where)
     cls = get_step_class(data["name"])
     step = cls(**data.get("params", {}))
     state = data.get("state")
@@ -283,8 +289,25 @@ class Preprocessor:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, path: str | Path | None = None) -> Preprocessor:
+        """The preprocessor ``data`` describes; unknown keys are refused with a suggestion.
+
+        A classification run's ``preprocessing.json`` from before it held this format
+        (``{"input": ..., "normalisation": ...}``) reads as its :class:`ChannelZScore`, so every
+        run folder's ``preprocessing.json`` loads the same way.
+        """
+        if _is_legacy_classification(data):
+            from medlens.preprocessing._channels import ChannelZScore
+
+            try:
+                return cls([ChannelZScore.from_normalisation(data["normalisation"])])
+            except (TypeError, ValueError, KeyError) as error:
+                raise MedlensError(f"invalid classification normalisation: {error}", path) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise MedlensError(f"not a medlens preprocessor description (format {FORMAT!r})", path)
+        try:
+            check_keys(data, _KEYS)
+        except MedlensError as error:
+            raise MedlensError(error.problem, path) from None
         if data.get("version", VERSION) > VERSION:
             raise MedlensError(
                 f"preprocessor format version {data['version']} is newer than this medlens "
@@ -310,11 +333,9 @@ class Preprocessor:
     def load(cls, path: str | Path) -> Preprocessor:
         path = Path(path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise MedlensError("preprocessor file not found", path) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise MedlensError(f"cannot read preprocessor JSON: {error}", path) from None
+            data = read_json(path, what="preprocessor file")
+        except MedlensError as error:  # the same one line, with ``error.path`` set
+            raise MedlensError(error.problem.removeprefix(f"{path}: "), path) from None
         return cls.from_dict(data, path=path)
 
     def __len__(self) -> int:
@@ -361,6 +382,16 @@ def _jsonable(value: Any, where: str) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise ValueError(f"{where}: cannot store a {type(value).__name__} in JSON ({value!r})")
+
+
+def _is_legacy_classification(data: Any) -> bool:
+    """A classification run's first ``preprocessing.json``: its input and normalisation."""
+    return (
+        isinstance(data, dict)
+        and "format" not in data
+        and isinstance(data.get("normalisation"), dict)
+        and set(data) <= {"input", "normalisation"}
+    )
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -13,52 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from medlens.report._figure import new_figure, plain, to_png
+from medlens.report.figures import _as_array, new_figure, plain, to_png
+from medlens.report.figures import display_image as _display
 
 __all__ = ["example_grid", "select_examples"]
 
 _CORRECT = "#1a7f37"
 _WRONG = "#cf222e"
-
-
-def _as_array(x: Any) -> np.ndarray:
-    """A NumPy array from an array, a list or a torch tensor (only what is asked for)."""
-    if hasattr(x, "detach") and hasattr(x, "cpu"):
-        x = x.detach().cpu()
-        if x.is_floating_point():
-            x = x.float()
-        x = x.numpy()
-    return np.asarray(x)
-
-
-def _display(image: Any) -> tuple[np.ndarray, str | None]:
-    """One sample ``(C, H, W)`` / ``(C, D, H, W)`` / ``(H, W)`` as a 2D or RGB picture in [0, 1].
-
-    3D volumes show their middle slice along D (axial for the usual D, H, W order); three
-    channels are read as RGB, any other count shows the first channel. Float intensities are
-    stretched between the 0.5th and 99.5th percentiles so a CT or MR slice is visible.
-    """
-    a = _as_array(image)
-    if a.ndim == 2:
-        a = a[None]
-    if a.ndim == 4:
-        a = a[:, a.shape[1] // 2]
-    if a.ndim != 3:
-        raise ValueError(f"an example image must be (C, H, W) or (C, D, H, W), got {a.shape}")
-    rgb = a.shape[0] == 3
-    a = np.moveaxis(a, 0, -1) if rgb else a[0]
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0, None if rgb else "gray"
-    a = a.astype(np.float32)
-    finite = a[np.isfinite(a)]
-    if finite.size == 0:
-        return np.zeros(a.shape, dtype=np.float32), None if rgb else "gray"
-    low, high = np.percentile(finite, [0.5, 99.5])
-    if high <= low:
-        low, high = float(finite.min()), float(finite.max())
-    scale = high - low if high > low else 1.0
-    out = np.clip((np.nan_to_num(a, nan=low) - low) / scale, 0.0, 1.0)
-    return out, None if rgb else "gray"
 
 
 def _confidence_and_correct(

@@ -3,26 +3,29 @@
 Every figure is a PNG embedded as a ``data:`` URI and the style sheet is inline, so the file
 opens offline, can be mailed or archived with the run, and shows the same thing in ten years.
 There is no script. Every piece of text (class names, notes, the configuration) is escaped.
+The page is built from the blocks of :mod:`medlens.report.page`, shared with every other report.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
-import html
 import json
-import math
-import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from medlens._atomic import atomic_write_text
 from medlens.metrics import HEADLINE
 from medlens.metrics._inputs import prepare
 from medlens.report import plots
+from medlens.report.page import (
+    escape,
+    figure,
+    html_page,
+    interval,
+    number,
+    section,
+    try_figure,
+)
 
 __all__ = ["THRESHOLD_YOUDEN", "html_page", "write_classification_report"]
 
@@ -74,70 +77,6 @@ _TASKS = {
     "multilabel": "multi-label (any number of findings per case)",
     "ordinal": "ordinal (ordered grades)",
 }
-_CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2328;
-background:#f6f8fa;margin:0}
-main{max-width:1100px;margin:0 auto;padding:24px 32px;background:#fff}
-h1{font-size:1.7em;margin:0 0 4px}h2{border-bottom:1px solid #d0d7de;padding-bottom:4px;
-margin-top:36px}
-.meta{color:#59636e;margin:0 0 16px}nav a{margin-right:14px}
-table{border-collapse:collapse;margin:8px 0 16px}
-th,td{border:1px solid #d0d7de;padding:4px 10px;text-align:left;vertical-align:top}
-th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.ci{color:#59636e;font-size:.85em}.scroll{overflow-x:auto}
-.figs{display:flex;flex-wrap:wrap;gap:24px}.figs>figure{flex:1 1 400px}
-figure{margin:8px 0;max-width:100%}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
-figcaption{color:#424a53;font-size:.92em;max-width:620px}
-.note{color:#9a6700}pre{background:#f6f8fa;padding:12px;overflow-x:auto;font-size:.85em}
-details summary{cursor:pointer;font-weight:600}
-"""
-
-
-def _e(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _num(value: Any) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return str(int(value))
-    return f"{float(value):.3f}"
-
-
-def _ci(entry: Any, sep: str = " ") -> str:
-    """``value [low, high]`` as HTML, or the plain value without an interval."""
-    if not isinstance(entry, Mapping):
-        return _e(_num(entry))
-    text = _e(_num(entry.get("value")))
-    if entry.get("low") is not None and entry.get("high") is not None:
-        text += f'{sep}<span class="ci">[{_num(entry["low"])}, {_num(entry["high"])}]</span>'
-    return text
-
-
-def _png_size(png: bytes) -> tuple[int, int]:
-    return struct.unpack(">II", png[16:24])
-
-
-def _figure(png: bytes, alt: str, caption: str) -> str:
-    width, height = _png_size(png)
-    data = base64.b64encode(png).decode("ascii")
-    return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}" width="{width}" '
-        f'height="{height}"><figcaption>{_e(caption)}</figcaption></figure>'
-    )
-
-
-def _try_figure(make: Callable[[], bytes], alt: str, caption: str) -> str:
-    """The figure, or a visible note saying why it could not be drawn (the page still renders)."""
-    try:
-        return _figure(make(), alt, caption)
-    except ValueError as exc:
-        return f'<p class="note">{_e(alt)} not drawn: {_e(exc)}</p>'
-
-
-def _section(anchor: str, heading: str, body: str) -> tuple[str, str, str]:
-    return anchor, heading, f'<section id="{anchor}"><h2>{_e(heading)}</h2>{body}</section>'
 
 
 def _confidence(evaluation: Mapping[str, Any]) -> str:
@@ -174,20 +113,20 @@ def _summary(ev: Mapping[str, Any], dataset: str | None, model: str | None, thr:
                 f"(specificity: the share of '{sides[1]}' cases called '{sides[1]}').",
             )
         )
-    body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    body = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)
     for key in ("auc", "accuracy"):
         macro = " (macro)" if key == "auc" and ev["task"] != "binary" else ""
         label = _LABELS[key][0] + macro
-        body += f"<tr><th>{_e(label)}</th><td>{_ci(ev.get(key))}</td></tr>"
-    body += f"<tr><th>Decision rule</th><td>{_e(thr)}</td></tr>"
+        body += f"<tr><th>{escape(label)}</th><td>{interval(ev.get(key))}</td></tr>"
+    body += f"<tr><th>Decision rule</th><td>{escape(thr)}</td></tr>"
     return f"<table>{body}</table>"
 
 
 def _metrics_table(ev: Mapping[str, Any]) -> str:
     level = _confidence(ev)
     rows = "".join(
-        f'<tr><th>{_e(_LABELS[k][0])}</th><td class="num">{_ci(ev[k])}</td>'
-        f"<td>{_e(_LABELS[k][1])}</td></tr>"
+        f'<tr><th>{escape(_LABELS[k][0])}</th><td class="num">{interval(ev[k])}</td>'
+        f"<td>{escape(_LABELS[k][1])}</td></tr>"
         for k in HEADLINE
         if k in ev
     )
@@ -203,13 +142,13 @@ def _metrics_table(ev: Mapping[str, Any]) -> str:
     )
     if ev.get("task") == "ordinal":
         average += " Kappa uses quadratic weights: a grade off by two counts four times as much."
-    interval = (
+    brackets = (
         f"Brackets: {level}, percentile bootstrap over cases ({ev.get('n_boot')} resamples)."
         if ev.get("bootstrap")
         else "No bootstrap was run, so there are no confidence intervals."
     )
-    head = f"<tr><th>Metric</th><th>Value [{_e(level)}]</th><th>What it means</th></tr>"
-    return f"<p>{_e(average)} {_e(interval)}</p><table>{head}{rows}</table>"
+    head = f"<tr><th>Metric</th><th>Value [{escape(level)}]</th><th>What it means</th></tr>"
+    return f"<p>{escape(average)} {escape(brackets)}</p><table>{head}{rows}</table>"
 
 
 def _per_class_table(ev: Mapping[str, Any]) -> str:
@@ -220,14 +159,14 @@ def _per_class_table(ev: Mapping[str, Any]) -> str:
     counts = [k for k in ("n_positive", "n_negative", "threshold") if k in first]
     metrics = [k for k in first if k not in counts]
     head = "<th>Class</th>" + "".join(
-        f"<th>{_e(k.replace('n_', 'cases ').replace('_', ' '))}</th>" for k in counts
+        f"<th>{escape(k.replace('n_', 'cases ').replace('_', ' '))}</th>" for k in counts
     )
-    head += "".join(f"<th>{_e(_LABELS.get(k, (k,))[0])}</th>" for k in metrics)
+    head += "".join(f"<th>{escape(_LABELS.get(k, (k,))[0])}</th>" for k in metrics)
     body = ""
     for name, entry in per_class.items():
-        cells = "".join(f'<td class="num">{_e(_num(entry.get(k)))}</td>' for k in counts)
-        cells += "".join(f'<td class="num">{_ci(entry.get(k), "<br>")}</td>' for k in metrics)
-        body += f"<tr><th>{_e(name)}</th>{cells}</tr>"
+        cells = "".join(f'<td class="num">{escape(number(entry.get(k)))}</td>' for k in counts)
+        cells += "".join(f'<td class="num">{interval(entry.get(k), "<br>")}</td>' for k in metrics)
+        body += f"<tr><th>{escape(name)}</th>{cells}</tr>"
     return (
         "<h3>Per class</h3><p>Each class against all others; cases positive / negative for "
         f'that class.</p><div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
@@ -239,7 +178,7 @@ def _decision_rule(ev: Mapping[str, Any], source: str | None) -> tuple[str, str]
     thr = ev.get("threshold")
     if ev["task"] in ("multiclass", "ordinal") or thr is None:
         rule = "the class with the highest probability (no threshold)"
-        return rule, f"<p>The prediction is {_e(rule)}.</p>"
+        return rule, f"<p>The prediction is {escape(rule)}.</p>"
     values = [thr] if ev["task"] == "binary" else list(thr)
     if source:
         how = f"The threshold was chosen {source}."
@@ -252,21 +191,22 @@ def _decision_rule(ev: Mapping[str, Any], source: str | None) -> tuple[str, str]
         rule = f"'{pos}' (positive) when P(positive) >= {float(thr):.3f}, else '{neg}'"
         sens, spec = ev.get("sensitivity") or {}, ev.get("specificity") or {}
         at = (
-            f" At this threshold sensitivity is {_num(sens.get('value'))} and specificity "
-            f"{_num(spec.get('value'))}; it is marked on the ROC and precision-recall curves."
+            f" At this threshold sensitivity is {number(sens.get('value'))} and specificity "
+            f"{number(spec.get('value'))}; it is marked on the ROC and precision-recall curves."
         )
     else:
         rule = "per class: positive when P(class) >= that class's threshold"
         at = " The per-class thresholds are in the per-class table and marked on the curves."
-    return rule, f"<p>A case is called {_e(rule)}. {_e(how)}{_e(at)}</p>"
+    return rule, f"<p>A case is called {escape(rule)}. {escape(how)}{escape(at)}</p>"
 
 
 def _extra(heading: str, content: str | bytes, index: int) -> tuple[str, str, str]:
     if isinstance(content, bytes):
-        body = _figure(content, heading, "")
+        body = figure(content, heading, "")
     else:
-        body = "".join(f"<p>{_e(p.strip())}</p>" for p in str(content).split("\n\n") if p.strip())
-    return _section(f"extra-{index}", heading, body)
+        paragraphs = [p.strip() for p in str(content).split("\n\n") if p.strip()]
+        body = "".join(f"<p>{escape(p)}</p>" for p in paragraphs)
+    return section(f"extra-{index}", heading, body)
 
 
 def write_classification_report(
@@ -328,36 +268,36 @@ def write_classification_report(
     rule, threshold_html = _decision_rule(evaluation, threshold_source)
 
     sections = [
-        _section("summary", "Summary", _summary(evaluation, dataset, model, rule)),
-        _section("metrics", "Metrics", _metrics_table(evaluation) + _per_class_table(evaluation)),
-        _section("threshold", "Decision threshold", threshold_html),
+        section("summary", "Summary", _summary(evaluation, dataset, model, rule)),
+        section("metrics", "Metrics", _metrics_table(evaluation) + _per_class_table(evaluation)),
+        section("threshold", "Decision threshold", threshold_html),
     ]
     if history:
         monitor = (config.get("monitor"), config.get("monitor_mode"))
-        fig = _try_figure(
+        fig = try_figure(
             lambda: plots.learning_curves(list(history), *monitor),
             "Learning curves",
             _curves_caption(history, *monitor),
         )
-        sections.append(_section("training", "Training", fig))
+        sections.append(section("training", "Training", fig))
     curve_args = (y_true, y_prob, task, names, thr, positive)
-    roc = _try_figure(
+    roc = try_figure(
         lambda: plots.roc_curves(*curve_args),
         "ROC curve",
         "Sensitivity against false-positive rate over every possible threshold; the closer "
         "to the top-left corner the better, the dotted diagonal is guessing. The dot is the "
         "threshold actually used.",
     )
-    pr = _try_figure(
+    pr = try_figure(
         lambda: plots.pr_curves(*curve_args),
         "Precision-recall curve",
         "Precision (how many positive calls are right) against sensitivity over every "
         "threshold. More telling than the ROC curve when the finding is rare.",
     )
     sections.append(
-        _section("curves", "ROC and precision-recall", f'<div class="figs">{roc}{pr}</div>')
+        section("curves", "ROC and precision-recall", f'<div class="figs">{roc}{pr}</div>')
     )
-    calibration = _try_figure(
+    calibration = try_figure(
         lambda: plots.calibration_plot(y_true, y_prob, task, positive=positive),
         "Calibration plot",
         "Do the probabilities mean what they say? Cases are grouped by predicted probability; "
@@ -365,21 +305,21 @@ def write_classification_report(
         "time. Bars below the diagonal: over-confident. The grey bars underneath count the "
         "cases in each group (groups with few cases are noisy).",
     )
-    matrix = _try_figure(
+    matrix = try_figure(
         lambda: plots.confusion_matrix_plot(evaluation["confusion_matrix"], names),
         "Confusion matrix",
         "Rows are the reference (true) class, columns the prediction; each cell gives the "
         "number of cases and the share of its row. The diagonal holds the correct calls.",
     )
     sections.append(
-        _section(
+        section(
             "calibration",
             "Calibration and errors",
             f'<div class="figs">{calibration}{matrix}</div>',
         )
     )
     if images is not None:
-        grid = _try_figure(
+        grid = try_figure(
             lambda: plots.example_grid(
                 images, prep.y, prep.predictions(), prep.prob, names, n=n_examples
             ),
@@ -390,16 +330,17 @@ def write_classification_report(
             "Confident mistakes are worth a look: they may be label errors or shortcuts the "
             "model learnt.",
         )
-        sections.append(_section("examples", "Examples", grid))
+        sections.append(section("examples", "Examples", grid))
     sections += [_extra(h, c, i) for i, (h, c) in enumerate(extra_sections)]
     all_notes = [*evaluation.get("notes", []), *notes]
     all_notes.append(f"Calibration error: {evaluation.get('ece_kind', '')}")
-    note_items = "".join(f"<li>{_e(n)}</li>" for n in all_notes if n)
-    sections.append(_section("notes", "Notes", f"<ul>{note_items}</ul>"))
+    note_items = "".join(f"<li>{escape(n)}</li>" for n in all_notes if n)
+    sections.append(section("notes", "Notes", f"<ul>{note_items}</ul>"))
     if config:
         text = json.dumps(config, indent=2, default=str, allow_nan=True)
-        body = f"<details><summary>Configuration (JSON)</summary><pre>{_e(text)}</pre></details>"
-        sections.append(_section("config", "Configuration", body))
+        summary = "<summary>Configuration (JSON)</summary>"
+        body = f"<details>{summary}<pre>{escape(text)}</pre></details>"
+        sections.append(section("config", "Configuration", body))
     page = html_page(title, sections, "Classification report")
     path = Path(path)
     atomic_write_text(path, page)
@@ -434,20 +375,3 @@ def _curves_caption(history: Sequence[Mapping[str, Any]], monitor: Any, mode: An
     if best is not None:
         text += f" The dashed line marks the epoch whose weights were kept as best (by {key})."
     return text
-
-
-def html_page(title: str, sections: list[tuple[str, str, str]], kind: str = "Report") -> str:
-    """One self-contained page: ``sections`` are ``(anchor, heading, html)`` from
-    :func:`_section`, linked from a navigation bar; ``kind`` opens the page's byline."""
-    from medlens import __version__
-
-    stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    nav = "".join(f'<a href="#{a}">{_e(h)}</a>' for a, h, _ in sections)
-    body = "\n".join(s for _, _, s in sections)
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>\n<body><main>"
-        f'<h1>{_e(title)}</h1><p class="meta">{_e(kind)}, written {_e(stamp)} '
-        f"by medlens {_e(__version__)}.</p><nav>{nav}</nav>\n{body}\n</main></body></html>\n"
-    )

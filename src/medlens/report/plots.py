@@ -18,7 +18,7 @@ import numpy as np
 from medlens.metrics import calibration_curve_data, pr_curve_data, roc_curve_data
 from medlens.metrics._inputs import Prepared, prepare
 from medlens.report._examples import example_grid
-from medlens.report._figure import DPI, colors, new_figure, plain, to_png
+from medlens.report.figures import DPI, colors, new_figure, plain, to_png
 
 __all__ = [
     "DPI",

@@ -1,4 +1,6 @@
-"""Batched transforms on ``(B, C, [D,] H, W)`` tensors, CPU or GPU, 2D and 3D.
+"""Batched transforms on ``(B, C, [D,] H, W)`` tensors (``(B, T, C, ...)`` sequences), CPU or GPU,
+2D and 3D; a :class:`Batch` names its fields' kinds (image, label, spatial, displacement, boxes,
+points) so that each transform knows what to move and what to leave alone.
 
 Each transform samples its parameters from an explicit generator and applies them
 deterministically; :class:`Compose` records them (``batch.trace``) for replay and inversion and

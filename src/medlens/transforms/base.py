@@ -12,16 +12,24 @@ spatial transforms is resampled once, from the original voxels.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from medlens.transforms import _compile, _warp
+from medlens.transforms import _compile
+from medlens.transforms._resample import resample
 from medlens.transforms.batch import Batch
 
-__all__ = ["Compose", "IntensityTransform", "SpatialTransform", "Step", "Transform"]
+__all__ = [
+    "Compose",
+    "IntensityTransform",
+    "SpatialTransform",
+    "Step",
+    "Transform",
+    "fold_frames",
+]
 
 Params = dict[str, Any]
 
@@ -52,7 +60,8 @@ class Transform:
 
 
 class SpatialTransform(Transform):
-    """A transform that moves voxels: every image, label map, box and point moves together."""
+    """A transform that moves voxels: every dense field (image, label, spatial, displacement),
+    box and point moves together, every frame of a time series with the same parameters."""
 
     invertible = True
 
@@ -70,17 +79,31 @@ class SpatialTransform(Transform):
         return None
 
     def apply(self, batch: Batch, params: Params) -> Batch:
-        return _resample(batch, [_stage(self, batch.spatial_shape, params, batch)])
+        return resample(batch, [_stage(self, batch.spatial_shape, params, batch)])
 
 
 class IntensityTransform(Transform):
-    """A transform of image intensities; label maps, boxes and points pass through untouched.
+    """A transform of image intensities; every other kind (label, spatial, displacement, boxes,
+    points) passes through untouched.
 
     A transform may also offer a *fused* form: ``fused_inputs`` prepares its tensors eagerly
     (random draws, per-sample parameters) and ``fused`` is a pure tensor expression of the image
     and those inputs. :class:`Compose` compiles a run of such transforms into one kernel, so the
     image is read and written once for the run instead of once per transform.
+
+    Images with a time axis ``(B, T, C, *S)`` reach :meth:`apply_image` with the frames folded
+    into the channels, ``(B, T * C, *S)``: parameters are per sample, so every frame gets the
+    same, and spatial filters (blur, bias field, resizing) act on each frame. Point-wise maps
+    whose statistics should pool over a sample's frames (z-scoring, gamma, contrast) set
+    ``frames_as_axis``: they get ``(B, C, T, *S)``, the frames as one more axis.
     """
+
+    frames_as_axis: bool = False
+
+    def apply_field(self, image: torch.Tensor, params: Params, timed: bool = False) -> torch.Tensor:
+        """:meth:`apply_image` on one image field, with its time axis folded as documented."""
+        folded, restore = fold_frames(image, timed, self.frames_as_axis)
+        return restore(self.apply_image(folded, params))
 
     def apply_image(self, image: torch.Tensor, params: Params) -> torch.Tensor:
         raise NotImplementedError
@@ -95,8 +118,25 @@ class IntensityTransform(Transform):
     def apply(self, batch: Batch, params: Params) -> Batch:
         out = batch.copy()
         for name in batch.names("image"):
-            out[name] = self.apply_image(batch[name], params)
+            out[name] = self.apply_field(batch[name], params, batch.timed(name))
         return out
+
+
+def fold_frames(
+    image: torch.Tensor, timed: bool, as_axis: bool
+) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """``(B, T, C, *S)`` as ``(B, T * C, *S)`` (or ``(B, C, T, *S)`` with ``as_axis``) and the
+    function that restores the layout; untimed images pass through."""
+    if not timed:
+        return image, _same
+    if as_axis:
+        return image.transpose(1, 2), lambda out: out.transpose(1, 2).contiguous()
+    frames = image.shape[1]
+    return image.flatten(1, 2), lambda out: out.unflatten(1, (frames, -1))
+
+
+def _same(image: torch.Tensor) -> torch.Tensor:
+    return image
 
 
 @dataclass
@@ -167,20 +207,20 @@ class Compose:
                 pending.append(step)
                 continue
             if pending:
-                out = _resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
+                out = resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
                 pending = []
             if not isinstance(step.transform, IntensityTransform):
                 out = self._intensity_run(out, intensity)
                 intensity = []
             if isinstance(step.transform, SpatialTransform):  # unfused: with the recorded
-                out = _resample(out, [_stage_of(step, out)], self.label_mode)  # spacing
+                out = resample(out, [_stage_of(step, out)], self.label_mode)  # spacing
             elif isinstance(step.transform, IntensityTransform) and self.fuse:
                 intensity.append(step)
                 continue
             else:
                 out = step.transform.apply(out, step.params)
         if pending:
-            out = _resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
+            out = resample(out, [_stage_of(s, out) for s in pending], self.label_mode)
         out = self._intensity_run(out, intensity)
         out.trace = list(batch.trace) + list(steps)
         return out
@@ -191,7 +231,15 @@ class Compose:
             return batch
         out = batch.copy()
         for name in batch.names("image"):
-            image = batch[name]
+            timed = batch.timed(name)
+            modes = {s.transform.frames_as_axis for s in steps} if timed else {False}
+            if len(modes) > 1:  # the steps want the frames laid out differently: one by one
+                image = batch[name]
+                for step in steps:
+                    image = step.transform.apply_field(image, step.params, timed)
+                out[name] = image
+                continue
+            image, restore = fold_frames(batch[name], timed, modes.pop())
             parts = [(s, s.transform.fused_inputs(image, s.params)) for s in steps]
             if (
                 len(steps) < 2
@@ -200,14 +248,14 @@ class Compose:
             ):
                 for step in steps:
                     image = step.transform.apply_image(image, step.params)
-                out[name] = image
+                out[name] = restore(image)
                 continue
             key = tuple((id(s.transform), len(inputs)) for s, inputs in parts)
             function = self._fused.get(key)
             if function is None:
                 function = self._fused[key] = _chain([s.transform for s in steps], key)
             flat = [tensor for _, inputs in parts for tensor in inputs]
-            out[name] = _compile.run(function, image, *flat)
+            out[name] = restore(_compile.run(function, image, *flat))
         return out
 
     def invert(self, batch: Batch, steps: Sequence[Step] | None = None) -> Batch:
@@ -226,7 +274,7 @@ class Compose:
             spacing = batch.spacing_tensor() if step.spacing is None else step.spacing
             matrix = step.transform.matrix(step.in_shape, step.params, spacing)
             stages.append(("affine", torch.linalg.inv(matrix), step.in_shape))
-        out = _resample(batch, stages, self.label_mode)
+        out = resample(batch, stages, self.label_mode)
         out.trace = []
         return out
 
@@ -239,7 +287,7 @@ class _ShapeProbe(Batch):
     """The batch as a sampler sees it mid-chain: the shape after earlier spatial steps."""
 
     def __init__(self, batch: Batch, shape: tuple[int, ...]) -> None:
-        super().__init__(spacing=batch.spacing)
+        super().__init__(spacing=batch.spacing, time_axis=batch.time_axis)
         self._fields = batch._fields
         self.kinds = batch.kinds
         self._shape = shape
@@ -281,206 +329,3 @@ def _stage(
     if displacement is not None:
         return ("field", matrix, displacement, out_shape)
     return ("affine", matrix, out_shape)
-
-
-def _resample(batch: Batch, stages: list, label_mode: str = "nearest") -> Batch:
-    """Resample every field of ``batch`` through ``stages`` (applied first to last) at once."""
-    out = batch.copy()
-    out_shape = stages[-1][-1]
-    n = len(out_shape)
-    has_field = any(stage[0] == "field" for stage in stages)
-    total = None
-    if not has_field:
-        total = stages[0][1]
-        for stage in stages[1:]:
-            total = total @ stage[1]
-    coords = None if total is not None else _pull_grid(stages, out_shape, batch.device)
-
-    def warp(value: torch.Tensor, mode: str) -> torch.Tensor:
-        if total is not None:
-            return _warp.warp_affine(value, total, out_shape, mode=mode)
-        return _warp.warp_coords(value, coords, mode=mode)
-
-    for name in batch.names("image"):
-        out[name] = warp(batch[name], "linear")
-    for name in batch.names("label"):
-        if label_mode == "onehot":
-            out[name] = _warp.onehot_linear(batch[name], lambda v: warp(v, "linear"))
-        else:
-            out[name] = warp(batch[name], "nearest")
-    for name in batch.names("points"):
-        out[name] = _push_points(stages, batch[name], n)
-    for name in batch.names("boxes"):
-        moved, kept = _push_boxes(stages, batch[name], out_shape, has_field)
-        out[name] = moved
-        out.meta[f"{name}_kept"] = kept
-    return out
-
-
-def _pull_grid(stages: list, out_shape, device) -> torch.Tensor:
-    """Source coordinates of every output voxel through a chain with displacement fields."""
-    b = stages[0][1].shape[0]
-    axes = [torch.arange(s, dtype=torch.float32, device=device) for s in out_shape]
-    coords = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)
-    coords = coords.unsqueeze(0).expand(b, *coords.shape).contiguous()
-    for stage in reversed(stages):
-        coords = _pull(stage, coords)
-    return coords
-
-
-def _pull(stage, coords: torch.Tensor) -> torch.Tensor:
-    """Map coordinates in a stage's output space to its input space."""
-    if stage[0] == "field":
-        field = stage[2].to(coords.device, torch.float32)
-        n = coords.shape[-1]
-        flat = coords.reshape(coords.shape[0], -1, n)
-        shift = _warp.sample_at(field, flat)
-        coords = (flat + shift).reshape(coords.shape)
-    return _warp.apply_matrix(stage[1].to(coords.device), coords)
-
-
-def _push_points(stages: list, points: list[torch.Tensor], n: int) -> list[torch.Tensor]:
-    """Where input points land in the output: invert the pull-back chain."""
-    out = []
-    for b, pts in enumerate(points):
-        if pts.numel() == 0:
-            out.append(pts.clone())
-            continue
-        single = [_select(stage, b) for stage in stages]
-        moved = _invert_pull(single, pts.to("cpu", torch.float64))  # matrices live on the CPU
-        out.append(moved.to(pts.device, pts.dtype))
-    return out
-
-
-def _push_boxes(
-    stages: list, boxes: list[torch.Tensor], out_shape, has_field: bool
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Move boxes: the bounding box of their moved corners (a surface lattice under fields).
-
-    Boxes are clipped to the output's extent; those left empty are dropped, and the indices of
-    the boxes kept are returned per sample so their class labels can follow.
-    """
-    n = len(out_shape)
-    upper = torch.tensor(out_shape[::-1], dtype=torch.float64) - 0.5
-    steps = torch.linspace(0, 1, 7 if has_field else 2, dtype=torch.float64)
-    lattice = torch.stack(torch.meshgrid(*([steps] * n), indexing="ij"), dim=-1).reshape(-1, n)
-    moved_all, kept_all = [], []
-    for b, box in enumerate(boxes):
-        if box.numel() == 0:
-            moved_all.append(box.clone())
-            kept_all.append(torch.zeros(0, dtype=torch.long))
-            continue
-        device = box.device
-        box = box.to("cpu", torch.float64)  # matrices and fields' solves live on the CPU
-        low, high = box[:, :n], box[:, n:]
-        points = low[:, None, :] + lattice[None] * (high - low)[:, None, :]
-        single = [_select(stage, b) for stage in stages]
-        moved = _invert_pull(single, points.reshape(-1, n)).reshape(points.shape)
-        new_low = moved.min(dim=1).values.clamp(min=-0.5).minimum(upper)
-        new_high = moved.max(dim=1).values.clamp(min=-0.5).minimum(upper)
-        keep = torch.all(new_high > new_low, dim=1)
-        moved_all.append(torch.cat([new_low, new_high], dim=1)[keep].to(device, torch.float32))
-        kept_all.append(torch.nonzero(keep).flatten())
-    return moved_all, kept_all
-
-
-def _select(stage, b: int):
-    if stage[0] == "field":
-        return ("field", stage[1][b : b + 1], stage[2][b : b + 1], stage[3])
-    return ("affine", stage[1][b : b + 1], stage[2])
-
-
-def _invert_pull(stages: list, points: torch.Tensor) -> torch.Tensor:
-    """Solve pull(y) = points for y: exact for affine chains, Newton's method with fields.
-
-    A plain fixed-point iteration converges only where the field's Jacobian has spectral radius
-    below one; strong (still invertible) deformations exceed that, so the steps here use the
-    chain's Jacobian (central differences) and are halved where they would not reduce the error.
-    Points in folded regions, which have no proper inverse, keep their best estimate.
-    """
-    total = stages[0][1]
-    for stage in stages[1:]:
-        total = total @ stage[1]
-    inverse = torch.linalg.inv(total[0].to(torch.float64))
-    n = points.shape[-1]
-    guess = points @ inverse[:n, :n].T + inverse[:n, n]
-    if all(stage[0] == "affine" for stage in stages):
-        return guess
-    stages = _collapse(stages)
-    residual = points - _pull_chain(stages, guess)
-    active = torch.arange(points.shape[0])
-    for _ in range(40):
-        error = residual[active].norm(dim=-1)
-        active, error = active[error >= 1e-4], error[error >= 1e-4]
-        if active.numel() == 0:
-            break
-        start, target = guess[active], points[active]
-        step = _newton_step(stages, start, residual[active], inverse[:n, :n])
-        for _ in range(10):
-            trial = start + step
-            trial_residual = target - _pull_chain(stages, trial)
-            better = trial_residual.norm(dim=-1) < error
-            if bool(better.all()):
-                break
-            step = torch.where(better[:, None], step, step / 2)
-        guess[active[better]] = trial[better]
-        residual[active[better]] = trial_residual[better]
-        active = active[better]  # those that cannot improve any more stop here
-    return guess
-
-
-def _newton_step(
-    stages: list, guess: torch.Tensor, residual: torch.Tensor, linear_inverse: torch.Tensor
-) -> torch.Tensor:
-    """Solve ``J step = residual`` with the pull chain's Jacobian ``J`` at each point (central
-    differences); the affine part's inverse stands in where ``J`` is singular."""
-    n = guess.shape[-1]
-    h = 1e-2
-    columns = []
-    for k in range(n):
-        offset = torch.zeros(n, dtype=guess.dtype)
-        offset[k] = h
-        ahead, behind = _pull_chain(stages, guess + offset), _pull_chain(stages, guess - offset)
-        columns.append((ahead - behind) / (2 * h))
-    jacobian = torch.stack(columns, dim=-1)  # (N, n, n): d pull_i / d y_k
-    rows = jacobian.unbind(dim=1)
-    if n == 2:  # Cramer's rule: much faster than a batched LAPACK call for tiny systems
-        (a, b), (c, d) = rows[0].unbind(-1), rows[1].unbind(-1)
-        det = a * d - b * c
-        step = torch.stack([d * residual[:, 0] - b * residual[:, 1],
-                            a * residual[:, 1] - c * residual[:, 0]], dim=-1)  # fmt: skip
-    else:
-        cofactors = [
-            torch.linalg.cross(rows[1], rows[2]),
-            torch.linalg.cross(rows[2], rows[0]),
-            torch.linalg.cross(rows[0], rows[1]),
-        ]
-        det = (rows[0] * cofactors[0]).sum(dim=-1)
-        step = sum(c * residual[:, k, None] for k, c in enumerate(cofactors))
-    fallback = residual @ linear_inverse.T
-    usable = det.abs() > 1e-6
-    return torch.where(usable[:, None], step / torch.where(usable, det, 1.0)[:, None], fallback)
-
-
-def _collapse(stages: list) -> list:
-    """The same pull with each run of affine stages multiplied into one matrix (into the next
-    field stage's matrix where one follows): fewer steps for the iterations above."""
-    out, run, last = [], None, None
-    for stage in stages:
-        if stage[0] == "affine":
-            run, last = (stage[1] if run is None else run @ stage[1]), stage
-            continue
-        if run is not None:
-            stage = ("field", run @ stage[1], stage[2], stage[3])
-            run = None
-        out.append(stage)
-    if run is not None:
-        out.append(("affine", run, last[2]))
-    return out
-
-
-def _pull_chain(stages: list, points: torch.Tensor) -> torch.Tensor:
-    coords = points[None].to(torch.float32)
-    for stage in reversed(stages):
-        coords = _pull(stage, coords)
-    return coords[0].to(torch.float64)

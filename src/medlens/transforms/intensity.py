@@ -1,9 +1,9 @@
-"""Intensity transforms on batched images (labels, boxes and points pass through).
+"""Intensity transforms on batched images (every other kind of field passes through).
 
 Every random parameter is drawn per sample from the chain's generator; a parameter given as one
 number is fixed, a ``(low, high)`` pair is drawn uniformly. Samples whose coin (``p``) came up
 false are returned bit for bit (by :class:`GaussianNoise`: equal in value); statistics (minimum,
-maximum, mean) are per sample and channel.
+maximum, mean) are per sample and channel, pooled over the frames of a time series.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class GaussianNoise(IntensityTransform):
     ziggurat.
     """
 
+    frames_as_axis = True  # point-wise: statistics pool over all frames
+
     def __init__(self, std: float | Sequence[float] = 0.1, *, mean: float = 0.0, p: float = 1.0):
         self.std, self.mean, self.p = std, mean, p
 
@@ -137,6 +139,8 @@ class ZScore(IntensityTransform):
         channel_wise: statistics per channel (default) or over all channels together.
         eps: floor of the standard deviation (constant images stay finite).
     """
+
+    frames_as_axis = True  # point-wise: statistics pool over all frames
 
     def __init__(self, *, nonzero: bool = False, channel_wise: bool = True, eps: float = 1e-8):
         self.nonzero, self.channel_wise, self.eps = nonzero, channel_wise, eps
@@ -264,6 +268,8 @@ class Gamma(IntensityTransform):
         retain_stats: then restore each channel's mean and standard deviation (nnU-Net).
     """
 
+    frames_as_axis = True  # point-wise: statistics pool over all frames
+
     def __init__(
         self,
         gamma: float | Sequence[float] = (0.7, 1.5),
@@ -309,6 +315,8 @@ class Contrast(IntensityTransform):
         preserve_range: clip the result to the channel's original minimum and maximum.
     """
 
+    frames_as_axis = True  # point-wise: statistics pool over all frames
+
     def __init__(
         self,
         factor: float | Sequence[float] = (0.75, 1.25),
@@ -346,6 +354,8 @@ class Brightness(IntensityTransform):
         p: probability per sample.
         multiplicative: multiply by ``1 + delta`` instead of adding ``delta``.
     """
+
+    frames_as_axis = True  # point-wise: statistics pool over all frames
 
     def __init__(
         self,

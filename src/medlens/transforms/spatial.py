@@ -256,9 +256,10 @@ class RandomElastic(SpatialTransform):
 class RandomCrop(SpatialTransform):
     """Crop patches of ``size``, centred on foreground with probability ``foreground``.
 
-    Foreground is any non-zero voxel of the label field ``label`` (or one of ``classes``), drawn
-    uniformly; other patches are placed uniformly at random. Volumes smaller than the patch are
-    padded with zeros around the centre. Put it first in a chain: it looks at the batch as given.
+    Foreground is any non-zero voxel of the label field ``label`` (or one of ``classes``; in any
+    frame of a time series), drawn uniformly; other patches are placed uniformly at random.
+    Volumes smaller than the patch are padded with zeros around the centre. Put it first in a
+    chain: it looks at the batch as given.
     """
 
     def __init__(
@@ -282,7 +283,8 @@ class RandomCrop(SpatialTransform):
         if len(self.size) != n:
             raise ValueError(f"crop size {self.size} does not match {n}D data")
         label = batch.get(self.label)
-        if label is not None and tuple(label.shape[2:]) != tuple(shape):
+        timed = label is not None and batch.timed(self.label)
+        if label is not None and tuple(label.shape[-n:]) != tuple(shape):
             raise ValueError("RandomCrop must come before other shape-changing transforms")
         sizes = torch.tensor(shape, dtype=torch.float64)
         patch = torch.tensor(self.size, dtype=torch.float64)
@@ -295,11 +297,14 @@ class RandomCrop(SpatialTransform):
         for i in range(b):
             if label is None or not use_fg[i]:
                 continue
+            values = label[i, :, 0] if timed else label[i, 0]
             mask = (
-                label[i, 0] != 0
+                values != 0
                 if self.classes is None
-                else torch.isin(label[i, 0], torch.tensor(self.classes, device=label.device))
+                else torch.isin(values, torch.tensor(self.classes, device=label.device))
             )
+            if timed:  # foreground in any frame
+                mask = mask.any(dim=0)
             voxels = torch.nonzero(mask)
             if voxels.shape[0] == 0:
                 use_fg[i] = False

@@ -5,7 +5,8 @@ The run folder is the contract between ``medlens train``, ``evaluate`` and ``pre
     run.json            task, classes, positive class (binary), input spec, plan, folds,
                         thresholds, status
     splits.json         which training images each fold trained and tuned on
-    preprocessing.json  the input grid and the fitted normalisation (also inside the weights)
+    preprocessing.json  the fitted normalisation as a medlens.preprocessing pipeline (also
+                        inside the weights; run.json holds the input grid)
     fold-K/             config.json, history.jsonl, last.pt, best.pt of fold K
     metrics.json        held-out evaluation with 95% bootstrap intervals
     predictions.csv     held-out predictions
@@ -17,7 +18,6 @@ ensemble: the mean of their probabilities.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,22 +26,26 @@ import numpy as np
 import torch
 
 from medlens.errors import MedlensError
+from medlens.tasks.base import Prediction
 from medlens.tasks.classification.data import ImageSet, InputSpec
 from medlens.tasks.classification.plan import Classifier, Plan, build_network
-from medlens.tasks.run_folder import status_problem
+from medlens.tasks.run_folder import RunFolder, run_format
 
 __all__ = [
     "RUN_FORMAT",
+    "ClassPrediction",
     "Run",
+    "class_predictions",
     "load_run",
     "metric_task",
     "positive_index",
     "predict_probs",
     "recorded_positive",
     "write_predictions",
+    "write_rows",
 ]
 
-RUN_FORMAT = "medlens.classification/1"
+RUN_FORMAT = run_format("classification")
 
 
 def metric_task(task: str, n_classes: int) -> str:
@@ -113,37 +117,25 @@ def recorded_positive(info: dict[str, Any]) -> int | None:
 
 def read_run_info(path: Path, run_format: str | None = RUN_FORMAT) -> dict[str, Any]:
     """``run.json`` of a run folder, checked to be a ``run_format`` run (None: any task)."""
-    manifest = path / "run.json"
-    if not manifest.is_file():
-        raise MedlensError(f"{path}: not a medlens run folder (no run.json)")
-    try:
-        info = json.loads(manifest.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MedlensError(f"{manifest}: not valid JSON ({exc})") from None
+    folder = RunFolder(path)
+    info = folder.info
     if run_format is not None and info.get("format") != run_format:
-        raise MedlensError(f"{manifest}: not a {run_format} run")
+        raise MedlensError(f"{folder.manifest}: not a {run_format} run")
     return info
 
 
 def load_run(path: str | Path) -> Run:
     """Load a finished run's networks (best checkpoint of each fold, EMA weights if kept)."""
-    from medlens.engine import load_weights, reported_checkpoint
-
-    path = Path(path)
-    info = read_run_info(path)
-    problem = status_problem(path, info)
-    if problem is not None:
-        raise MedlensError(f"{path}: {problem}")
+    folder = RunFolder(path).require("classification")
+    info = folder.info
     spec = InputSpec.from_dict(info["input"])
     plan = Plan.from_dict(info["plan"])
     norm = info["normalisation"]
-    networks = []
-    for fold in range(int(info["folds"])):
-        checkpoint = reported_checkpoint(path / f"fold-{fold}")
-        network = build_network(plan, spec, int(info["num_outputs"]), norm["mean"], norm["std"])
-        load_weights(network, checkpoint)
-        networks.append(network.eval())
-    return Run(path, info, networks)
+    outputs = int(info["num_outputs"])
+    networks = folder.load_networks(
+        lambda: build_network(plan, spec, outputs, norm["mean"], norm["std"])
+    )
+    return Run(folder.path, info, networks)
 
 
 @torch.no_grad()
@@ -176,6 +168,82 @@ def predicted_labels(
     return decide(probs, metric_task, threshold, 1 if positive is None else positive)
 
 
+@dataclass
+class ClassPrediction(Prediction):
+    """One image's class probabilities and decision; it writes itself as a CSV row."""
+
+    probabilities: np.ndarray
+    class_names: list[str]
+    metric_task: str
+    decision: Any  # class index, or 0/1 per class (multi-label)
+    true_label: int | None = None
+
+    @property
+    def label(self) -> str | list[str]:
+        """The predicted class name (multi-label: the names predicted present)."""
+        if self.metric_task == "multilabel":
+            return [n for n, on in zip(self.class_names, self.decision, strict=True) if on]
+        return self.class_names[int(self.decision)]
+
+    def row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": self.id}
+        row.update({f"prob_{n}": f"{p:.6f}" for n, p in zip(self.class_names, self.probabilities,
+                                                             strict=True)})  # fmt: skip
+        if self.metric_task == "multilabel":
+            row.update({f"pred_{n}": int(v) for n, v in zip(self.class_names, self.decision,
+                                                            strict=True)})  # fmt: skip
+            return row
+        row.update(pred_index=int(self.decision), pred_label=self.label)
+        if self.true_label is not None:
+            row["true_label"] = self.class_names[int(self.true_label)]
+        return row
+
+
+def class_predictions(
+    ids: list[str],
+    probs: np.ndarray,
+    class_names: list[str],
+    metric_task: str,
+    threshold: Any,
+    positive: int | None = None,
+    labels: np.ndarray | None = None,
+) -> list[ClassPrediction]:
+    """One :class:`ClassPrediction` per row of ``probs`` (``labels``: the truth, if known)."""
+    decisions = predicted_labels(probs, metric_task, threshold, positive)
+    truth = labels if labels is not None and metric_task != "multilabel" else None
+    return [
+        ClassPrediction(
+            sample_id,
+            probs[i],
+            class_names,
+            metric_task,
+            decisions[i],
+            None if truth is None else int(truth[i]),
+        )
+        for i, sample_id in enumerate(ids)
+    ]
+
+
+def write_rows(path: str | Path, predictions: list[Prediction]) -> Path:
+    """A CSV of the predictions' rows, in order (columns in the first row's order)."""
+    import csv
+    import io
+
+    from medlens._atomic import atomic_write_text
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    header: list[str] = []
+    for prediction in predictions:
+        header += [k for k in prediction.row() if k not in header]
+    writer.writerow(header)
+    for prediction in predictions:
+        row = prediction.row()
+        writer.writerow([row.get(k, "") for k in header])
+    atomic_write_text(Path(path), buffer.getvalue())
+    return Path(path)
+
+
 def write_predictions(
     path: str | Path,
     data: ImageSet,
@@ -185,31 +253,16 @@ def write_predictions(
     threshold: Any,
     positive: int | None = None,
 ) -> Path:
-    """One row per image in input order: id, ``prob_<class>`` per class, the prediction(s)."""
-    import csv
-    import io
+    """One row per image in input order: id, ``prob_<class>`` per class, the prediction(s)
+    (and ``true_label`` when ``data`` has labels)."""
+    predictions = class_predictions(list(data.ids), probs, class_names, metric_task, threshold,
+                                    positive, data.labels)  # fmt: skip
+    if not predictions:
+        header = ["id", *(f"prob_{name}" for name in class_names)]
+        header += ([f"pred_{n}" for n in class_names] if metric_task == "multilabel"
+                   else ["pred_index", "pred_label"])  # fmt: skip
+        from medlens._atomic import atomic_write_text
 
-    from medlens._atomic import atomic_write_text
-
-    labels = predicted_labels(probs, metric_task, threshold, positive)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    header = ["id", *(f"prob_{name}" for name in class_names)]
-    if metric_task == "multilabel":
-        header += [f"pred_{name}" for name in class_names]
-    else:
-        header += ["pred_index", "pred_label"]
-    if data.labels is not None:
-        header += ["true_label"] if metric_task != "multilabel" else []
-    writer.writerow(header)
-    for i, sample_id in enumerate(data.ids):
-        row: list[Any] = [sample_id, *(f"{p:.6f}" for p in probs[i])]
-        if metric_task == "multilabel":
-            row += [int(v) for v in labels[i]]
-        else:
-            row += [int(labels[i]), class_names[int(labels[i])]]
-            if data.labels is not None:
-                row.append(class_names[int(data.labels[i])])
-        writer.writerow(row)
-    atomic_write_text(Path(path), buffer.getvalue())
-    return Path(path)
+        atomic_write_text(Path(path), ",".join(header) + "\r\n")
+        return Path(path)
+    return write_rows(path, predictions)

@@ -9,7 +9,6 @@ or without labels, a folder of images, DICOM files or series) and shapes it like
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medlens.data.paired import IMAGE_SUFFIXES
 from medlens.errors import DatasetError, MedlensError
+from medlens.image import Image
 from medlens.io._checks import require_finite
 
 __all__ = ["ImageSet", "InputSpec", "conform", "load_labelled", "read_inputs"]
@@ -206,31 +205,23 @@ def read_inputs(
     if path.is_file() and path.suffix.lower() == ".npz":
         return _read_npz(path, spec, split)
     from medlens._progress import progress as shown
+    from medlens.io.discover import discover_inputs
 
-    items = input_items(path, spec.spatial_dims)
-    arrays, ids = [], []
-    for item_id, source in shown(items, "reading images", enabled=progress):
-        arrays.append(_read_one(source, item_id, spec.spatial_dims, spec.load_options))
-        ids.append(item_id)
+    inputs = discover_inputs(path, spatial_dims=spec.spatial_dims)
+    arrays = [
+        image_array(item.load(**spec.load_options), item.id, spec.spatial_dims)
+        for item in shown(inputs, "reading images", enabled=progress)
+    ]
     images = _stack(arrays, spec.channels, spec.shape, spec.uint8)
-    return ImageSet(images, None, ids, source=str(path), split=None)
+    return ImageSet(images, None, [item.id for item in inputs], source=str(path), split=None)
 
 
-def input_items(path: Path, spatial_dims: int) -> list[tuple[str, Any]]:
-    """``(id, source)`` per image under ``path`` (a file or a folder tree; hidden files and
-    DICOMDIR skipped; for 3D each DICOM series is one source), as :func:`read_inputs` reads
-    them."""
-    if path.is_file():
-        files = [path]
-    else:
-        files = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
-        )
-    if not files:
-        raise DatasetError("empty folder: no images in it", path)
-    return _group_inputs(files, spatial_dims, path)
+def images_to_spec(images: Sequence[Image], spec: InputSpec, ids: Sequence[str]) -> np.ndarray:
+    """Loaded images brought to ``spec`` exactly as :func:`read_inputs` brings files."""
+    arrays = [
+        image_array(image, i, spec.spatial_dims) for image, i in zip(images, ids, strict=True)
+    ]
+    return _stack(arrays, spec.channels, spec.shape, spec.uint8)
 
 
 def _read_npz(path: Path, spec: InputSpec, split: str | None) -> ImageSet:
@@ -266,37 +257,9 @@ def _read_npz(path: Path, spec: InputSpec, split: str | None) -> ImageSet:
     return ImageSet(images, labels, ids, source=str(path), split=split)
 
 
-def _group_inputs(files: list[Path], spatial_dims: int, root: Path) -> list[tuple[str, Any]]:
-    """``(id, source)`` per input: a file, or for 3D models a DICOM series (list of files)."""
-    from medlens.io.dicom import is_dicom_file
-
-    dicom = [p for p in files if is_dicom_file(p)]
-    others = [p for p in files if p not in set(dicom) and p.name.lower().endswith(IMAGE_SUFFIXES)]
-    items: list[tuple[str, Any]] = []
-    base = root if root.is_dir() else root.parent
-    if spatial_dims == 3 and dicom:
-        from medlens.io.dicom import list_series_of
-
-        for series in list_series_of(dicom):
-            parent = Path(os.path.commonpath([str(f.parent) for f in series.files]))
-            items.append((series.uid, (parent, series.uid)))
-    else:
-        items.extend((str(p.relative_to(base)), p) for p in dicom)
-    items.extend((str(p.relative_to(base)), p) for p in others)
-    if not items:
-        raise DatasetError(
-            "no readable images (PNG, JPEG, TIFF, BMP, NIfTI, DICOM, .npy or medlens .npz)", root
-        )
-    return sorted(items, key=lambda item: item[0])
-
-
-def _read_one(source: Any, item_id: str, spatial_dims: int, options: dict) -> np.ndarray:
-    from medlens.io import load_image
-
-    if isinstance(source, tuple):  # one DICOM series: (folder, series UID)
-        image = load_image(source[0], series_uid=source[1], **options)
-    else:
-        image = load_image(source, **options)
+def image_array(image: Image, item_id: str, spatial_dims: int) -> np.ndarray:
+    """``(C, [D,] H, W)`` of a loaded image for a ``spatial_dims`` model (a single-slice
+    volume is a 2D image)."""
     array = _as_chw(image.array, image.leading, item_id)
     if array.ndim - 1 == 3 and spatial_dims == 2:
         if array.shape[1] != 1:

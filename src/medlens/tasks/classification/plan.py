@@ -11,36 +11,76 @@ prediction applies exactly the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from medlens.tasks.classification.data import InputSpec
+from medlens.tasks.plan import Plan as TaskPlan
+from medlens.tasks.plan import PlanError
 
-__all__ = ["Classifier", "Plan", "build_augment", "build_network", "fit_normaliser", "make_plan"]
+if TYPE_CHECKING:
+    from medlens.engine import TrainConfig
+
+PLAN_FORMAT = "medlens.classification-plan/1"
+
+__all__ = [
+    "PLAN_FORMAT",
+    "Classifier",
+    "Plan",
+    "build_augment",
+    "build_network",
+    "fit_normaliser",
+    "make_plan",
+]
 
 
 @dataclass
-class Plan:
-    """The run's model, training overrides and augmentation, with the reason in words."""
+class Plan(TaskPlan):
+    """The run's model, training settings and augmentation, with the reason in words.
+
+    It lives in the run's ``run.json`` (``"plan"``); ``--set`` changes it as any plan
+    (:mod:`medlens.tasks.plan`): ``lr=0.001`` or ``train.lr=0.001``, ``model_kwargs.width=16``,
+    ``augment.rotate=0``.
+    """
 
     model: str
     model_kwargs: dict[str, Any]
-    train: dict[str, Any]
+    train: TrainConfig
     augment: dict[str, Any]
     reason: str
     chosen: bool = True  # False when the user named the model
     notes: list[str] = field(default_factory=list)
+    format: str = PLAN_FORMAT
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    FORMAT: ClassVar[str | None] = PLAN_FORMAT
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Plan:
-        return cls(**data)
+    def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Runs from before plans had a format hold the plan without one."""
+        data.setdefault("format", PLAN_FORMAT)
+        return data
+
+    def describe(self) -> list[str]:
+        """The plan in a few lines, for ``medlens plan``."""
+        t = self.train
+        return [
+            f"{self.model} ({self.reason}); {t.epochs} epochs of batch {t.batch_size}, "
+            f"{t.optimizer} lr {t.lr:g}, {t.schedule} schedule, monitor {t.monitor}",
+            *(f"  {note}" for note in self.notes),
+        ]
+
+    def __post_init__(self) -> None:
+        from medlens.engine import TrainConfig
+        from medlens.engine.optim import ENGINE_LOSSES
+
+        if isinstance(self.train, dict):  # runs written before the typed plan: a subset
+            self.train = TrainConfig.from_dict(self.train)
+        if self.train.loss not in ENGINE_LOSSES:
+            raise PlanError(f"train.loss={self.train.loss!r}: use {', '.join(ENGINE_LOSSES)}")
 
 
 def make_plan(
@@ -89,6 +129,8 @@ def make_plan(
         reason = f"model {model} as asked"
     planned = int(np.clip(round(budget / max(n_train, 1)), *bounds))
     train["epochs"] = int(epochs) if epochs is not None else planned
+    from medlens.engine import TrainConfig
+
     augment = {
         "rotate": 10.0,
         "scale": 0.1,
@@ -96,7 +138,7 @@ def make_plan(
         "flip_axes": [spec.spatial_dims - 1] if spec.spatial_dims == 2 else [0, 1, 2],
         "contrast": 0.2,
     }
-    return Plan(name, kwargs, train, augment, reason, chosen)
+    return Plan(name, kwargs, TrainConfig(**train), augment, reason, chosen)
 
 
 # ------------------------------------------------------------------------------- the network
@@ -149,15 +191,13 @@ def build_network(
 
 
 def fit_normaliser(images: np.ndarray, *, sample: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation of training images (8-bit scaled to ``[0, 1]``)."""
-    step = max(1, images.shape[0] // sample)
-    values = images[::step].astype(np.float64)
-    if images.dtype == np.uint8:
-        values /= 255.0
-    axes = (0, *range(2, values.ndim))
-    mean = values.mean(axis=axes)
-    std = values.std(axis=axes)
-    return [float(m) for m in mean], [float(max(s, 1e-6)) for s in std]
+    """Per-channel mean and standard deviation of training images (8-bit scaled to ``[0, 1]``):
+    a fitted :class:`~medlens.preprocessing.ChannelZScore`'s, the step ``preprocessing.json``
+    saves."""
+    from medlens.preprocessing import ChannelZScore
+
+    step = ChannelZScore(sample=sample).fit(images)
+    return list(step.mean_), list(step.std_)
 
 
 # ------------------------------------------------------------------------------ augmentation

@@ -67,6 +67,7 @@ def train_classification(
     n_boot: int = 1000,
     log: Callable[[str], None] = print,
     positive_class: str | int | None = None,
+    plan: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train, tune, evaluate and report; returns the run's ``run.json`` content.
 
@@ -83,6 +84,8 @@ def train_classification(
         positive_class: binary tasks: the positive class, by name or index (default: index 1);
             sensitivity, specificity, the threshold and the predictions refer to it, and
             ``run.json`` records it (``positive_class``, ``positive_index``).
+        plan: a plan file (``medlens plan``) to train by instead of planning; ``epochs`` and
+            ``overrides`` still apply.
     """
     from medlens.engine import distributed as D
 
@@ -91,16 +94,15 @@ def train_classification(
     try:
         with failed_cleanly(output, resume=resume, enabled=dist.is_main):
             return _job(data, output, model, epochs, folds, seed, resume, overrides, progress,
-                        n_boot, log, dist, positive_class)  # fmt: skip
+                        n_boot, log, dist, positive_class, plan)  # fmt: skip
     finally:
         if owns_group:
             D.destroy_distributed()
 
 
 def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, n_boot, log, dist,
-         positive_class):  # fmt: skip
+         positive_class, plan_path=None):  # fmt: skip
     from medlens.data import kfold_splits, save_splits, train_val_split
-    from medlens.engine import TrainConfig, apply_overrides
 
     main = dist.is_main
     write = atomic_write_json if main else _skip
@@ -130,7 +132,7 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
                 "resume without --positive-class or start a new run"
             )
         positive = recorded_positive(info)
-        plan = Plan.from_dict(info["plan"])
+        plan = _resumed_plan(Plan.from_dict(info["plan"]), info.get("overrides", []), overrides)
         folds_n = int(info["folds"])
         split_records = json.loads((output / "splits.json").read_text())["folds"]
         log(f"resuming {output}: {info['plan']['model']}, {folds_n} fold(s)")
@@ -140,7 +142,7 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
         barrier()  # every rank has checked before rank 0 writes
         if main:
             output.mkdir(parents=True, exist_ok=True)
-        plan = make_plan(train_set.spec, len(train_set), train_set.task, model=model, epochs=epochs)
+        plan = _new_plan(train_set, model, epochs, plan_path).with_overrides(overrides)
         labels_for_split = None if task == "multilabel" else train_set.labels
         labels_array = _split_labels(train_set, labels_for_split)
         grouping = {"groups": train_set.subjects, "ids": train_set.ids}
@@ -180,17 +182,16 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
             },
         }
         write(output / "run.json", info)
-        write(
-            output / "preprocessing.json",
-            {"input": info["input"], "normalisation": info["normalisation"]},
-        )
+        from medlens.preprocessing import ChannelZScore, Preprocessor
+
+        scaler = ChannelZScore.from_normalisation(info["normalisation"])  # fit_normaliser's step
+        write(output / "preprocessing.json", Preprocessor([scaler]).to_dict())
         verb = "chose" if plan.chosen else "using"
         log(
-            f"medlens {verb} {plan.model} ({plan.reason}); {plan.train['epochs']} epochs, "
+            f"medlens {verb} {plan.model} ({plan.reason}); {plan.train.epochs} epochs, "
             f"{folds_n} fold(s), {len(train_set)} training images"
         )
-    base = TrainConfig(seed=seed, progress=progress, **_config_fields(plan.train))
-    config = apply_overrides(base, overrides)
+    config = plan.train.replace(seed=seed, progress=progress)
     norm = info["normalisation"]
     augment = build_augment(plan.augment, train_set.spatial_dims)
     oof = np.full((len(train_set), num_outputs), np.nan)
@@ -278,8 +279,28 @@ def _split_labels(data: ImageSet, labels: np.ndarray | None) -> np.ndarray:
     return labels if labels is not None else np.zeros(len(data), dtype=np.int64)
 
 
-def _config_fields(train: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in train.items() if k not in ("seed", "progress")}
+def _new_plan(train_set: ImageSet, model: str | None, epochs: int | None, path) -> Plan:
+    """The plan of a new run: the plan file given, or planned from the training images."""
+    if path is None:
+        return make_plan(train_set.spec, len(train_set), train_set.task, model=model,
+                         epochs=epochs)  # fmt: skip
+    if model is not None:
+        raise MedlensError("--model with --plan: name the model in the plan")
+    plan = Plan.load(path)
+    if epochs is not None:
+        plan.train = plan.train.replace(epochs=int(epochs))
+    return plan
+
+
+def _resumed_plan(plan: Plan, recorded: list[str], overrides: Sequence[str]) -> Plan:
+    """The plan of a resumed run: its settings (runs from before the typed plan kept their
+    ``--set`` items beside it) and this resume's training settings (the trainer refuses those
+    a resume may not change); the model and augmentation cannot change."""
+    resumed = plan.with_overrides([*recorded, *overrides])
+    if {**resumed.to_dict(), "train": None} != {**plan.with_overrides(recorded).to_dict(),
+                                                "train": None}:  # fmt: skip
+        raise MedlensError("--set: only training settings may change when resuming a run")
+    return resumed
 
 
 def _fit_fold(network, config, data, train_idx, tune_idx, fold_dir, augment, task, resume):

@@ -14,7 +14,7 @@ from a generator seeded by ``(seed, epoch)``, so resumed training draws the same
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,7 +22,10 @@ import torch
 from medlens.errors import DatasetError
 from medlens.tasks.segmentation.plan import SegmentationPlan
 
-__all__ = ["Case", "PatchBatches", "normalise", "preprocess_case"]
+if TYPE_CHECKING:
+    from medlens.preprocessing import Preprocessor
+
+__all__ = ["Case", "PatchBatches", "normalise", "normaliser", "preprocess_case"]
 
 
 @dataclass
@@ -36,20 +39,38 @@ class Case:
     foreground: dict[int, np.ndarray] = field(default_factory=dict)  # class -> voxel indices
 
 
-def normalise(array: np.ndarray, plan: SegmentationPlan) -> np.ndarray:
-    """Intensity normalisation of ``(C, ...)`` as the plan says (float32)."""
-    array = array.astype(np.float32, copy=False)
-    scheme = plan.normalisation["scheme"]
+def normaliser(plan: SegmentationPlan) -> Preprocessor:
+    """The plan's intensity normalisation as a fitted :class:`~medlens.preprocessing.Preprocessor`,
+    so a run can save it beside its weights and prediction can re-apply it.
+
+    ``"ct"``: :class:`~medlens.preprocessing.PercentileClipZScore` with the plan's clip bounds and
+    dataset mean and std (from the fingerprint); ``"zscore"``: a per-image
+    :class:`~medlens.preprocessing.ZScore` with float32 statistics, as segmentation runs always
+    computed them; ``"none"``: no step.
+    """
+    from medlens.preprocessing import PercentileClipZScore, Preprocessor, ZScore
+
+    settings = plan.normalisation
+    scheme = settings["scheme"]
     if scheme == "ct":
-        low, high = plan.normalisation["clip"]
-        mean, std = plan.normalisation["mean"], plan.normalisation["std"]
-        return ((np.clip(array, low, high) - mean) / max(std, 1e-8)).astype(np.float32)
+        clip, mean, std = settings["clip"], settings["mean"], settings["std"]
+        return Preprocessor([PercentileClipZScore.from_statistics(clip, mean, std)])
     if scheme == "zscore":
-        axes = tuple(range(1, array.ndim))
-        mean = array.mean(axis=axes, keepdims=True)
-        std = array.std(axis=axes, keepdims=True)
-        return ((array - mean) / np.maximum(std, 1e-8)).astype(np.float32)
-    return array
+        return Preprocessor([ZScore(stats_dtype="float32")])
+    return Preprocessor([])
+
+
+def normalise(array: np.ndarray, plan: SegmentationPlan) -> np.ndarray:
+    """Intensity normalisation of ``(C, ...)`` as the plan says (float32), by :func:`normaliser`."""
+    from medlens.image import Image
+
+    array = array.astype(np.float32, copy=False)
+    prep = normaliser(plan)
+    if not prep.steps:
+        return array
+    # the steps take Images: the channels as a 2D image (every step is per voxel or per channel)
+    image = Image(array.reshape(array.shape[0], 1, -1), leading=("channel",))
+    return prep.transform(image).array.reshape(array.shape)
 
 
 def preprocess_case(sample: Any, plan: SegmentationPlan, *, max_foreground: int = 10_000) -> Case:

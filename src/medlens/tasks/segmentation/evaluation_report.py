@@ -32,7 +32,7 @@ def _explained(run, dataset, selected, ranked, max_voxels: int = 2**22) -> list[
     ``(caption, PNG)``; cases too large to explain whole on a CPU, or failures, leave a note."""
     from medlens.explain import attribute
     from medlens.explain.render import attribution_figure
-    from medlens.explain.run import segmentation_job
+    from medlens.tasks.segmentation.explaining import segmentation_job
     from medlens.tasks.segmentation.predict import _squeeze_2d
 
     out: list[tuple[str, bytes]] = []
@@ -66,15 +66,15 @@ def _explained(run, dataset, selected, ranked, max_voxels: int = 2**22) -> list[
 
 def _write_report(path: Path, run, result: Mapping[str, Any], overlays, explained=()) -> Path:
     from medlens._atomic import atomic_write_text
-    from medlens.report.html import _figure, _section, html_page
+    from medlens.report.page import figure, html_page, section
 
     info = run.info
     sections = [
-        _section("summary", "Summary", _summary_table(run, result)),
-        _section("metrics", "Metrics", _metrics_table(result)),
+        section("summary", "Summary", _summary_table(run, result)),
+        section("metrics", "Metrics", _metrics_table(result)),
     ]
     figures = "".join(
-        _figure(
+        figure(
             png,
             f"Overlay of the {role} case {case_id}",
             f"The {role} case by mean foreground Dice: {case_id}. Reference contour in amber, "
@@ -88,7 +88,7 @@ def _write_report(path: Path, run, result: Mapping[str, Any], overlays, explaine
         "reference foreground.</p>"
     )
     sections.append(
-        _section(
+        section(
             "examples",
             "Best, median and worst cases",
             f'{explain}<div class="figs">{figures}</div>',
@@ -96,7 +96,7 @@ def _write_report(path: Path, run, result: Mapping[str, Any], overlays, explaine
     )
     if explained:
         body = "".join(
-            _figure(png, caption, caption) if png else f'<p class="note">{_esc(caption)}</p>'
+            figure(png, caption, caption) if png else f'<p class="note">{_esc(caption)}</p>'
             for caption, png in explained
         )
         intro = (
@@ -106,7 +106,7 @@ def _write_report(path: Path, run, result: Mapping[str, Any], overlays, explaine
             "checks.</p>"
         )
         sections.append(
-            _section(
+            section(
                 "explained",
                 "Explained examples (Grad-CAM)",
                 f'{intro}<div class="figs">{body}</div>',
@@ -116,8 +116,8 @@ def _write_report(path: Path, run, result: Mapping[str, Any], overlays, explaine
     if history:
         curves = _learning_curves(history)
         if curves:
-            sections.append(_section("training", "Training", curves))
-    sections.append(_section("cases", "Per case", _cases_table(result)))
+            sections.append(section("training", "Training", curves))
+    sections.append(section("cases", "Per case", _cases_table(result)))
     notes = [
         f"Scored cases: {result.get('cases_description')}.",
         "Metrics are computed on each case's original grid with its own spacing (mm). When "
@@ -127,11 +127,11 @@ def _write_report(path: Path, run, result: Mapping[str, Any], overlays, explaine
         *result.get("notes", []),
     ]
     items = "".join(f"<li>{_esc(n)}</li>" for n in notes if n)
-    sections.append(_section("notes", "Notes", f"<ul>{items}</ul>"))
+    sections.append(section("notes", "Notes", f"<ul>{items}</ul>"))
     config = {"run": info, "plan": json.loads(_plan_json(run)), "settings": result.get("settings")}
     text = json.dumps(config, indent=2, default=str)
     sections.append(
-        _section(
+        section(
             "config",
             "Configuration",
             f"<details><summary>Run and plan (JSON)</summary><pre>{_esc(text)}</pre></details>",
@@ -144,9 +144,11 @@ def _write_report(path: Path, run, result: Mapping[str, Any], overlays, explaine
 
 
 def _esc(text: Any) -> str:
-    from medlens.report.html import _e
+    """:func:`medlens.report.page.escape`, imported on first use like every report import here,
+    so that importing this module does not load the report package (and matplotlib)."""
+    from medlens.report.page import escape
 
-    return _e(text)
+    return escape(text)
 
 
 def _plan_json(run) -> str:
@@ -278,9 +280,9 @@ def _history(run: Path) -> list[dict[str, Any]]:
 
 def _learning_curves(history: list[dict[str, Any]]) -> str:
     from medlens.report import plots
-    from medlens.report.html import _try_figure
+    from medlens.report.page import try_figure
 
-    return _try_figure(
+    return try_figure(
         lambda: plots.learning_curves(history, "val_dice", "max"),
         "Learning curves",
         "Training loss per epoch (left) and the validation cases' mean foreground Dice (right); "

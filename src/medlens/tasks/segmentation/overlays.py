@@ -63,7 +63,7 @@ def overlay_figure(
     """
     from matplotlib.lines import Line2D
 
-    from medlens.report._figure import new_figure, plain, to_png
+    from medlens.report.figures import new_figure, plain, to_png
 
     ref, pred = np.asarray(reference), np.asarray(prediction)
     array = np.asarray(image)

@@ -33,14 +33,14 @@ with ``key=value``; :class:`SegmentationPlan` gives typed access and checks it.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from medlens.errors import MedlensError
+from medlens.tasks.plan import Plan, PlanError
+
+if TYPE_CHECKING:
+    from medlens.engine import TrainConfig
 
 __all__ = ["PLAN_FORMAT", "PlanError", "SegmentationPlan", "apply_plan_overrides", "make_plan"]
 
@@ -71,12 +71,12 @@ SCHEDULES = {
 }
 
 
-class PlanError(MedlensError):
-    """A plan file that cannot be used, or an override that does not fit it."""
+#: The losses a segmentation plan may name (``train.loss``).
+LOSSES = ("dice_ce", "dice_focal")
 
 
 @dataclass
-class SegmentationPlan:
+class SegmentationPlan(Plan):
     """Everything training and inference need to know about a segmentation dataset.
 
     Geometry: ``target_spacing`` is in index order ``(x, y[, z])`` like
@@ -100,13 +100,20 @@ class SegmentationPlan:
     modality: str | None = None
     ignore_label: int | None = None
     foreground_oversampling: float = 0.33
-    train: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=lambda: default_train())
+    batch_dice: bool = True
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
     target_scale: list[float] | None = None
     format: str = PLAN_FORMAT
 
+    FORMAT: ClassVar[str | None] = PLAN_FORMAT
+
     def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = default_train(**self.train)
+        if self.train.loss not in LOSSES:
+            raise PlanError(f"train.loss={self.train.loss!r}: use {' or '.join(LOSSES)}")
         n = self.spatial_dims
         if n not in (2, 3):
             raise PlanError(f"spatial_dims must be 2 or 3, got {n}")
@@ -144,38 +151,45 @@ class SegmentationPlan:
         strides = self.network["strides"]
         return [math.prod(s[i] for s in strides) for i in range(self.spatial_dims)]
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: str | Path) -> Path:
-        from medlens._atomic import atomic_write_text
-
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
-        return Path(path)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SegmentationPlan:
-        if data.get("format") != PLAN_FORMAT:
-            raise PlanError(f'not a {PLAN_FORMAT} plan (its "format" is {data.get("format")!r})')
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise PlanError(f"unknown plan keys: {', '.join(unknown)}")
-        return cls(**data)
+    def describe(self) -> list[str]:
+        """The plan in a few lines, for ``medlens plan``."""
+        shape = "x".join(map(str, self.patch_size))
+        spacing = ", ".join(f"{s:.3g}" for s in self.target_spacing)
+        grid = f"spacing ({spacing}) mm"
+        if self.target_scale is not None:
+            factors = ", ".join(f"{s:.3g}" for s in self.target_scale)
+            grid = f"pixels scaled by 1/({factors}), median spacing ({spacing}) mm"
+        return [
+            f"{self.dataset}: {self.spatial_dims}D, {grid}, patch {shape}, batch "
+            f"{self.batch_size}, {len(self.network['features'])}-stage U-Net, "
+            f"{self.normalisation['scheme']} normalisation",
+            *(f"  {note}" for note in self.notes),
+        ]
 
     @classmethod
-    def load(cls, path: str | Path) -> SegmentationPlan:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PlanError(f"{path}: plan file not found") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise PlanError(f"{path}: not valid JSON ({exc})") from None
-        try:
-            return cls.from_dict(data)
-        except (PlanError, TypeError) as exc:
-            raise PlanError(f"{path}: {exc}") from None
+    def _upgrade(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Plans written before the typed ``train`` section: its ``batch_dice`` is the plan's;
+        the training batch size is the plan's ``batch_size``."""
+        train = dict(data.get("train") or {})
+        if "batch_dice" in train:
+            data["batch_dice"] = bool(train.pop("batch_dice"))
+        train.setdefault("batch_size", data.get("batch_size", 2))
+        data["train"] = train
+        return data
+
+    def with_overrides(self, overrides):  # type: ignore[override]
+        """As :meth:`Plan.with_overrides`; ``batch_size`` and ``train.batch_size`` are one
+        setting, and a patch size set by hand is noted."""
+        items = list(overrides)
+        keys = [item.split("=", 1)[0].strip() for item in items]
+        plan = super().with_overrides(items)
+        for key in keys:
+            if key in ("batch_size", "train.batch_size"):
+                size = plan.batch_size if key == "batch_size" else plan.train.batch_size
+                plan.batch_size, plan.train = size, plan.train.replace(batch_size=size)
+        if "patch_size" in keys:
+            plan.notes = [*plan.notes, "patch_size set by hand"]
+        return plan
 
 
 # ----------------------------------------------------------------------------------- planning
@@ -250,16 +264,7 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
             "deep_supervision": True,
         },
         modality=modality,
-        train={
-            **SCHEDULES[kind],
-            "optimizer": "sgd",
-            "lr": 0.01,
-            "momentum": 0.99,
-            "nesterov": True,
-            "weight_decay": 3e-5,
-            "schedule": "cosine",
-            "loss": "dice_ce",
-        },
+        train=default_train(**SCHEDULES[kind], batch_size=int(batch)),
         device=kind,
         notes=notes,
         target_scale=scale,
@@ -319,34 +324,19 @@ def _round_to(value: int, multiple: int) -> int:
 
 
 # ---------------------------------------------------------------------------------- overrides
+def default_train(**settings: Any) -> TrainConfig:
+    """A segmentation plan's training settings: nnU-Net's SGD schedule, Dice + CE, validation
+    Dice chosen as the best epoch; ``settings`` change them."""
+    from medlens.engine import TrainConfig
+
+    base = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True,
+            "weight_decay": 3e-5, "schedule": "cosine", "loss": "dice_ce", "monitor": "val_dice",
+            "monitor_mode": "max", "batches_per_epoch": 50, "batch_size": 2}  # fmt: skip
+    return TrainConfig(**{**base, **settings})
+
+
 def apply_plan_overrides(plan: SegmentationPlan, overrides: list[str]) -> SegmentationPlan:
     """A copy of ``plan`` with ``key=value`` items applied (``patch_size=96,96,96``,
-    ``batch_size=4``, ``network.encoder=residual``, ``train.epochs=50``); values parse as JSON
-    when they can, lists also as comma-separated numbers."""
-    data = plan.to_dict()
-    for item in overrides:
-        if "=" not in item:
-            raise PlanError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        value = _parse(raw.strip())
-        target, parts = data, key.strip().split(".")
-        for part in parts[:-1]:
-            if not isinstance(target.get(part), dict):
-                raise PlanError(f"override {key!r}: {part!r} is not a section of the plan")
-            target = target[part]
-        if len(parts) == 1 and parts[0] not in data:
-            raise PlanError(f"override {key!r}: unknown plan key")
-        target[parts[-1]] = value
-    if "patch_size" in {o.split("=", 1)[0] for o in overrides}:
-        data["notes"] = [*data.get("notes", []), "patch_size set by hand"]
-    return SegmentationPlan.from_dict(data)
-
-
-def _parse(raw: str) -> Any:
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError:
-        pass
-    if "," in raw:
-        return [_parse(part) for part in raw.split(",")]
-    return raw
+    ``batch_size=4``, ``network.encoder=residual``, ``train.epochs=50``): see
+    :meth:`medlens.tasks.plan.Plan.with_overrides`."""
+    return plan.with_overrides(overrides)

@@ -9,7 +9,7 @@ series folder ``ct/`` -> ``ct.nii.gz`` (3D), with the label values used in train
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,17 @@ import numpy as np
 
 from medlens.errors import DatasetError, MedlensError
 from medlens.image import Image, Role
-from medlens.tasks.run_folder import status_problem
+from medlens.tasks.base import Prediction
+from medlens.tasks.run_folder import RunFolder
 from medlens.tasks.segmentation.plan import SegmentationPlan
 
-__all__ = ["SegmentationRun", "load_segmentation_run", "predict_image", "predict_inputs"]
+__all__ = [
+    "MaskPrediction",
+    "SegmentationRun",
+    "load_segmentation_run",
+    "predict_image",
+    "predict_inputs",
+]
 
 
 class SegmentationRun:
@@ -40,30 +47,14 @@ class SegmentationRun:
 
 
 def load_segmentation_run(path: str | Path) -> SegmentationRun:
-    from medlens.engine import load_weights, reported_checkpoint
-    from medlens.tasks.segmentation.train import RUN_FORMAT, build_network
+    """A finished segmentation run folder: plan, one network per fold, postprocessing."""
+    from medlens.tasks.segmentation.network import build_network
 
-    path = Path(path)
-    try:
-        info = json.loads((path / "run.json").read_text())
-    except FileNotFoundError:
-        raise MedlensError(f"{path}: not a medlens run folder (no run.json)") from None
-    if info.get("format") != RUN_FORMAT:
-        raise MedlensError(f"{path}: not a segmentation run")
-    problem = status_problem(path, info)
-    if problem is not None:
-        raise MedlensError(f"{path}: {problem}")
-    plan = SegmentationPlan.load(path / "plan.json")
-    networks = []
-    for fold in sorted(path.glob("fold-*")):
-        network = build_network(plan)
-        load_weights(network, reported_checkpoint(fold))
-        networks.append(network.eval())
-    if not networks:
-        raise MedlensError(f"{path}: no trained fold (fold-*/best.pt)")
-    rules_path = path / "postprocessing.json"
-    rules = json.loads(rules_path.read_text()) if rules_path.is_file() else None
-    return SegmentationRun(path, info, plan, networks, rules)
+    folder = RunFolder(path).require("segmentation")
+    plan = SegmentationPlan.load(folder.path / "plan.json")
+    networks = folder.load_networks(lambda: build_network(plan))
+    return SegmentationRun(folder.path, folder.info, plan, networks,
+                           folder.read("postprocessing.json"))  # fmt: skip
 
 
 def mirror_default(plan: SegmentationPlan) -> bool:
@@ -81,7 +72,7 @@ def predict_image(
     from medlens.data.dataset import Sample
     from medlens.geometry import resample
     from medlens.tasks.segmentation.data import preprocess_case
-    from medlens.tasks.segmentation.train import predict_case
+    from medlens.tasks.segmentation.network import predict_case
 
     plan = run.plan
     mirror = mirror_default(plan) if mirror is None else bool(mirror)
@@ -123,6 +114,42 @@ def _squeeze_2d(image: Image, dims: int) -> Image:
     )
 
 
+@dataclass
+class MaskPrediction(Prediction):
+    """A label map on its input's grid; it writes itself as ``<name>.png`` (2D) or
+    ``<name>.nii.gz`` (3D), and a DICOM Segmentation beside it for a DICOM series input."""
+
+    labels: Image
+    name: str = ""
+    series: Path | None = None  # the DICOM series folder it was predicted from
+    label_values: list[int] | None = None
+    class_names: list[str] | None = None
+
+    def row(self) -> dict[str, Any]:
+        values, counts = np.unique(np.asarray(self.labels.array), return_counts=True)
+        voxel = float(np.prod(self.labels.spacing))
+        row: dict[str, Any] = {"id": self.id}
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            if value != 0:
+                row[f"volume_label{value}"] = count * voxel
+        return row
+
+    def save(self, folder: Path) -> list[Path]:
+        from medlens.io import save_image
+        from medlens.io.dicomseg import write_dicom_seg
+
+        suffix = ".png" if self.labels.spatial_dims == 2 else ".nii.gz"
+        target = folder / f"{self.name or self.id}{suffix}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written = [save_image(self.labels, target)]
+        if self.labels.spatial_dims == 3 and self.series is not None:
+            written.append(write_dicom_seg(self.labels, self.series,
+                                           folder / f"{self.name or self.id}.seg.dcm",
+                                           label_values=self.label_values,
+                                           class_names=self.class_names))  # fmt: skip
+        return written
+
+
 def predict_inputs(
     run: SegmentationRun, source: str | Path, output: str | Path, *, mirror: bool | None = None
 ) -> list[Path]:
@@ -132,46 +159,19 @@ def predict_inputs(
     referencing the series' instances (see :mod:`medlens.io.dicomseg`).
     """
     from medlens._atomic import ensure_outside
-    from medlens.io import load_image, save_image
-    from medlens.io.dicomseg import write_dicom_seg
+    from medlens.io.discover import discover_inputs
 
     source, output = Path(source), Path(output)
     if not source.exists():
         raise DatasetError("does not exist", source)
     ensure_outside(output, source)
-    items = _inputs(source, run.plan.spatial_dims)
-    if not items:
-        raise DatasetError("no images to segment (PNG, JPEG, TIFF, NIfTI or DICOM)", source)
+    items = discover_inputs(source, spatial_dims=run.plan.spatial_dims)
     output.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, path in items:
-        image = load_image(path)
-        image.meta.setdefault("path", str(path))
-        labels = predict_image(run, image, mirror=mirror)
-        suffix = ".png" if run.plan.spatial_dims == 2 else ".nii.gz"
-        written.append(save_image(labels, output / f"{name}{suffix}"))
-        if run.plan.spatial_dims == 3 and path.is_dir():  # a DICOM series: a SEG beside it
-            seg = write_dicom_seg(labels, path, output / f"{name}.seg.dcm",
-                                  label_values=run.plan.label_values,
-                                  class_names=run.info.get("class_names"))  # fmt: skip
-            written.append(seg)
+    for item in items:
+        labels = predict_image(run, item.load(), mirror=mirror)
+        prediction = MaskPrediction(item.id, labels, item.name,
+                                    item.source if item.series_uid is not None else None,
+                                    run.plan.label_values, run.info.get("class_names"))  # fmt: skip
+        written.extend(prediction.save(output))
     return written
-
-
-def _inputs(source: Path, dims: int) -> list[tuple[str, Path]]:
-    from medlens.data.paired import IMAGE_SUFFIXES, file_stem
-    from medlens.io.dicom import is_dicom_file
-
-    if source.is_file():
-        return [(file_stem(source.name), source)]
-    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
-    folders = sorted(p for p in source.iterdir() if p.is_dir())
-    items = [(file_stem(p.name), p) for p in files if p.name.lower().endswith(IMAGE_SUFFIXES)]
-    if dims == 3:  # a folder of DICOM files is one series: named after the folder
-        for folder in folders:
-            if any(is_dicom_file(p) for p in folder.iterdir() if p.is_file()):
-                items.append((folder.name, folder))
-        dicom_here = [p for p in files if is_dicom_file(p)]
-        if dicom_here and not items:
-            items.append((source.name, source))
-    return items

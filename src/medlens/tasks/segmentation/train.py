@@ -11,7 +11,6 @@ written every epoch; ``resume=True`` continues a killed run.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -24,55 +23,15 @@ import torch
 from medlens import __version__
 from medlens._atomic import atomic_write_json, ensure_outside
 from medlens.errors import DatasetError, MedlensError
-from medlens.tasks.run_folder import failed_cleanly
-from medlens.tasks.segmentation.data import Case, PatchBatches, preprocess_case
+from medlens.tasks.run_folder import failed_cleanly, run_format
+from medlens.tasks.segmentation.data import Case, PatchBatches, normaliser, preprocess_case
+from medlens.tasks.segmentation.network import build_network, predict_case
 from medlens.tasks.segmentation.plan import SegmentationPlan, apply_plan_overrides, make_plan
 
 __all__ = ["RUN_FORMAT", "build_network", "predict_case", "train_segmentation"]
 
-RUN_FORMAT = "medlens.segmentation/1"
+RUN_FORMAT = run_format("segmentation")
 VAL_FRACTION = 0.2
-
-
-def build_network(plan: SegmentationPlan) -> torch.nn.Module:
-    """The plan's U-Net."""
-    from medlens.models import create_model
-
-    net = plan.network
-    name = "resunet" if net.get("encoder") == "residual" else net.get("name", "unet")
-    return create_model(
-        name,
-        spatial_dims=plan.spatial_dims,
-        in_channels=plan.in_channels,
-        num_classes=plan.num_classes,
-        features=net["features"],
-        strides=net["strides"],
-        kernel_sizes=net["kernel_sizes"],
-        deep_supervision=bool(net.get("deep_supervision", True)),
-    )
-
-
-@torch.no_grad()
-def predict_case(
-    networks: Sequence[torch.nn.Module],
-    image: np.ndarray,
-    plan: SegmentationPlan,
-    *,
-    mirror: bool = False,
-) -> np.ndarray:
-    """Class probabilities ``(K, *shape)`` of a preprocessed image ``(C, *shape)``."""
-    from medlens.inference import sliding_window
-
-    x = torch.from_numpy(np.ascontiguousarray(image))[None]
-    total = None
-    axes = tuple(range(plan.spatial_dims)) if mirror else ()
-    for network in networks:
-        network.eval()
-        logits = sliding_window(x, network, tuple(plan.patch_size), overlap=0.5,
-                                batch_size=max(1, plan.batch_size), mirror_axes=axes)  # fmt: skip
-        probs = logits.float().softmax(dim=1)[0]
-        total = probs if total is None else total + probs
-    return (total / len(networks)).numpy()
 
 
 def train_segmentation(
@@ -129,9 +88,10 @@ def _job(data, output, plan, epochs, folds, seed, resume, overrides, progress, d
             the_plan = make_plan(fp, device=device)
         the_plan = apply_plan_overrides(the_plan, list(overrides)) if overrides else the_plan
         if epochs is not None:
-            the_plan.train["epochs"] = int(epochs)
+            the_plan.train = the_plan.train.replace(epochs=int(epochs))
         output.mkdir(parents=True, exist_ok=True)
         the_plan.save(output / "plan.json")
+        normaliser(the_plan).save(output / "preprocessing.json")  # the plan's normalisation
         groups = dataset.subjects() if dataset.has_subjects() else None
         if folds is not None and folds > 1:
             splits = kfold_splits(dataset, folds, groups=groups, stratify=False, seed=seed)
@@ -170,13 +130,7 @@ def _preprocess(dataset, indices, plan, progress, what) -> list[Case]:
 
 
 def _config(plan: SegmentationPlan, seed: int, progress: bool):
-    from medlens.engine import TrainConfig
-
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"loss", "seed", "progress"}
-    settings = {k: v for k, v in plan.train.items() if k in fields}
-    settings.setdefault("batch_size", plan.batch_size)
-    return TrainConfig(seed=seed, progress=progress, monitor="val_dice", monitor_mode="max",
-                       **settings)  # fmt: skip
+    return plan.train.replace(seed=seed, progress=progress)
 
 
 def _fit(plan, train_cases, val_cases, fold_dir: Path, seed, progress, resume) -> None:
@@ -190,7 +144,7 @@ def _fit(plan, train_cases, val_cases, fold_dir: Path, seed, progress, resume) -
         train_cases,
         tuple(plan.patch_size),
         plan.batch_size,
-        batches_per_epoch=int(plan.train.get("batches_per_epoch", 50)),
+        batches_per_epoch=int(plan.train.batches_per_epoch or 50),
         foreground_oversampling=plan.foreground_oversampling,
         ignore_label=plan.ignore_label,
         seed=seed,
@@ -213,15 +167,12 @@ def _fit(plan, train_cases, val_cases, fold_dir: Path, seed, progress, resume) -
 
 def _loss(plan: SegmentationPlan) -> torch.nn.Module:
     """The plan's loss: ``train.loss`` dice_ce (default) or dice_focal (``train.focal_gamma``,
-    default 2); ``train.batch_dice`` pools the batch for the Dice term (default) or not."""
+    default 2); ``batch_dice`` pools the batch for the Dice term (default) or not."""
     from medlens.tasks.segmentation.losses import DiceCELoss
 
-    name = plan.train.get("loss", "dice_ce")
-    if name not in ("dice_ce", "dice_focal"):
-        raise MedlensError(f"plan train.loss={name!r}: use dice_ce or dice_focal")
-    gamma = float(plan.train.get("focal_gamma", 2.0)) if name == "dice_focal" else None
+    gamma = float(plan.train.focal_gamma) if plan.train.loss == "dice_focal" else None
     return DiceCELoss(ignore_index=plan.ignore_label, focal_gamma=gamma,
-                      batch_dice=bool(plan.train.get("batch_dice", True)))  # fmt: skip
+                      batch_dice=plan.batch_dice)  # fmt: skip
 
 
 def _coarse_axis(plan: SegmentationPlan) -> int | None:
@@ -306,6 +257,6 @@ def _describe(plan: SegmentationPlan, n_train: int, n_val: int, n_folds: int = 1
     folds = f"{n_folds} folds of " if n_folds > 1 else ""
     return (
         f"plan: {plan.spatial_dims}D U-Net, {len(plan.network['features'])} stages, patch {patch}, "
-        f"batch {plan.batch_size}, {plan.train.get('epochs')} epochs; {folds}{n_train} training "
+        f"batch {plan.batch_size}, {plan.train.epochs} epochs; {folds}{n_train} training "
         f"and {n_val} validation cases"
     )

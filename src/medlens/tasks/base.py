@@ -1,0 +1,144 @@
+"""The task platform: what a task supplies, and what every command gets from it.
+
+A task (classification, segmentation, and every task after them) is one object registered with
+:func:`~medlens.tasks.registry.register_task`. The command line's ``plan``, ``train``,
+``evaluate``, ``predict`` and ``explain`` look the task up by name (``--task``) or by the run
+folder it wrote, and call it; none of them knows a task by name. A task supplies:
+
+- ``name``, a one-line ``summary`` and its ``plan_type`` (a :class:`~medlens.tasks.plan.Plan`);
+- :meth:`Task.plan`: the plan from a dataset's fingerprint;
+- :meth:`Task.train`: plan (or take a plan), train, validate, report; writes a run folder;
+- :meth:`Task.load_predictor`: a :class:`Predictor` over a finished run folder;
+- :meth:`Task.evaluate`: metrics with confidence intervals and a report on labelled data;
+- :meth:`Task.explain_job`: what :func:`medlens.explain.explain_job` needs (a scalar score per
+  image and the layer to explain), so ``explain`` never imports a task.
+
+Options a command passes that the task does not take are refused by name
+(:func:`check_options`): ``--positive-class`` means nothing to segmentation.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from medlens.errors import MedlensError
+
+if TYPE_CHECKING:
+    from medlens.explain import ExplainJob
+    from medlens.image import Image
+    from medlens.tasks.plan import Plan
+    from medlens.tasks.run_folder import RunFolder
+
+__all__ = ["Evaluation", "Prediction", "Predictor", "Task", "check_options"]
+
+Log = Callable[[str], Any]
+
+
+@dataclass
+class Prediction:
+    """One input's result. Subclasses hold the task's values and write themselves."""
+
+    id: str
+
+    def row(self) -> dict[str, Any]:
+        """The result as one CSV row (column -> value)."""
+        return {"id": self.id}
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write the result's files (masks, maps) into ``folder``; none by default."""
+        return []
+
+
+class Predictor(abc.ABC):
+    """A finished run, loaded once, that predicts.
+
+    :meth:`predict` takes images (each on its own grid) and returns one :class:`Prediction`
+    per image, on that image's grid; :meth:`predict_path` finds the inputs in a path (see
+    :func:`medlens.io.discover_inputs`), predicts and writes the results.
+    """
+
+    task: ClassVar[str]
+
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.run.info
+
+    @abc.abstractmethod
+    def predict(self, images: Sequence[Image]) -> list[Prediction]:
+        """One prediction per image, in order."""
+
+    @abc.abstractmethod
+    def predict_path(self, source: Path, output: Path, **options: Any) -> str:
+        """Predict everything under ``source`` into ``output``; returns a one-line summary."""
+
+
+@dataclass
+class Evaluation:
+    """What ``medlens evaluate`` shows and saves: the metrics (``--json``), lines for the
+    terminal, and the files written (name -> path)."""
+
+    metrics: dict[str, Any]
+    lines: list[str]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+class Task(abc.ABC):
+    """A task on the platform (see the module's notes)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    plan_type: ClassVar[type[Plan]]
+    #: the dataset kinds (``Dataset.task``) this task learns from, for ``medlens plan DATA``
+    dataset_kinds: ClassVar[frozenset[str]] = frozenset()
+    #: options of each command this task takes beyond the common ones
+    options: ClassVar[Mapping[str, frozenset[str]]] = {}
+
+    @abc.abstractmethod
+    def plan(self, data: Path, *, device: str = "cpu", max_samples: int | None = None,
+             overrides: Sequence[str] = (), log: Log = print) -> Plan:  # fmt: skip
+        """The plan for the dataset at ``data`` (``overrides``: ``--set`` items)."""
+
+    @abc.abstractmethod
+    def train(self, data: Path, output: Path, *, plan: Path | None = None,
+              epochs: int | None = None, folds: int | None = None, seed: int = 0,
+              resume: bool = False, overrides: Sequence[str] = (), progress: bool = True,
+              log: Log = print, **options: Any) -> dict[str, Any]:  # fmt: skip
+        """Train into the run folder ``output``; returns ``run.json``'s content."""
+
+    @abc.abstractmethod
+    def load_predictor(self, run: RunFolder, **options: Any) -> Predictor:
+        """A predictor over the finished run ``run``."""
+
+    @abc.abstractmethod
+    def evaluate(self, run: RunFolder, data: Path, *, split: str | None = None, n_boot: int = 1000,
+                 progress: bool = True, **options: Any) -> Evaluation:  # fmt: skip
+        """Metrics with 95% bootstrap intervals on the labelled data at ``data``."""
+
+    @abc.abstractmethod
+    def explain_job(self, predictor: Predictor, source: Path, *, split: str | None = None,
+                    target: str | None = None, limit: int | None = None,
+                    progress: bool = True) -> ExplainJob:  # fmt: skip
+        """What to explain for the inputs at ``source`` (:class:`medlens.explain.ExplainJob`)."""
+
+
+def check_options(task: Task, command: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of ``given`` that were set (not None), refusing those ``task`` does not
+    take for ``command``, by their flag (``--positive-class``)."""
+    allowed = task.options.get(command, frozenset())
+    chosen = {k: v for k, v in given.items() if v is not None}
+    for key in chosen:
+        if key not in allowed:
+            flag = "--" + key.replace("_", "-")
+            takes = ", ".join("--" + k.replace("_", "-") for k in sorted(allowed)) or "none"
+            raise MedlensError(
+                f"{flag} is not an option of {task.name} ({command} options of {task.name}: "
+                f"{takes})"
+            )
+    return chosen

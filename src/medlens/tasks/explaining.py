@@ -1,0 +1,61 @@
+"""``medlens explain`` for any run: the task hands explain its job, explain does the rest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medlens.errors import MedlensError
+
+__all__ = ["explain_run"]
+
+
+def explain_run(
+    run_dir: str | Path,
+    input_path: str | Path,
+    output: str | Path,
+    *,
+    methods: Sequence[str] = ("gradcam",),
+    split: str | None = None,
+    target: str | int | None = None,
+    limit: int | None = None,
+    faithfulness: bool = True,
+    randomisation_images: int = 8,
+    layer: str | None = None,
+    progress: bool = True,
+    seed: int = 0,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Explain ``run_dir``'s predictions on ``input_path``; write ``output``.
+
+    Args:
+        run_dir: a run folder of any registered task.
+        input_path: images as ``medlens predict`` takes them (``.npz`` with ``split``, folder,
+            file, DICOM series).
+        target: classification: the class (name or index) to explain instead of the prediction;
+            segmentation: the label value to explain instead of every predicted class.
+        limit: explain only the first ``limit`` images.
+        Others: see :func:`medlens.explain.explain_job`.
+
+    Returns:
+        ``faithfulness.json``'s content plus ``files``.
+    """
+    from medlens._atomic import ensure_outside
+    from medlens.explain import explain_job, parse_methods
+    from medlens.tasks.registry import task_for_run
+
+    run_dir, input_path, output = Path(run_dir), Path(input_path), Path(output)
+    methods = parse_methods(methods)
+    task, folder = task_for_run(run_dir)  # first: a missing run is named as such
+    if not input_path.exists():
+        raise MedlensError("does not exist", input_path)
+    ensure_outside(output, input_path)
+    ensure_outside(output, run_dir)
+    predictor = task.load_predictor(folder)
+    job = task.explain_job(predictor, input_path, split=split,
+                           target=None if target is None else str(target), limit=limit,
+                           progress=progress)  # fmt: skip
+    return explain_job(job, output, methods=methods, faithfulness=faithfulness,
+                       randomisation_images=randomisation_images, layer=layer, progress=progress,
+                       seed=seed, log=log, run_dir=run_dir, input_path=input_path)  # fmt: skip

@@ -1,0 +1,116 @@
+"""Segmentation on the task platform: plan, train, predict, evaluate and explain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from medlens.errors import MedlensError
+from medlens.tasks.base import Evaluation, Predictor, Task
+from medlens.tasks.registry import register_task
+from medlens.tasks.run_folder import RunFolder
+from medlens.tasks.segmentation.plan import SegmentationPlan
+
+__all__ = ["SegmentationPredictor", "SegmentationTask"]
+
+#: ``--model`` names for segmentation: the plan's U-Net with a plain or a residual encoder.
+ENCODERS = {"unet": "plain", "resunet": "residual"}
+
+
+class SegmentationPredictor(Predictor):
+    """A segmentation run's U-Net(s), predicting label maps on each input's own grid."""
+
+    task = "segmentation"
+
+    def __init__(self, run: RunFolder, *, mirror: bool | None = None) -> None:
+        from medlens.tasks.segmentation.predict import load_segmentation_run
+
+        super().__init__(run)
+        self.trained = load_segmentation_run(run.path)
+        self.mirror = mirror
+
+    def predict(self, images):
+        """One :class:`~medlens.tasks.segmentation.predict.MaskPrediction` per image."""
+        from medlens.tasks.segmentation.predict import MaskPrediction, predict_image
+
+        out = []
+        for i, image in enumerate(images):
+            name = Path(str(image.meta.get("path", f"image-{i}"))).name
+            labels = predict_image(self.trained, image, mirror=self.mirror)
+            out.append(MaskPrediction(name, labels, name.split(".")[0] or f"image-{i}",
+                                      label_values=self.trained.plan.label_values,
+                                      class_names=self.info.get("class_names")))  # fmt: skip
+        return out
+
+    def predict_path(self, source: Path, output: Path, *, mirror: bool | None = None) -> str:
+        from medlens.tasks.segmentation.predict import predict_inputs
+
+        chosen = self.mirror if mirror is None else mirror
+        written = predict_inputs(self.trained, source, output, mirror=chosen)
+        segs = sum(p.name.endswith(".seg.dcm") for p in written)
+        extra = f" and {segs} DICOM SEG" if segs else ""
+        return f"{len(written) - segs} masks{extra}: {output}"
+
+
+@register_task
+class SegmentationTask(Task):
+    """Semantic segmentation of 2D images and volumes, self-configured from the data."""
+
+    name = "segmentation"
+    summary = "semantic segmentation, 2D and 3D, planned from the dataset (nnU-Net's rules)"
+    plan_type = SegmentationPlan
+    dataset_kinds = frozenset({"segmentation"})
+    options = MappingProxyType(
+        {
+            "train": frozenset({"model"}),
+            "predict": frozenset({"mirror"}),
+            "evaluate": frozenset({"output", "mirror", "tolerance_mm"}),
+        }
+    )
+
+    def plan(self, data, *, device="cpu", max_samples=None, overrides=(), log=print):
+        from medlens.data import fingerprint, open_dataset
+        from medlens.tasks.segmentation.plan import PlanError, make_plan
+
+        if device not in ("cpu", "gpu"):
+            raise PlanError(f"--device {device}: choose cpu or gpu")
+        dataset = open_dataset(data)
+        plan = make_plan(fingerprint(dataset, max_samples=max_samples, progress=True),
+                         device=device)  # fmt: skip
+        return plan.with_overrides(overrides) if overrides else plan
+
+    def train(self, data, output, *, plan=None, epochs=None, folds=None, seed=0, resume=False,
+              overrides=(), progress=True, log=print, model=None):  # fmt: skip
+        from medlens.tasks.segmentation.train import train_segmentation
+
+        if model is not None:
+            if model not in ENCODERS:
+                raise MedlensError(f"--model {model}: not a segmentation model (unet, resunet)")
+            overrides = [f"network.encoder={ENCODERS[model]}", *(overrides or [])]
+        return train_segmentation(data, output, plan=plan, epochs=epochs, folds=folds, seed=seed,
+                                  resume=resume, overrides=overrides, progress=progress,
+                                  log=log)  # fmt: skip
+
+    def load_predictor(self, run: RunFolder, **options: Any) -> SegmentationPredictor:
+        return SegmentationPredictor(run, **options)
+
+    def evaluate(self, run, data, *, split=None, n_boot=1000, progress=True, output=None,
+                 mirror=None, tolerance_mm=None) -> Evaluation:  # fmt: skip
+        from medlens.tasks.segmentation.evaluate import evaluate_segmentation, format_table
+
+        result = evaluate_segmentation(run.path, data, split=split, output=output, n_boot=n_boot,
+                                       tolerance_mm=1.0 if tolerance_mm is None else tolerance_mm,
+                                       mirror=mirror, progress=progress)  # fmt: skip
+        files = {k: Path(v) for k, v in result.pop("files").items()}
+        lines = [format_table(result), f"metrics: {files['metrics']}",
+                 f"per case: {files['per_case']}", f"report: {files['report']}"]  # fmt: skip
+        return Evaluation(result, lines, files)
+
+    def explain_job(self, predictor, source, *, split=None, target=None, limit=None,
+                    progress=True):  # fmt: skip
+        from medlens.tasks.segmentation.explaining import explain_job
+
+        if split is not None:
+            raise MedlensError("--split is for .npz inputs of classification runs")
+        return explain_job(predictor.trained, Path(source), target, limit)

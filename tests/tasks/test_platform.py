@@ -1,0 +1,187 @@
+"""Registry-driven checks of every task on the platform, and run folders of older releases.
+
+Each registered task is taken through the whole life of a run with one parametrised suite:
+plan from a tiny dataset, train one epoch, reload, predict (through the files and through
+``predict(list[Image])``), evaluate, explain. A task registered without a tiny dataset here, or
+without a run folder of its first format in ``tests/fixtures/runs-v1``, fails the suite.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+import medlens
+from medlens.cli.main import main
+from medlens.tasks.registry import get_task, task_names
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs-v1"
+QUIET = {"progress": False, "log": lambda line: None}
+
+
+def _blobs(root: Path) -> tuple[Path, list[str]]:
+    def split(n, seed):
+        r = np.random.default_rng(seed)
+        labels = r.integers(0, 2, n)
+        g = np.meshgrid(*[np.linspace(-1, 1, 16)] * 2, indexing="ij")
+        blob = np.exp(-sum(x**2 for x in g) * 4)
+        im = r.normal(60, 20, (n, 16, 16)) + 120 * blob[None] * labels[:, None, None]
+        return np.clip(im, 0, 255).astype(np.uint8), labels[:, None]
+
+    tx, ty = split(48, 0)
+    vx, vy = split(16, 1)
+    path = root / "blobs.npz"
+    np.savez(path, train_images=tx, train_labels=ty, val_images=vx, val_labels=vy)
+    return path, ["batch_size=16"]
+
+
+def _disks(root: Path) -> tuple[Path, list[str]]:
+    data = root / "disks"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:40, :48]
+    for i in range(6):
+        cy, cx, r = rng.integers(14, 26), rng.integers(16, 32), rng.integers(6, 10)
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        image = np.clip(rng.normal(70, 15, (40, 48)) + 100 * disk, 0, 255).astype(np.uint8)
+        PILImage.fromarray(image).save(data / "images" / f"case{i:02d}.png")
+        PILImage.fromarray((disk * 255).astype(np.uint8)).save(
+            data / "masks" / f"case{i:02d}_mask.png"
+        )
+    tiny = ["network.features=[4,8]", "network.strides=[[1,1],[2,2]]",
+            "network.kernel_sizes=[[3,3],[3,3]]", "patch_size=32,32", "batch_size=2",
+            "train.batches_per_epoch=2"]  # fmt: skip
+    return data, tiny
+
+
+#: A tiny labelled dataset and fast settings per registered task.
+TINY = {"classification": _blobs, "segmentation": _disks}
+
+
+def test_every_registered_task_has_a_tiny_dataset_and_an_old_run():
+    assert task_names() == sorted(TINY)
+    for name in task_names():
+        assert (FIXTURES / name / "run.json").is_file(), f"no runs-v1/{name} fixture"
+
+
+@pytest.fixture(scope="module", params=sorted(TINY))
+def trained(request, tmp_path_factory):
+    name = request.param
+    root = tmp_path_factory.mktemp(name)
+    data, settings = TINY[name](root)
+    task = get_task(name)
+    plan = task.plan(data, overrides=settings, log=lambda line: None)
+    plan_path = plan.save(root / "plan.json")
+    assert type(task.plan_type.load(plan_path)) is task.plan_type
+    info = task.train(data, root / "run", plan=plan_path, epochs=1, **QUIET)
+    assert info["status"] == "complete"
+    return name, task, data, root
+
+
+def test_train_reload_predict_evaluate_explain(trained, tmp_path):
+    from medlens.tasks.explaining import explain_run
+
+    name, task, data, root = trained
+    run = root / "run"
+    predictor = medlens.load_predictor(run)
+    assert predictor.task == name
+    from medlens.preprocessing import Preprocessor
+
+    assert Preprocessor.load(run / "preprocessing.json").steps  # one saved normalisation step
+    source = data if name == "classification" else data / "images"
+    options = {"split": "val"} if name == "classification" else {}
+    summary = predictor.predict_path(source, tmp_path / "pred", **options)
+    assert str(tmp_path / "pred") in summary
+    extra = {"output": tmp_path / "eval"} if name == "segmentation" else options
+    evaluation = task.evaluate(predictor.run, data, n_boot=20, progress=False, **extra)
+    assert evaluation.lines and json.dumps(evaluation.metrics)
+    out = explain_run(run, source, tmp_path / "explain", limit=1, faithfulness=False,
+                      split=options.get("split"), **QUIET)  # fmt: skip
+    assert (tmp_path / "explain" / "explain.html").is_file() and out["n_images"] >= 1
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_old_run_folders_load_and_predict_as_when_written(name, tmp_path):
+    """Run folders written by the code before the platform (commit a85b51b, see make.py)
+    predict exactly what that code predicted."""
+    run = FIXTURES / name
+    predictor = medlens.load_predictor(run)
+    if name == "classification":
+        out = tmp_path / "p.csv"
+        predictor.predict_path(FIXTURES / "inputs" / "blobs.npz", out, split="val")
+        assert out.read_text() == (FIXTURES / "classification-predictions.csv").read_text()
+    else:
+        predictor.predict_path(FIXTURES / "inputs" / "seg", tmp_path / "masks")
+        for expected in sorted((FIXTURES / "segmentation-predictions").iterdir()):
+            got = np.asarray(PILImage.open(tmp_path / "masks" / expected.name))
+            assert np.array_equal(got, np.asarray(PILImage.open(expected)))
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_predict_images_matches_predict_path(name, tmp_path):
+    """``predict(list[Image])`` gives the file path's results (same rows, same masks)."""
+    predictor = medlens.load_predictor(FIXTURES / name)
+    if name == "segmentation":
+        files = sorted((FIXTURES / "inputs" / "seg").iterdir())
+        predictions = predictor.predict([medlens.load_image(p) for p in files])
+        for prediction, file in zip(predictions, files, strict=True):
+            expected = np.asarray(PILImage.open(FIXTURES / "segmentation-predictions" / file.name))
+            assert np.array_equal(np.asarray(prediction.labels.array), expected)
+            written = prediction.save(tmp_path)
+            assert written[0].name == file.name
+        return
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    arrays = np.load(FIXTURES / "inputs" / "blobs.npz")["val_images"][:4]
+    for i, array in enumerate(arrays):
+        PILImage.fromarray(array).save(folder / f"img{i}.png")
+    predictor.predict_path(folder, tmp_path / "folder.csv")
+    rows = list(csv.DictReader((tmp_path / "folder.csv").open()))
+    images = [medlens.load_image(p) for p in sorted(folder.iterdir())]
+    predictions = predictor.predict(images)
+    for row, prediction in zip(rows, predictions, strict=True):
+        mine = prediction.row()
+        assert {k: str(v) for k, v in mine.items() if k != "id"} == {
+            k: v for k, v in row.items() if k != "id"
+        }
+
+
+def test_commands_never_branch_on_a_task_name():
+    """The CLI looks tasks up; no command module names a task (but in help texts)."""
+    cli = Path(medlens.__file__).parent / "cli"
+    for module in ("learn.py", "plan.py", "explain.py"):
+        tree = ast.parse((cli / module).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                names = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)]
+                assert not set(names) & set(task_names()), f"{module} compares with a task name"
+
+
+def test_options_a_task_does_not_take_are_refused(tmp_path, capsys):
+    data, _ = _disks(tmp_path)
+    code = main(["train", "--task", "segmentation", "--data", str(data), "--output",
+                 str(tmp_path / "r"), "--positive-class", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "--positive-class is not an option of segmentation" in err
+    assert main(["train", "--task", "segmentaton", "--data", str(data), "--output",
+                 str(tmp_path / "r")]) == 1  # fmt: skip
+    assert "did you mean 'segmentation'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_run_of_a_newer_format_is_refused_by_name(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "segmentation", run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "format": "medlens.segmentation/9"}))
+    assert main(["predict", str(run), "--input", str(FIXTURES / "inputs" / "seg"),
+                 "--output", str(tmp_path / "m")]) == 1  # fmt: skip
+    assert "written by a newer medlens" in capsys.readouterr().err
