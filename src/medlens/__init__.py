@@ -5,7 +5,9 @@ The package imports nothing heavy at import time; the public names below load on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medlens._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -27,9 +29,4 @@ if TYPE_CHECKING:
     from medlens.tasks.registry import load_predictor
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medlens' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

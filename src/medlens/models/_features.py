@@ -15,7 +15,7 @@ from typing import TypedDict
 import torch
 from torch import nn
 
-__all__ = ["FeatureInfo", "feature_info", "run_stages", "take_indices"]
+__all__ = ["FeatureInfo", "MultiScale", "feature_info", "run_stages", "take_indices"]
 
 
 class FeatureInfo(TypedDict):
@@ -101,3 +101,43 @@ def run_stages(
         if i in taken:
             out.append(x)
     return out
+
+
+class MultiScale:
+    """:meth:`forward_intermediates` for a network that lists its stages.
+
+    The network sets :attr:`feature_info` (one :class:`FeatureInfo` per stage, shallow to deep)
+    and implements ``_feature_stages()`` (per stage, the modules leading to it from the one
+    before) and ``_check_input(x)``; the zoo's backbones and U-Nets all do.
+    """
+
+    feature_info: list[FeatureInfo]
+
+    def _feature_stages(self) -> list[Sequence[nn.Module]]:
+        raise NotImplementedError
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        stop_early: bool = False,
+    ) -> list[torch.Tensor]:
+        """Feature maps of several stages, e.g. for a feature pyramid or a detection head.
+
+        Args:
+            x: input ``(B, in_channels, *spatial)``.
+            indices: stages of :attr:`feature_info` to return: ``None`` for all, an int ``n``
+                for the last ``n``, or a list of positions (negative ones from the deepest).
+            stop_early: stop after the deepest stage asked for instead of running every stage
+                (which keeps every batch-norm statistic updated in training).
+
+        Returns:
+            The maps, shallow to deep whatever the order of ``indices``: stage ``i`` is
+            ``(B, feature_info[i]["num_chs"], *(side / feature_info[i]["reduction"]))``
+            (per axis for anisotropic strides; rounded up where a pooling rounds up).
+        """
+        self._check_input(x)
+        return run_stages(x, self._feature_stages(), indices, stop_early)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medlens.models._features import FeatureInfo, run_stages
+from medlens.models._features import FeatureInfo, MultiScale
 from medlens.models._layers import check_spatial_dims
 
 __all__ = ["Backbone", "check_model_args", "count_parameters"]
@@ -43,7 +43,7 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-class Backbone(nn.Module, abc.ABC):
+class Backbone(MultiScale, nn.Module, abc.ABC):
     """A classification network split into a feature extractor and a pooled linear head.
 
     Subclasses build their layers, call :meth:`_build_head` with the channel count of their last
@@ -110,29 +110,6 @@ class Backbone(nn.Module, abc.ABC):
         """The last convolutional feature map ``(B, num_features, *spatial)``."""
         self._check_input(x)
         return self._forward_features(x)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        stop_early: bool = False,
-    ) -> list[torch.Tensor]:
-        """Feature maps of several stages, e.g. for a feature pyramid or a detection head.
-
-        Args:
-            x: input ``(B, in_channels, *spatial)``.
-            indices: stages of :attr:`feature_info` to return: ``None`` for all, an int ``n``
-                for the last ``n``, or a list of positions (negative ones from the deepest).
-            stop_early: stop after the deepest stage asked for instead of running the whole
-                feature extractor (which keeps every batch-norm statistic updated in training).
-
-        Returns:
-            The maps, shallow to deep whatever the order of ``indices``: stage ``i`` is
-            ``(B, feature_info[i]["num_chs"], *(side / feature_info[i]["reduction"]))``
-            (rounded up where a pooling rounds up).
-        """
-        self._check_input(x)
-        return run_stages(x, self._feature_stages(), indices, stop_early)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pool, dropout and linear: logits ``(B, num_classes)``.

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medlens.models._features import FeatureInfo, feature_info, run_stages
+from medlens.models._features import FeatureInfo, MultiScale, feature_info
 from medlens.models._layers import NormKind, check_norm
 from medlens.models._unet_blocks import (
     NEGATIVE_SLOPE,
@@ -65,7 +65,7 @@ def stage_features(num_stages: int, spatial_dims: int, base: int = 32) -> list[i
     return [min(base * 2**i, cap) for i in range(num_stages)]
 
 
-class UNet(nn.Module):
+class UNet(MultiScale, nn.Module):
     """U-Net with a plain or residual encoder, for 2D images or 3D volumes.
 
     Args:
@@ -261,28 +261,10 @@ class UNet(nn.Module):
         self._check_input(x)
         return self._encode(x)[-1]
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        stop_early: bool = False,
-    ) -> list[torch.Tensor]:
-        """Encoder feature maps (the skips), as :meth:`Backbone.forward_intermediates`.
-
-        Args:
-            x: input ``(B, in_channels, *spatial)``, sides multiples of :attr:`required_divisor`.
-            indices: stages of :attr:`feature_info`: ``None`` for all, an int ``n`` for the
-                last ``n``, or a list of positions (negative ones from the bottleneck).
-            stop_early: stop after the deepest stage asked for.
-
-        Returns:
-            The maps, highest resolution first: stage ``s`` is ``(B, features[s], *spatial)``
-            with each side divided by the product of ``strides[: s + 1]`` along its axis.
-        """
-        self._check_input(x)
+    def _feature_stages(self) -> list[Sequence[nn.Module]]:
+        """The encoder stages (the stem leads into the first): see :class:`MultiScale`."""
         stages: list[Sequence[nn.Module]] = [[self.stem, self.encoder[0]]]
-        stages += [[stage] for stage in list(self.encoder)[1:]]
-        return run_stages(x, stages, indices, stop_early)
+        return stages + [[stage] for stage in list(self.encoder)[1:]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """Logits ``(B, num_classes, *spatial)`` at the input's resolution.

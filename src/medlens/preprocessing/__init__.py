@@ -11,8 +11,9 @@ first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medlens._lazy import lazy_attributes
 
 __all__ = [
     "CLAHE",
@@ -103,11 +104,7 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        module = importlib.import_module(f"medlens.preprocessing.{_LAZY[name]}")
-        return getattr(module, name)
-    raise AttributeError(f"module 'medlens.preprocessing' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, {k: f"medlens.preprocessing.{v}" for k, v in _LAZY.items()})
 
 
 def __dir__() -> list[str]:

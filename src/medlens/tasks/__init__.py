@@ -7,7 +7,9 @@ they wrote. The names below load on first use, so importing this package imports
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from medlens._lazy import lazy_attributes
 
 __all__ = ["explain_run", "get_task", "load_predictor", "register_task", "task_for_run",
            "task_names"]  # fmt: skip
@@ -32,9 +34,4 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'medlens.tasks' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

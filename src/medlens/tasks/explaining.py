@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,11 @@ def explain_run(
     input_path: str | Path,
     output: str | Path,
     *,
-    methods: Sequence[str] = ("gradcam",),
     split: str | None = None,
     target: str | int | None = None,
     limit: int | None = None,
-    faithfulness: bool = True,
-    randomisation_images: int = 8,
-    layer: str | None = None,
     progress: bool = True,
-    seed: int = 0,
-    log: Callable[[str], Any] = print,
+    **options: Any,
 ) -> dict[str, Any]:
     """Explain ``run_dir``'s predictions on ``input_path``; write ``output``.
 
@@ -36,7 +30,8 @@ def explain_run(
         target: classification: the class (name or index) to explain instead of the prediction;
             segmentation: the label value to explain instead of every predicted class.
         limit: explain only the first ``limit`` images.
-        Others: see :func:`medlens.explain.explain_job`.
+        options: ``methods``, ``faithfulness``, ``layer``, ``seed``, ``log``, ... as
+            :func:`medlens.explain.explain_job` takes them.
 
     Returns:
         ``faithfulness.json``'s content plus ``files``.
@@ -46,7 +41,7 @@ def explain_run(
     from medlens.tasks.registry import task_for_run
 
     run_dir, input_path, output = Path(run_dir), Path(input_path), Path(output)
-    methods = parse_methods(methods)
+    options["methods"] = parse_methods(options.get("methods", ("gradcam",)))
     task, folder = task_for_run(run_dir)  # first: a missing run is named as such
     if not input_path.exists():
         raise MedlensError("does not exist", input_path)
@@ -56,6 +51,5 @@ def explain_run(
     job = task.explain_job(predictor, input_path, split=split,
                            target=None if target is None else str(target), limit=limit,
                            progress=progress)  # fmt: skip
-    return explain_job(job, output, methods=methods, faithfulness=faithfulness,
-                       randomisation_images=randomisation_images, layer=layer, progress=progress,
-                       seed=seed, log=log, run_dir=run_dir, input_path=input_path)  # fmt: skip
+    return explain_job(job, output, progress=progress, run_dir=run_dir, input_path=input_path,
+                       **options)  # fmt: skip
