@@ -1221,16 +1221,9 @@ NOT_METRICS: dict[str, str] = {
     "ece_kind": "helper: says in words which ECE a task gets; the ECE is checked above",
 }
 
-YOUDEN_TIE = (
-    "youden_threshold breaks exact Youden-J ties by the float value of tpr - fpr, not by the "
-    "documented rule 'ties go to the highest threshold': here 64/75 + 62/75 = 63/75 + 63/75, "
-    "but 0.8533 - 0.1733 rounds above 0.84 - 0.16, so the lower threshold wins"
-)
 # (metric, case) -> why it disagrees with its oracle; each becomes a strict xfail.
-KNOWN_DISAGREEMENTS: dict[tuple[str, str], str] = {
-    ("youden_threshold", "binary"): YOUDEN_TIE,
-    ("choose_thresholds", "binary"): YOUDEN_TIE,
-}
+# (youden_threshold broke exact ties by the float value of tpr - fpr until it compared counts)
+KNOWN_DISAGREEMENTS: dict[tuple[str, str], str] = {}
 
 
 def _params(pairs: list[tuple[str, str]], suffix: Callable[[str, str], list[Any]] | None = None):
@@ -1366,7 +1359,6 @@ def test_accumulator_without_updates_raises_and_keeps_no_alias(name):
         metric.compute()
 
 
-@pytest.mark.xfail(strict=True, reason=YOUDEN_TIE)
 def test_youden_exact_tie_goes_to_the_highest_threshold():
     """The smallest case: at 0.45 (sens 2/3, spec 1) and at 0.25 (sens 1, spec 2/3) J = 2/3
     exactly, but ``1 - 1/3`` rounds above ``2/3 - 0`` in floating point."""

@@ -87,8 +87,13 @@ def youden_threshold(y_true: Any, y_score: Any) -> dict[str, float]:
     if y.size == 0 or y.min() == y.max():
         raise MetricInputError("Youden threshold needs both classes in y_true")
     fpr, tpr, thr = roc_curve(y.astype(np.int64), s, drop_intermediate=False)
-    j = np.where(np.isfinite(thr), tpr - fpr, -np.inf)
-    i = int(np.argmax(j))
+    # J compared exactly, on counts: J * P * N = TP * N - FP * P (rates in floating point
+    # can rank two equal J apart and break a tie towards the lower threshold)
+    n_pos, n_neg = int(y.sum()), int(y.size - y.sum())
+    tp, fp = np.rint(tpr * n_pos).astype(np.int64), np.rint(fpr * n_neg).astype(np.int64)
+    score = np.where(np.isfinite(thr), tp * n_neg - fp * n_pos, np.iinfo(np.int64).min)
+    i = int(np.argmax(score))  # the first maximum: the highest threshold
+    j = tpr - fpr
     return {
         "threshold": float(thr[i]),
         "sensitivity": float(tpr[i]),
