@@ -101,3 +101,18 @@ def test_how_to_add_a_task_lists_exactly_what_a_task_must_supply():
         assert [p for p in expected if p not in ("options",)] == given, name
     attributes = {t.id for n in example.body if isinstance(n, ast.Assign) for t in n.targets}
     assert {"name", "summary", "plan_type"} <= attributes
+
+
+def test_the_command_line_answers_help_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from medlens.cli.main import main\n"
+        "for args in (['--help'], ['train', '--help'], ['predict', '--help']):\n"
+        "    assert main(args) == 0\n"
+        "assert 'torch' not in sys.modules, 'medlens --help imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

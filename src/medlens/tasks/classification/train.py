@@ -45,7 +45,7 @@ from medlens.tasks.classification.plan import (
     fit_normaliser,
     make_plan,
 )
-from medlens.tasks.run_folder import failed_cleanly
+from medlens.tasks.run_folder import RunFolder, failed_cleanly
 
 __all__ = ["train_classification"]
 
@@ -137,7 +137,7 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
         split_records = json.loads((output / "splits.json").read_text())["folds"]
         log(f"resuming {output}: {info['plan']['model']}, {folds_n} fold(s)")
     else:
-        if (output / "run.json").exists():
+        if RunFolder(output).exists():
             raise MedlensError(f"{output}: holds a run already; use --resume or a new folder")
         barrier()  # every rank has checked before rank 0 writes
         if main:
@@ -225,7 +225,7 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
     if not main:  # evaluation and report are rank 0's
         barrier()
         return info
-    atomic_write_json(output / "run.json", info)
+    RunFolder(output).write(info)
     if held_out is not None:
         evaluation, probs = _evaluate_held_out(output, info, held_out, n_boot, seed, log)
         keys = ("auc", "accuracy", "sensitivity", "specificity", "f1", "accuracy_at_0.5")
@@ -241,7 +241,7 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
         )  # fmt: skip
         evaluation["split"] = "tuning images (out-of-fold): optimistic, nothing was held out"
         atomic_write_json(output / "metrics.json", evaluation)
-    atomic_write_json(output / "run.json", info)
+    RunFolder(output).write(info)
     _report(output, info, report_data, evaluation, probs, log)
     barrier()
     return info

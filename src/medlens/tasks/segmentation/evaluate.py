@@ -56,7 +56,8 @@ def evaluate_segmentation(
     """Score a segmentation run on a labelled dataset and write metrics, CSV and report.
 
     Args:
-        run_dir: run folder written by :func:`~medlens.tasks.segmentation.train.train_segmentation`.
+        run_dir: run folder written by :func:`~medlens.tasks.segmentation.train.train_segmentation`
+            (or the run already loaded, as the task's predictor holds it).
         data: a segmentation dataset (Decathlon/nnU-Net folder, HC18 folder, paired folders).
         split: None: the run's validation cases when ``data`` is the run's training dataset,
             else all cases; ``"val"``: the run's validation case ids (in any copy of the data);
@@ -76,16 +77,21 @@ def evaluate_segmentation(
     from medlens.data import open_dataset
     from medlens.metrics import SegmentationMetric
     from medlens.metrics._seg_inputs import check_tolerance
-    from medlens.tasks.segmentation.predict import load_segmentation_run, mirror_default
+    from medlens.tasks.segmentation.predict import (
+        SegmentationRun,
+        load_segmentation_run,
+        mirror_default,
+    )
 
-    run_dir, data = Path(run_dir), Path(data)
+    loaded = run_dir if isinstance(run_dir, SegmentationRun) else None
+    run_dir, data = Path(loaded.path if loaded is not None else run_dir), Path(data)
     if split not in (None, *SPLITS):
         raise MedlensError(
             f"split {split!r}: a segmentation run is evaluated on 'val' (its validation cases) "
             "or 'all' (every case)"
         )
     tolerance_mm = check_tolerance(tolerance_mm)
-    run = load_segmentation_run(run_dir)
+    run = loaded if loaded is not None else load_segmentation_run(run_dir)
     mirror = mirror_default(run.plan) if mirror is None else bool(mirror)
     if not data.exists():
         raise DatasetError("does not exist", data)

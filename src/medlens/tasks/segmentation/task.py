@@ -99,7 +99,8 @@ class SegmentationTask(Task):
                  mirror=None, tolerance_mm=None) -> Evaluation:  # fmt: skip
         from medlens.tasks.segmentation.evaluate import evaluate_segmentation, format_table
 
-        result = evaluate_segmentation(run.path, data, split=split, output=output, n_boot=n_boot,
+        trained = SegmentationPredictor(run).trained  # evaluate predicts as predict does
+        result = evaluate_segmentation(trained, data, split=split, output=output, n_boot=n_boot,
                                        tolerance_mm=1.0 if tolerance_mm is None else tolerance_mm,
                                        mirror=mirror, progress=progress)  # fmt: skip
         files = {k: Path(v) for k, v in result.pop("files").items()}

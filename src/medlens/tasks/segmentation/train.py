@@ -23,7 +23,7 @@ import torch
 from medlens import __version__
 from medlens._atomic import atomic_write_json, ensure_outside
 from medlens.errors import DatasetError, MedlensError
-from medlens.tasks.run_folder import failed_cleanly, run_format
+from medlens.tasks.run_folder import RunFolder, failed_cleanly, run_format
 from medlens.tasks.segmentation.data import Case, PatchBatches, normaliser, preprocess_case
 from medlens.tasks.segmentation.network import build_network, predict_case
 from medlens.tasks.segmentation.plan import SegmentationPlan, apply_plan_overrides, make_plan
@@ -79,7 +79,7 @@ def _job(data, output, plan, epochs, folds, seed, resume, overrides, progress, d
         the_plan = SegmentationPlan.load(output / "plan.json")
         splits = json.loads((output / "splits.json").read_text())["folds"]
     else:
-        if (output / "run.json").exists():
+        if RunFolder(output).exists():
             raise MedlensError(f"{output}: holds a run already; use --resume or a new folder")
         if plan is not None:
             the_plan = SegmentationPlan.load(plan)
@@ -101,7 +101,7 @@ def _job(data, output, plan, epochs, folds, seed, resume, overrides, progress, d
                                     stratify=False)  # fmt: skip
             save_splits(output / "splits.json", split)
             splits = [split]
-        atomic_write_json(output / "run.json", _info(the_plan, dataset, data, seed, "training"))
+        RunFolder(output).write(_info(the_plan, dataset, data, seed, "training"))
         log(_describe(the_plan, len(splits[0]["train"]), len(splits[0]["val"]), len(splits)))
     needed = sorted({int(i) for s in splits for i in (*s["train_indices"], *s["val_indices"])})
     cases = dict(zip(needed, _preprocess(dataset, needed, the_plan, progress, "cases"),
@@ -116,7 +116,7 @@ def _job(data, output, plan, epochs, folds, seed, resume, overrides, progress, d
     info["folds"] = len(splits)
     info["train_seconds"] = round(time.perf_counter() - started, 1)
     info["evaluation"] = _validate(output, the_plan, splits, cases, log)
-    atomic_write_json(output / "run.json", info)
+    RunFolder(output).write(info)
     return info
 
 
