@@ -58,11 +58,11 @@ def explained(breast, tmp_path_factory):
 
 
 def _val_inputs_and_predictions(data, run, n):
-    from medlens.tasks.classification.bundle import predict_probs, predicted_labels
+    from medlens.tasks.classification.bundle import predicted_labels
 
     bundle = load_run(run)
     images = np.load(data)["val_images"][:n, None]
-    probs = predict_probs(bundle.networks[:1], images, bundle.task)
+    probs = bundle.probabilities(images, bundle.networks[:1])  # calibrated, as the threshold
     targets = predicted_labels(probs, bundle.metric_task, bundle.threshold)
     x = torch.from_numpy(images).float() / 255.0
     return bundle.networks[0].eval(), x, torch.as_tensor(targets, dtype=torch.long)
@@ -198,12 +198,12 @@ def nifti_volumes(adrenal, tmp_path_factory):
 
 def _model_map(run, path, method):
     """The API's map for the run's predicted class on ``path`` as the model sees it (28^3)."""
-    from medlens.tasks.classification.bundle import predict_probs, predicted_labels
+    from medlens.tasks.classification.bundle import predicted_labels
     from medlens.tasks.classification.data import read_inputs
 
     bundle = load_run(run)
     x = read_inputs(path, bundle.spec).images
-    probs = predict_probs(bundle.networks[:1], x, bundle.task)
+    probs = bundle.probabilities(x, bundle.networks[:1])
     target = int(predicted_labels(probs, bundle.metric_task, bundle.threshold)[0])
     tensor = torch.from_numpy(np.asarray(x)).float() / 255.0
     return attribute(bundle.networks[0], tensor, method, target)

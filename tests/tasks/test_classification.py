@@ -107,8 +107,14 @@ def test_predictions_follow_input_order_and_match_the_api(trained, tmp_path, cap
     probs = np.array([[float(r["prob_0"]), float(r["prob_1"])] for r in rows])
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     images = np.load(data)["val_images"][:, None]
-    expected = predict_probs(load_run(run).networks, images, "classification")
-    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    loaded = load_run(run)
+    np.testing.assert_allclose(probs, loaded.probabilities(images), atol=1e-5)  # calibrated
+    raw = predict_probs(loaded.networks, images, "classification")
+    from medlens.tasks.classification.calibration import apply_temperature
+
+    info = json.loads((run / "run.json").read_text())
+    calibrated = apply_temperature(raw, info["temperature"], "binary", info["bias"])
+    np.testing.assert_allclose(probs, calibrated, atol=1e-5)
 
 
 def test_predict_without_labels_and_on_a_folder_of_pngs(trained, tmp_path):
@@ -429,3 +435,38 @@ def test_positive_class_errors_are_one_line(tmp_path, capsys):
                  str(tmp_path / "seg"), "--positive-class", "1"])  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert code == 1 and "--positive-class" in err and "\n" not in err
+
+
+def test_calibrated_probabilities_decision_rule_and_prior_adaptation(trained, tmp_path, capsys):
+    """Temperature fitted out of fold; predict says its rule; --adapt-prior finds a shifted
+    prior (simulated: the validation images resampled to 85% of class 1)."""
+    data, run, _ = trained
+    info = json.loads((run / "run.json").read_text())
+    assert 0.01 <= info["temperature"] <= 100 and sum(info["train_prior"]) == pytest.approx(1)
+    with np.load(data) as arrays:
+        images, labels = arrays["val_images"], arrays["val_labels"].reshape(-1)
+    rng = np.random.default_rng(0)
+    ones, zeros = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    pick = np.concatenate([rng.choice(ones, 34), rng.choice(zeros, 6)])  # 85% class 1
+    shifted = tmp_path / "shifted.npz"
+    np.savez(shifted, test_images=images[pick], test_labels=labels[pick, None])
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), "--input", str(shifted), "--output", str(out),
+                 "--adapt-prior"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "decision: the most probable class after adapting" in printed
+    record = json.loads((tmp_path / "p.decision.json").read_text())
+    estimated = record["prior"]["estimated_prior"]
+    assert estimated["1"] == pytest.approx(0.85, abs=0.1)
+    assert record["temperature"] == info["temperature"]
+    # without adaptation the rule is the run's Youden threshold, recorded the same way
+    assert main(["predict", str(run), "--input", str(shifted), "--output", str(out)]) == 0
+    assert "Youden" in json.loads((tmp_path / "p.decision.json").read_text())["rule"]
+    metrics = tmp_path / "m.json"
+    assert main(["evaluate", str(run), "--data", str(shifted), "--adapt-prior", "--bootstrap",
+                 "0", "--json", str(metrics)]) == 0  # fmt: skip
+    result = json.loads(metrics.read_text())
+    assert result["prior_adaptation"]["estimated_prior"] == estimated
+    assert main(["predict", str(run), "--input", str(shifted), "--output", str(out),
+                 "--mirror"]) == 1  # fmt: skip
+    assert "--mirror is not an option of classification" in capsys.readouterr().err

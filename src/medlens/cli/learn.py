@@ -12,6 +12,11 @@ MIRROR_HELP = (
     "where it costs 8 passes)."
 )
 
+ADAPT_HELP = (
+    "Classification: adapt to these images' class prior, estimated from them by EM (Saerens et "
+    "al. 2002; their labels are not used); decisions are then the most probable class."
+)
+
 
 def train(
     task: str = typer.Option(
@@ -68,6 +73,7 @@ def evaluate(
         None, "--output", help="Segmentation: evaluation folder; default RUN/evaluation."
     ),
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", help=MIRROR_HELP),
+    adapt_prior: bool | None = typer.Option(None, "--adapt-prior", help=ADAPT_HELP),
     tolerance_mm: float | None = typer.Option(
         None, "--tolerance-mm", help="Segmentation: surface Dice tolerance in mm (default 1)."
     ),
@@ -79,7 +85,8 @@ def evaluate(
     from medlens.tasks.registry import task_for_run
 
     task, folder = task_for_run(run)
-    given = {"output": output, "mirror": mirror, "tolerance_mm": tolerance_mm}
+    given = {"output": output, "mirror": mirror, "tolerance_mm": tolerance_mm,
+             "adapt_prior": adapt_prior}  # fmt: skip
     options = check_options(task, "evaluate", given)
     result = task.evaluate(folder, data, split=split, n_boot=n_boot, progress=progress, **options)
     for line in result.lines:
@@ -97,12 +104,14 @@ def predict(
     ),
     split: str | None = typer.Option(None, "--split", help="The .npz split when it has several."),
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", help=MIRROR_HELP),
+    adapt_prior: bool | None = typer.Option(None, "--adapt-prior", help=ADAPT_HELP),
 ) -> None:
     """Classification: probabilities per image as CSV. Segmentation: one mask per image."""
     from medlens.tasks.base import check_options
     from medlens.tasks.registry import task_for_run
 
     task, folder = task_for_run(run)
-    options = check_options(task, "predict", {"split": split, "mirror": mirror})
+    given = {"split": split, "mirror": mirror, "adapt_prior": adapt_prior}
+    options = check_options(task, "predict", given)
     predictor = task.load_predictor(folder)
     typer.echo(predictor.predict_path(input_path, output, **options))

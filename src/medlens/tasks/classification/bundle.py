@@ -107,6 +107,58 @@ class Run:
     def positive(self) -> int | None:
         return recorded_positive(self.info)
 
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature fitted out of fold (runs from before it: 1)."""
+        return float(self.info.get("temperature") or 1.0)
+
+    def adapt(self, probs: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """``probs`` of a new site's images adapted to its class prior, estimated from them
+        (EM, :func:`~medlens.tasks.classification.calibration.adapt_prior`), and the record."""
+        from medlens.tasks.classification.calibration import adapt_prior
+
+        train_prior = self.info.get("train_prior")
+        if self.metric_task == "multilabel" or train_prior is None:
+            raise MedlensError(
+                f"{self.path}: --adapt-prior needs a single-label run that recorded its training "
+                "class prior (runs trained by this medlens do)"
+            )
+        adapted, prior, steps = adapt_prior(probs, np.asarray(train_prior))
+        names = self.class_names
+        return adapted, {
+            "training_prior": dict(zip(names, map(float, train_prior), strict=True)),
+            "estimated_prior": dict(zip(names, map(float, prior), strict=True)),
+            "images": len(probs),
+            "em_iterations": int(steps),
+        }
+
+    def decision_rule(self, adapted: bool = False) -> str:
+        """How the predicted class is chosen, in words."""
+        calibrated = (
+            f"probabilities calibrated by temperature {self.temperature:.3f}"
+            f"{' and class biases' if self.info.get('bias') else ''} (fitted out of fold)"
+            if self.temperature != 1.0 or self.info.get("bias")
+            else "probabilities as the network gives them"
+        )
+        if adapted:
+            rule = "the most probable class after adapting to the estimated class prior"
+        elif self.metric_task == "binary" and self.threshold is not None:
+            name = self.class_names[1 if self.positive is None else self.positive]
+            cut = float(np.asarray(self.threshold, dtype=float).reshape(-1)[0])
+            rule = f"{name!r} when its probability >= {cut:.4f} (Youden's J, out of fold)"
+        elif self.metric_task == "multilabel":
+            rule = "each class present when its probability reaches its Youden threshold"
+        else:
+            rule = "the most probable class"
+        return f"{rule}; {calibrated}"
+
+    def probabilities(self, images: np.ndarray, networks: list[Classifier] | None = None):
+        """Calibrated class probabilities ``(N, K)`` of the folds' ensemble (or ``networks``)."""
+        from medlens.tasks.classification.calibration import apply_temperature
+
+        probs = predict_probs(self.networks if networks is None else networks, images, self.task)
+        return apply_temperature(probs, self.temperature, self.metric_task, self.info.get("bias"))
+
 
 def recorded_positive(info: dict[str, Any]) -> int | None:
     """Binary: the index of the run's positive class (runs from before it was recorded: 1)."""

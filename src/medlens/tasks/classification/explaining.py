@@ -27,9 +27,9 @@ def explain_job(run: Run, input_path: Path, split: str | None, target, limit) ->
     network = run.networks[0].eval()
     names = run.class_names
     if target is None:
-        from medlens.tasks.classification.bundle import predict_probs, predicted_labels
+        from medlens.tasks.classification.bundle import predicted_labels
 
-        probs = predict_probs([network], array, run.task)
+        probs = run.probabilities(array, [network])
         if run.metric_task == "multilabel":
             chosen = probs.argmax(axis=1)
         else:

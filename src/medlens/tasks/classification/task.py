@@ -31,28 +31,43 @@ class ClassificationPredictor(Predictor):
     def predict(self, images):
         """One :class:`~medlens.tasks.classification.bundle.ClassPrediction` per image,
         read as ``medlens predict`` reads files (resized to the run's input, same channels)."""
-        from medlens.tasks.classification.bundle import class_predictions, predict_probs
+        from medlens.tasks.classification.bundle import class_predictions
         from medlens.tasks.classification.data import images_to_spec
 
         t = self.trained
         ids = [str(image.meta.get("path", f"image-{i}")) for i, image in enumerate(images)]
-        probs = predict_probs(t.networks, images_to_spec(images, t.spec, ids), t.task)
+        probs = t.probabilities(images_to_spec(images, t.spec, ids))
         return class_predictions(ids, probs, t.class_names, t.metric_task, t.threshold,
                                  t.positive)  # fmt: skip
 
-    def predict_path(self, source: Path, output: Path, *, split: str | None = None) -> str:
-        from medlens._atomic import ensure_outside
-        from medlens.tasks.classification.bundle import predict_probs, write_predictions
+    def predict_path(self, source: Path, output: Path, *, split: str | None = None,
+                     adapt_prior: bool | None = None) -> str:  # fmt: skip
+        from medlens._atomic import atomic_write_json, ensure_outside
+        from medlens.tasks.classification.bundle import write_predictions
         from medlens.tasks.classification.data import read_inputs
 
         ensure_outside(output, source)
         t = self.trained
         images = read_inputs(source, t.spec, split=split)
         images.labels = None  # predictions do not need them; evaluate uses them
-        probs = predict_probs(t.networks, images.images, t.task)
-        write_predictions(output, images, probs, t.class_names, t.metric_task, t.threshold,
+        probs = t.probabilities(images.images)
+        threshold, record = t.threshold, {"rule": t.decision_rule(bool(adapt_prior)),
+                                          "temperature": t.temperature}  # fmt: skip
+        if adapt_prior:
+            probs, record["prior"] = t.adapt(probs)
+            threshold = None  # the adapted posteriors' most probable class
+        write_predictions(output, images, probs, t.class_names, t.metric_task, threshold,
                           t.positive)  # fmt: skip
-        return f"{len(images)} predictions: {output}"
+        sidecar = decision_path(output)
+        atomic_write_json(sidecar, record)
+        lines = [
+            f"{len(images)} predictions: {output}",
+            f"decision: {record['rule']} ({sidecar.name})",
+        ]
+        if adapt_prior:
+            prior = ", ".join(f"{k} {v:.3f}" for k, v in record["prior"]["estimated_prior"].items())
+            lines.append(f"class prior estimated on these images (EM): {prior}")
+        return "\n".join(lines)
 
 
 @register_task
@@ -64,7 +79,11 @@ class ClassificationTask(Task):
     plan_type = Plan
     dataset_kinds = frozenset({"classification", "multilabel", "ordinal"})
     options = MappingProxyType(
-        {"train": frozenset({"model", "positive_class"}), "predict": frozenset({"split"})}
+        {
+            "train": frozenset({"model", "positive_class"}),
+            "predict": frozenset({"split", "adapt_prior"}),
+            "evaluate": frozenset({"adapt_prior"}),
+        }
     )
 
     def plan(self, data, *, device="cpu", max_samples=None, overrides=(), log=print) -> Plan:
@@ -91,9 +110,9 @@ class ClassificationTask(Task):
     def load_predictor(self, run: RunFolder, **options: Any) -> ClassificationPredictor:
         return ClassificationPredictor(run)
 
-    def evaluate(self, run, data, *, split=None, n_boot=1000, progress=True) -> Evaluation:
+    def evaluate(self, run, data, *, split=None, n_boot=1000, progress=True,
+                 adapt_prior=None) -> Evaluation:  # fmt: skip
         from medlens.metrics import evaluate_classification
-        from medlens.tasks.classification.bundle import predict_probs
         from medlens.tasks.classification.data import load_labelled, read_inputs
 
         trained = ClassificationPredictor(run).trained
@@ -105,17 +124,24 @@ class ClassificationTask(Task):
                                    presentation=trained.spec.presentation)  # fmt: skip
         if images.labels is None:
             raise MedlensError(f"{data}: no labels to evaluate against")
-        probs = predict_probs(trained.networks, images.images, trained.task)
+        probs = trained.probabilities(images.images)
+        threshold, adapted = trained.threshold, None
+        if adapt_prior:  # the images' labels are not used: only their posteriors
+            probs, adapted = trained.adapt(probs)
+            threshold = None
         labels = images.labels
         if trained.metric_task != "multilabel":
             labels = labels.reshape(-1).astype(int)
         result = evaluate_classification(labels, probs, trained.metric_task,
                                          class_names=trained.class_names,
-                                         threshold=trained.threshold, n_boot=n_boot,
+                                         threshold=threshold, n_boot=n_boot,
                                          positive=trained.positive)  # fmt: skip
         result["data"] = str(data)
         result["split"] = split or images.split
-        lines = []
+        result["decision_rule"] = trained.decision_rule(bool(adapt_prior))
+        if adapted is not None:
+            result["prior_adaptation"] = adapted
+        lines = [f"decision: {result['decision_rule']}"]
         if trained.positive is not None:
             lines.append(f"positive class: {trained.class_names[trained.positive]!r}")
         lines += [f"{name:<12} {_interval(result[name])}" for name in HEADLINE]
@@ -134,3 +160,9 @@ def _interval(metric: dict) -> str:
     if metric.get("low") is None:
         return f"{metric['value']:.3f}"
     return f"{metric['value']:.3f}  (95% CI {metric['low']:.3f} to {metric['high']:.3f})"
+
+
+def decision_path(output: Path) -> Path:
+    """Where ``predict`` records its decision rule: ``preds.csv`` -> ``preds.decision.json``."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.decision.json")

@@ -215,12 +215,17 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
         load_weights(network, _best(fold_dir))
         oof[tune_idx] = predict_probs([network], train_set.images[tune_idx], train_set.task)
     tuned = ~np.isnan(oof).any(axis=1)
+    calibration, oof = _calibrate(oof, tuned, train_set, task, log)
     threshold = None
     if task in ("binary", "multilabel"):
         from medlens.metrics import choose_thresholds
 
         threshold = choose_thresholds(train_set.labels[tuned], oof[tuned], task, positive)
-    info.update(status="complete", threshold=threshold)
+    info.update(status="complete", threshold=threshold, **calibration)
+    if task != "multilabel":
+        counts = np.bincount(np.asarray(train_set.labels).reshape(-1).astype(int),
+                             minlength=num_outputs)  # fmt: skip
+        info["train_prior"] = (counts / max(counts.sum(), 1)).tolist()
     info["train_seconds"] = round(time.perf_counter() - started, 1)
     if not main:  # evaluation and report are rank 0's
         barrier()
@@ -273,6 +278,28 @@ def _split_held_out(data: Path, seed: int, progress: bool):
     train_set = everything.subset(record["train_indices"])
     held_out = everything.subset(record["val_indices"])
     return train_set, held_out, f"{HELD_OUT_FRACTION:.0%} of the data, set aside before training"
+
+
+def _calibrate(oof: np.ndarray, tuned: np.ndarray, data: ImageSet, task: str, log):
+    """Bias-corrected temperature scaling fitted on the out-of-fold tuning predictions; the
+    calibrated predictions (thresholds are chosen on what prediction will output)."""
+    from medlens.metrics import expected_calibration_error
+    from medlens.tasks.classification.calibration import apply_temperature, fit_calibration
+
+    if not tuned.any():
+        return {"temperature": 1.0, "bias": None}, oof
+    labels = np.asarray(data.labels)[tuned]
+    if task != "multilabel":
+        labels = labels.reshape(-1).astype(int)
+    fitted = fit_calibration(oof[tuned], labels, task)
+    calibrated = oof.copy()
+    calibrated[tuned] = apply_temperature(oof[tuned], fitted["temperature"], task, fitted["bias"])
+    before = expected_calibration_error(labels, oof[tuned], task)
+    after = expected_calibration_error(labels, calibrated[tuned], task)
+    bias = "" if fitted["bias"] is None else " and class biases"
+    log(f"calibration: temperature {fitted['temperature']:.3f}{bias} fitted out of fold "
+        f"(tuning ECE {before:.3f} -> {after:.3f})")  # fmt: skip
+    return fitted, calibrated
 
 
 def _split_labels(data: ImageSet, labels: np.ndarray | None) -> np.ndarray:
@@ -357,7 +384,7 @@ def _evaluate_held_out(output, info, held_out, n_boot, seed, log) -> dict[str, A
     from medlens.tasks.classification.bundle import load_run
 
     run = load_run(output)
-    probs = predict_probs(run.networks, held_out.images, held_out.task)
+    probs = run.probabilities(held_out.images)
     evaluation = evaluate_classification(
         held_out.labels,
         probs,
