@@ -72,6 +72,8 @@ def accuracy_part(root: Path, names: list[str], epochs: int | None) -> dict:
             "beats_best_auc": evaluation["auc"]["value"] > spec["best_auc"],
             "beats_best_acc": _argmax_accuracy(evaluation) > spec["best_acc"],
             "within_budget": seconds < spec["budget_min"] * 60,
+            "figures_from": evaluation.get("split", "the file's val split"),
+            "selection": info.get("selection"),
         }
     rows = []
     for name, r in results.items():
@@ -81,7 +83,8 @@ def accuracy_part(root: Path, names: list[str], epochs: int | None) -> dict:
             SETS[name]["paper"], f"{r['train_seconds'] / 60:.1f} min",
         ])  # fmt: skip
     print_table(
-        "Held-out val split (95% bootstrap CI); paper: best test-set AUC / ACC (ACC at argmax)",
+        "Held-out val split, or out-of-fold over train + val when the plan was chosen by "
+        "cross-validation (95% bootstrap CI); paper: best test-set AUC / ACC (ACC at argmax)",
         ["dataset", "model", "AUC", "ACC argmax", "ACC Youden", "paper best", "train time"],
         rows,
     )

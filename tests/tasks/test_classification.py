@@ -470,3 +470,41 @@ def test_calibrated_probabilities_decision_rule_and_prior_adaptation(trained, tm
     assert main(["predict", str(run), "--input", str(shifted), "--output", str(out),
                  "--mirror"]) == 1  # fmt: skip
     assert "--mirror is not an option of classification" in capsys.readouterr().err
+
+
+def test_small_2d_sets_choose_their_plan_by_cross_validation(tmp_path, monkeypatch, capsys):
+    """select="auto" on a small 2D set: both candidate plans trained with 3-fold CV over
+    train + val, the better out-of-fold AUC kept, its folds the ensemble (budget shrunk)."""
+    from medlens.tasks.classification import selection
+
+    monkeypatch.setattr(selection, "SELECTION_BUDGET", 3000)
+    monkeypatch.setattr(selection, "EPOCH_BOUNDS", (2, 3))
+    (tmp_path / "in").mkdir()
+    data = _npz(tmp_path / "in" / "blobs.npz", n=(60, 30))
+    run = tmp_path / "run"
+    info = train_classification(data, run, folds=3, **QUIET)
+    chosen = info["selection"]["chosen"]
+    scores = {c["name"]: c["oof_score"] for c in info["selection"]["candidates"]}
+    assert set(scores) == {"default", "regularised"} and scores[chosen] == max(scores.values())
+    assert info["folds"] == 3 and len(load_run(run).networks) == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n"] == 90 and "out-of-fold" in metrics["split"]  # every labelled image
+    assert "cross-validation" in info["plan"]["reason"]
+    assert info["tta_flips"] in ([], [1])  # mirroring kept only if the out-of-fold AUC rose
+    loaded = load_run(run)
+    images = np.load(data)["val_images"][:, None]
+    raw = predict_probs(loaded.networks, images, "classification", flips=info["tta_flips"])
+    from medlens.tasks.classification.calibration import apply_temperature
+
+    np.testing.assert_allclose(loaded.probabilities(images), apply_temperature(
+        raw, info["temperature"], "binary", info["bias"]))  # fmt: skip
+    for name in scores:  # each candidate keeps its record, not its checkpoints
+        assert (run / "candidates" / name / "metrics.json").is_file()
+        assert not list((run / "candidates" / name).glob("fold-*"))
+    assert train_classification(data, run, resume=True, **QUIET) == info  # finished: nothing to do
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), "--input", str(data), "--split", "val", "--output",
+                 str(out)]) == 0  # fmt: skip
+    # a named model, plan or number of epochs, or select="off", trains as before
+    off = train_classification(data, tmp_path / "off", epochs=1, **QUIET)
+    assert "selection" not in off and off["data"]["held_out"] == 30

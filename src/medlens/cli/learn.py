@@ -39,6 +39,12 @@ def train(
     plan: Path | None = typer.Option(
         None, "--plan", help="A plan file (from medlens plan) instead of planning."
     ),
+    select: str | None = typer.Option(
+        None,
+        "--select",
+        help="Classification: auto (small 2D sets choose their plan by cross-validation over "
+        "train + val and predict with the fold ensemble), cv (always) or off.",
+    ),
     positive_class: str | None = typer.Option(
         None,
         "--positive-class",
@@ -51,7 +57,8 @@ def train(
     from medlens.tasks.registry import get_task
 
     chosen = get_task(task)
-    options = check_options(chosen, "train", {"model": model, "positive_class": positive_class})
+    given = {"model": model, "positive_class": positive_class, "select": select}
+    options = check_options(chosen, "train", given)
     info = chosen.train(data, output, plan=plan, epochs=epochs, folds=folds, seed=seed,
                         resume=resume, overrides=overrides, progress=progress, log=typer.echo,
                         **options)  # fmt: skip

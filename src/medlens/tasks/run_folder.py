@@ -189,7 +189,9 @@ def _mark_failed(output: Path, existed: bool, before: set[str], exc: BaseExcepti
     if not output.is_dir():
         return
     with contextlib.suppress(OSError):
-        resumable = any(output.glob("fold-*/last.pt"))
+        resumable = any(output.glob("fold-*/last.pt")) or any(
+            output.glob("candidates/*/fold-*/last.pt")  # a plan chosen by cross-validation
+        )
         if not resumable:
             if not existed:
                 shutil.rmtree(output)

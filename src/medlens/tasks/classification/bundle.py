@@ -18,6 +18,7 @@ ensemble: the mean of their probabilities.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,9 @@ class Run:
         """Calibrated class probabilities ``(N, K)`` of the folds' ensemble (or ``networks``)."""
         from medlens.tasks.classification.calibration import apply_temperature
 
-        probs = predict_probs(self.networks if networks is None else networks, images, self.task)
+        flips = self.info.get("tta_flips") or ()
+        probs = predict_probs(self.networks if networks is None else networks, images, self.task,
+                              flips=flips)  # fmt: skip
         return apply_temperature(probs, self.temperature, self.metric_task, self.info.get("bias"))
 
 
@@ -192,19 +195,32 @@ def load_run(path: str | Path) -> Run:
 
 @torch.no_grad()
 def predict_probs(
-    networks: list[Classifier], images: np.ndarray, task: str, *, batch_size: int = 128
+    networks: list[Classifier],
+    images: np.ndarray,
+    task: str,
+    *,
+    batch_size: int = 128,
+    flips: Sequence[int] = (),
 ) -> np.ndarray:
-    """Mean class probabilities of ``networks`` on ``images`` ``(N, C, ...)``: ``(N, K)``."""
+    """Mean class probabilities of ``networks`` on ``images`` ``(N, C, ...)``: ``(N, K)``.
+
+    ``flips``: spatial axes (0 = the first after the channel) to mirror for test-time
+    augmentation; the probabilities are averaged over the image and each single mirror.
+    """
     out = np.zeros((images.shape[0], 0), dtype=np.float64)
+    views: list[tuple[int, ...]] = [(), *((2 + int(a),) for a in flips)]
     for network in networks:
         network.eval()
         parts = []
         for start in range(0, images.shape[0], batch_size):
             x = torch.from_numpy(np.array(images[start : start + batch_size]))
             x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-            logits = network(x).float()
-            probs = torch.sigmoid(logits) if task == "multilabel" else logits.softmax(dim=1)
-            parts.append(probs.double().numpy())
+            total = None
+            for dims in views:
+                logits = network(torch.flip(x, dims) if dims else x).float()
+                p = torch.sigmoid(logits) if task == "multilabel" else logits.softmax(dim=1)
+                total = p if total is None else total + p
+            parts.append((total / len(views)).double().numpy())
         probs = np.concatenate(parts) if parts else np.zeros((0, 0))
         out = probs if out.shape[1] == 0 else out + probs
     return out / max(len(networks), 1)

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["adapt_prior", "apply_temperature", "fit_calibration", "fit_temperature"]
+__all__ = [
+    "adapt_prior",
+    "apply_temperature",
+    "calibrate_out_of_fold",
+    "fit_calibration",
+    "fit_temperature",
+    "mirroring_helps",
+]
 
 _EPS = 1e-12
 T_RANGE = (0.01, 100.0)
@@ -133,3 +140,43 @@ def adapt_prior(
             return adapted, new, step
         prior = new
     return adapted, prior, max_iter
+
+
+# ------------------------------------------------------------------ in a training run
+def mirroring_helps(oof, oof_tta, tuned, data, task: str, positive, log) -> bool:
+    """Whether mirroring at test time raises the out-of-fold AUC (kappa for ordinal)."""
+    from medlens.metrics import classification_metrics
+
+    labels = np.asarray(data.labels)[tuned]
+    if task != "multilabel":
+        labels = labels.reshape(-1).astype(int)
+    key = "kappa" if task == "ordinal" else "auc"
+    plain = classification_metrics(labels, oof[tuned], task, positive=positive).get(key)
+    mirrored = classification_metrics(labels, oof_tta[tuned], task, positive=positive).get(key)
+    if plain is None or mirrored is None:
+        return False
+    helps = float(mirrored) > float(plain)
+    log(f"test-time mirroring: out-of-fold {key} {plain:.4f} -> {mirrored:.4f} "
+        f"({'kept' if helps else 'not used'})")  # fmt: skip
+    return helps
+
+
+def calibrate_out_of_fold(oof: np.ndarray, tuned: np.ndarray, data, task: str, log):
+    """Bias-corrected temperature scaling fitted on the out-of-fold tuning predictions; the
+    calibrated predictions (thresholds are chosen on what prediction will output)."""
+    from medlens.metrics import expected_calibration_error
+
+    if not tuned.any():
+        return {"temperature": 1.0, "bias": None}, oof
+    labels = np.asarray(data.labels)[tuned]
+    if task != "multilabel":
+        labels = labels.reshape(-1).astype(int)
+    fitted = fit_calibration(oof[tuned], labels, task)
+    calibrated = oof.copy()
+    calibrated[tuned] = apply_temperature(oof[tuned], fitted["temperature"], task, fitted["bias"])
+    before = expected_calibration_error(labels, oof[tuned], task)
+    after = expected_calibration_error(labels, calibrated[tuned], task)
+    bias = "" if fitted["bias"] is None else " and class biases"
+    log(f"calibration: temperature {fitted['temperature']:.3f}{bias} fitted out of fold "
+        f"(tuning ECE {before:.3f} -> {after:.3f})")  # fmt: skip
+    return fitted, calibrated

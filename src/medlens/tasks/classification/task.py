@@ -80,7 +80,7 @@ class ClassificationTask(Task):
     dataset_kinds = frozenset({"classification", "multilabel", "ordinal"})
     options = MappingProxyType(
         {
-            "train": frozenset({"model", "positive_class"}),
+            "train": frozenset({"model", "positive_class", "select"}),
             "predict": frozenset({"split", "adapt_prior"}),
             "evaluate": frozenset({"adapt_prior"}),
         }
@@ -95,7 +95,8 @@ class ClassificationTask(Task):
         return plan.with_overrides(overrides)
 
     def train(self, data, output, *, plan=None, epochs=None, folds=None, seed=0, resume=False,
-              overrides=(), progress=True, log=print, model=None, positive_class=None):  # fmt: skip
+              overrides=(), progress=True, log=print, model=None, positive_class=None,
+              select=None):  # fmt: skip
         from medlens.models import list_models
         from medlens.tasks.classification.train import train_classification
 
@@ -105,7 +106,7 @@ class ClassificationTask(Task):
         return train_classification(data, output, model=model, epochs=epochs, folds=folds,
                                     seed=seed, resume=resume, overrides=overrides,
                                     progress=progress, log=log, positive_class=positive_class,
-                                    plan=plan)  # fmt: skip
+                                    plan=plan, select=select or "auto")  # fmt: skip
 
     def load_predictor(self, run: RunFolder, **options: Any) -> ClassificationPredictor:
         return ClassificationPredictor(run)

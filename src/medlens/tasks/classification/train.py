@@ -37,6 +37,7 @@ from medlens.tasks.classification.bundle import (
     recorded_positive,
     write_predictions,
 )
+from medlens.tasks.classification.calibration import calibrate_out_of_fold, mirroring_helps
 from medlens.tasks.classification.data import ImageSet, load_labelled
 from medlens.tasks.classification.plan import (
     Plan,
@@ -68,6 +69,8 @@ def train_classification(
     log: Callable[[str], None] = print,
     positive_class: str | int | None = None,
     plan: str | Path | None = None,
+    select: str = "auto",
+    pool: bool = False,
 ) -> dict[str, Any]:
     """Train, tune, evaluate and report; returns the run's ``run.json`` content.
 
@@ -86,22 +89,48 @@ def train_classification(
             ``run.json`` records it (``positive_class``, ``positive_index``).
         plan: a plan file (``medlens plan``) to train by instead of planning; ``epochs`` and
             ``overrides`` still apply.
+        select: ``"auto"``: small 2D sets (up to
+            :data:`~medlens.tasks.classification.selection.SELECT_MAX_IMAGES` labelled images)
+            with nothing named (no model, plan or epochs) choose their plan by cross-validation
+            over train + val and predict with the fold ensemble
+            (:mod:`~medlens.tasks.classification.selection`); ``"cv"``: always; ``"off"``: never
+            (train on ``train``, tune on part of it, evaluate once on ``val``).
+        pool: train on every labelled image (a ``.npz``'s train and val splits together), hold
+            nothing out; the figures are then the out-of-fold ones.
     """
     from medlens.engine import distributed as D
 
     owns_group = D.launched_by_torchrun() and not D.current_dist().enabled
     dist = D.init_distributed()  # under torchrun: every rank trains, rank 0 writes
+    from medlens.tasks.classification.selection import select_and_train, selects
+
+    if select not in ("auto", "cv", "off"):
+        raise MedlensError(f"select={select!r}: use auto, cv or off")
     try:
+        if selects(Path(data), Path(output), select, resume, model, plan, epochs, folds):
+            with failed_cleanly(output, resume=resume, enabled=dist.is_main):
+                return select_and_train(
+                    Path(data),
+                    Path(output),
+                    seed=seed,
+                    resume=resume,
+                    overrides=overrides,
+                    progress=progress,
+                    n_boot=n_boot,
+                    log=log,
+                    positive_class=positive_class,
+                    folds=folds,
+                )
         with failed_cleanly(output, resume=resume, enabled=dist.is_main):
             return _job(data, output, model, epochs, folds, seed, resume, overrides, progress,
-                        n_boot, log, dist, positive_class, plan)  # fmt: skip
+                        n_boot, log, dist, positive_class, plan, pool)  # fmt: skip
     finally:
         if owns_group:
             D.destroy_distributed()
 
 
 def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, n_boot, log, dist,
-         positive_class, plan_path=None):  # fmt: skip
+         positive_class, plan_path=None, pool=False):  # fmt: skip
     from medlens.data import kfold_splits, save_splits, train_val_split
 
     main = dist.is_main
@@ -120,7 +149,10 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
     if folds is not None and folds < 2:
         raise MedlensError(f"--folds must be at least 2, got {folds}")
     started = time.perf_counter()
-    train_set, held_out, held_out_note = _split_held_out(data, seed, progress)
+    from medlens.tasks.classification.selection import pooled
+
+    split = pooled if pool else _split_held_out
+    train_set, held_out, held_out_note = split(data, seed, progress)
     task = metric_task(train_set.task, len(train_set.class_names))
     positive = positive_index(positive_class, train_set.class_names, task)
     num_outputs = len(train_set.class_names)
@@ -195,6 +227,8 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
     norm = info["normalisation"]
     augment = build_augment(plan.augment, train_set.spatial_dims)
     oof = np.full((len(train_set), num_outputs), np.nan)
+    flips = [int(a) for a in plan.augment.get("flip_axes") or []]
+    oof_tta = oof.copy()
     for fold, record in enumerate(split_records):
         train_idx = np.asarray(record["train_indices"])
         tune_idx = np.asarray(record["val_indices"])
@@ -214,14 +248,20 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
 
         load_weights(network, _best(fold_dir))
         oof[tune_idx] = predict_probs([network], train_set.images[tune_idx], train_set.task)
+        if flips:
+            oof_tta[tune_idx] = predict_probs([network], train_set.images[tune_idx],
+                                              train_set.task, flips=flips)  # fmt: skip
     tuned = ~np.isnan(oof).any(axis=1)
-    calibration, oof = _calibrate(oof, tuned, train_set, task, log)
+    tta = bool(flips) and mirroring_helps(oof, oof_tta, tuned, train_set, task, positive, log)
+    oof = oof_tta if tta else oof
+    calibration, oof = calibrate_out_of_fold(oof, tuned, train_set, task, log)
     threshold = None
     if task in ("binary", "multilabel"):
         from medlens.metrics import choose_thresholds
 
         threshold = choose_thresholds(train_set.labels[tuned], oof[tuned], task, positive)
-    info.update(status="complete", threshold=threshold, **calibration)
+    info.update(status="complete", threshold=threshold, tta_flips=flips if tta else [],
+                **calibration)  # fmt: skip
     if task != "multilabel":
         counts = np.bincount(np.asarray(train_set.labels).reshape(-1).astype(int),
                              minlength=num_outputs)  # fmt: skip
@@ -245,6 +285,18 @@ def _job(data, output, model, epochs, folds, seed, resume, overrides, progress, 
             threshold=threshold, n_boot=n_boot, seed=seed, positive=positive,
         )  # fmt: skip
         evaluation["split"] = "tuning images (out-of-fold): optimistic, nothing was held out"
+        if pool:
+            evaluation["split"] = (
+                f"out-of-fold over all {len(report_data)} labelled images (train + val pooled; "
+                "each fold's images were predicted by the model that did not train on them)"
+            )
+        if task == "binary" and threshold is not None:  # the argmax's accuracy beside ours
+            plain = evaluate_classification(report_data.labels, probs, "binary", n_boot=n_boot,
+                                            seed=seed, positive=positive)  # fmt: skip
+            evaluation["accuracy_at_0.5"] = plain["accuracy"]
+        keys = ("auc", "accuracy", "sensitivity", "specificity", "f1", "accuracy_at_0.5")
+        info["evaluation"] = {k: evaluation[k] for k in keys if k in evaluation}
+        info["evaluation"]["split"] = evaluation["split"]
         atomic_write_json(output / "metrics.json", evaluation)
     RunFolder(output).write(info)
     _report(output, info, report_data, evaluation, probs, log)
@@ -278,28 +330,6 @@ def _split_held_out(data: Path, seed: int, progress: bool):
     train_set = everything.subset(record["train_indices"])
     held_out = everything.subset(record["val_indices"])
     return train_set, held_out, f"{HELD_OUT_FRACTION:.0%} of the data, set aside before training"
-
-
-def _calibrate(oof: np.ndarray, tuned: np.ndarray, data: ImageSet, task: str, log):
-    """Bias-corrected temperature scaling fitted on the out-of-fold tuning predictions; the
-    calibrated predictions (thresholds are chosen on what prediction will output)."""
-    from medlens.metrics import expected_calibration_error
-    from medlens.tasks.classification.calibration import apply_temperature, fit_calibration
-
-    if not tuned.any():
-        return {"temperature": 1.0, "bias": None}, oof
-    labels = np.asarray(data.labels)[tuned]
-    if task != "multilabel":
-        labels = labels.reshape(-1).astype(int)
-    fitted = fit_calibration(oof[tuned], labels, task)
-    calibrated = oof.copy()
-    calibrated[tuned] = apply_temperature(oof[tuned], fitted["temperature"], task, fitted["bias"])
-    before = expected_calibration_error(labels, oof[tuned], task)
-    after = expected_calibration_error(labels, calibrated[tuned], task)
-    bias = "" if fitted["bias"] is None else " and class biases"
-    log(f"calibration: temperature {fitted['temperature']:.3f}{bias} fitted out of fold "
-        f"(tuning ECE {before:.3f} -> {after:.3f})")  # fmt: skip
-    return fitted, calibrated
 
 
 def _split_labels(data: ImageSet, labels: np.ndarray | None) -> np.ndarray:
