@@ -131,7 +131,16 @@ def evaluate(run: Path, data: Path, masks: Path, *, mirror: bool | None) -> dict
         head_circumference_mm(dataset[i].mask.array, reference[name][0]) - reference[name][1]
         for i, name in zip(val, names, strict=True)
     ])  # fmt: skip
+    refs = np.array([reference[name][1] for name in names])
+    by_size = {}
+    for label, low, high in (("<150 mm", 0, 150), ("150-250 mm", 150, 250), (">=250 mm", 250, 1e9)):
+        inside = (refs >= low) & (refs < high)
+        if inside.any():
+            by_size[label] = {"n": int(inside.sum()),
+                              "mae_mm": round(float(np.abs(diffs[inside]).mean()), 3),
+                              "mean_diff_mm": round(float(diffs[inside].mean()), 3)}  # fmt: skip
     return {
+        "hc_by_size": by_size,
         "n_val": len(val),
         "val_subjects": len({dataset[i].subject for i in val}) if val else 0,
         "dice": result["dice"],
@@ -184,6 +193,12 @@ def report(f: dict) -> None:
             ["training wall time", train, f"< {GOALS['train_minutes']:.0f} min"],
             ["inference per image", f"{f['infer_seconds_per_image'] * 1000:.0f} ms", ""],
         ],
+    )  # fmt: skip
+    print_table(
+        "HC error by reference head circumference (the same validation images)",
+        ["size range", "images", "mean abs diff (mm)", "mean diff (mm)"],
+        [[k, v["n"], f"{v['mae_mm']:.2f}", f"{v['mean_diff_mm']:+.2f}"]
+         for k, v in f.get("hc_by_size", {}).items()],
     )  # fmt: skip
 
 

@@ -155,3 +155,23 @@ def test_cli_plans_hc18(real, tmp_path, capsys):
     assert plan.target_scale is not None  # zoomed ultrasound: scaled per image
     assert "pixels scaled by" in capsys.readouterr().out
     assert main(["plan", str(tmp_path / "missing"), "-o", str(tmp_path / "p.json")]) == 1
+
+
+def test_the_plan_records_the_training_range_and_flags_images_outside_it(tmp_path):
+    from medlens.tasks.segmentation.plan import outside_training_range
+
+    fp = _zoom_fingerprint((240, 500), (20, 60))
+    fp["spacing"].update(min=[0.06, 0.06], max=[0.26, 0.26])
+    fp["foreground_extent"]["mm"].update(min=[13.0, 15.0], max=[104.0, 112.0])
+    plan = make_plan(fp)
+    assert plan.training_range == {"spacing_mm": [[0.06, 0.06], [0.26, 0.26]],
+                                   "foreground_mm": [[13.0, 15.0], [104.0, 112.0]]}  # fmt: skip
+    assert outside_training_range(plan, (0.2, 0.2), (80.0, 95.0)) is None
+    late = outside_training_range(plan, (0.2, 0.2), (150.0, 120.0))  # a larger head than any
+    assert late and "predicted foreground size 150 mm" in late and "13-112 mm" in late
+    assert "pixel spacing 0.5 mm" in outside_training_range(plan, (0.5, 0.5), None)
+    assert (
+        SegmentationPlan.load(plan.save(tmp_path / "p.json")).training_range == plan.training_range
+    )
+    del fp["spacing"]["min"]  # older fingerprints and plans: nothing to check against
+    assert outside_training_range(make_plan(fp), (9.0, 9.0), (999.0, 1.0)) is None

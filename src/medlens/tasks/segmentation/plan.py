@@ -105,6 +105,7 @@ class SegmentationPlan(Plan):
     device: str = "cpu"
     notes: list[str] = field(default_factory=list)
     target_scale: list[float] | None = None
+    training_range: dict[str, Any] | None = None
     format: str = PLAN_FORMAT
 
     FORMAT: ClassVar[str | None] = PLAN_FORMAT
@@ -268,7 +269,41 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
         device=kind,
         notes=notes,
         target_scale=scale,
+        training_range=_training_range(fp),
     )
+
+
+def _training_range(fp: dict[str, Any]) -> dict[str, Any] | None:
+    """The pixel spacings and foreground sizes (mm, index order) the training images span,
+    from the fingerprint: prediction warns outside them (:func:`outside_training_range`)."""
+    spacing = fp.get("spacing") or {}
+    extent = (fp.get("foreground_extent") or {}).get("mm") or {}
+    if "min" not in spacing or "max" not in spacing:
+        return None
+    out: dict[str, Any] = {"spacing_mm": [list(spacing["min"]), list(spacing["max"])]}
+    if "min" in extent and "max" in extent:
+        out["foreground_mm"] = [list(extent["min"]), list(extent["max"])]
+    return out
+
+
+def outside_training_range(plan: SegmentationPlan, spacing, extent_mm, margin: float = 1.25):
+    """Why an image (its spacing, its predicted foreground's extent in mm, both index order)
+    lies outside what the plan's training images spanned by more than ``margin``; None if not."""
+    span = plan.training_range or {}
+    problems = []
+    checks = (
+        ("spacing_mm", spacing, "pixel spacing"),
+        ("foreground_mm", extent_mm, "predicted foreground size"),
+    )
+    for name, values, what in checks:
+        if name not in span or values is None:
+            continue
+        low, high = min(span[name][0]), max(span[name][1])
+        size = max(float(v) for v in values)
+        if size > high * margin or size < low / margin:
+            problems.append(f"{what} {size:.3g} mm outside the training images' "
+                            f"{low:.3g}-{high:.3g} mm")  # fmt: skip
+    return "; ".join(problems) or None
 
 
 def _spread(stats: dict[str, list[float]]) -> float:

@@ -98,7 +98,25 @@ def predict_image(
         from medlens.tasks.segmentation.postprocess import apply_postprocessing
 
         labels = apply_postprocessing(labels, run.postprocessing)
+    _warn_outside_range(plan, image, labels)
     return spatial.with_array(labels, role=Role.LABEL)
+
+
+def _warn_outside_range(plan: SegmentationPlan, image: Image, labels: np.ndarray) -> None:
+    """A warning when the image, or what was found in it, is unlike every training image."""
+    import warnings
+
+    from medlens.tasks.segmentation.plan import outside_training_range
+
+    found = np.argwhere(labels > 0)
+    extent = None
+    if found.size:
+        voxels = (found.max(axis=0) - found.min(axis=0) + 1)[::-1]  # index order
+        extent = [float(v) * float(s) for v, s in zip(voxels, image.spacing, strict=True)]
+    problem = outside_training_range(plan, image.spacing, extent)
+    if problem:
+        where = image.meta.get("path", "image")
+        warnings.warn(f"{where}: {problem}; the segmentation may be less reliable", stacklevel=3)
 
 
 def _squeeze_2d(image: Image, dims: int) -> Image:
