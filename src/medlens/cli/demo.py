@@ -80,8 +80,11 @@ def _train_classifier(data: Path, run: Path, epochs: int | None, console) -> Non
         console.print(f"Classifier already trained in {run}")
     metrics = _json.loads((run / "metrics.json").read_text())
     auc, acc = metrics["auc"], metrics["accuracy"]
+    which = "out-of-fold" if "out-of-fold" in str(metrics.get("split", "")) else "held-out"
     console.print(
-        f"held-out AUC {auc['value']:.3f} (95% CI {auc['low']:.3f}-{auc['high']:.3f}), "
+        f"{which} AUC {auc['value']:.3f} (95% CI {auc['low']:.3f}-{auc['high']:.3f}), "
         f"accuracy {acc['value']:.3f} (95% CI {acc['low']:.3f}-{acc['high']:.3f})"
     )
+    if metrics.get("split"):
+        console.print(f"figures from: {metrics['split']}")
     console.print(f"[bold]Report:[/bold] {(run / 'report.html').resolve()}")
