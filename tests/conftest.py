@@ -212,3 +212,37 @@ def write_ellipses(root: Path, n: int, seed: int = 1) -> Path:
 def ellipse_images():
     """:func:`write_ellipses`, for tests that need a tiny paired segmentation folder."""
     return write_ellipses
+
+
+@pytest.fixture(scope="session")
+def old_runs(tmp_path_factory) -> Path:
+    """Run folders of both tasks written by medlens before the task platform, with that code's
+    predictions (``tests/fixtures/make_old_runs.py``); skipped where the commit is unavailable
+    (a shallow clone, no git)."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    fixtures = Path(__file__).resolve().parent / "fixtures"
+    sys.path.insert(0, str(fixtures))
+    from make_old_runs import OLD_COMMIT
+
+    repo = fixtures.parents[1]
+    root = tmp_path_factory.mktemp("old-medlens")
+    try:
+        archive = subprocess.run(["git", "-C", str(repo), "archive", OLD_COMMIT, "src"],
+                                 capture_output=True, check=True).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"medlens {OLD_COMMIT} is not in this checkout's git history")
+    (root / "old.tar").write_bytes(archive)
+    with tarfile.open(root / "old.tar") as tar:
+        tar.extractall(root / "old", filter="data")
+    out = root / "runs"
+    done = subprocess.run(
+        [sys.executable, str(fixtures / "make_old_runs.py"), str(out)],
+        env={**os.environ, "PYTHONPATH": str(root / "old" / "src")},
+        capture_output=True, text=True, cwd=root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out

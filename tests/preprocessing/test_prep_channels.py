@@ -8,7 +8,6 @@ old formulas are copied here as the reference, and results must be bit-identical
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,8 +25,6 @@ from medlens.preprocessing import (
 )
 from medlens.tasks.classification.plan import Classifier, fit_normaliser
 from medlens.tasks.segmentation.data import normalise, normaliser
-
-OLD_RUN = Path(__file__).resolve().parents[1] / "fixtures" / "runs-v1" / "classification"
 
 
 # ----------------------------------------------------------------------------- references
@@ -161,12 +158,13 @@ def test_channel_zscore_saves_and_loads(tmp_path):
         ChannelZScore()(one)
 
 
-def test_an_old_classification_preprocessing_json_loads_as_its_step():
+def test_an_old_classification_preprocessing_json_loads_as_its_step(old_runs):
     """Run folders from before the Preprocessor format: their file reads as the same step."""
-    old = json.loads((OLD_RUN / "preprocessing.json").read_text())
+    old_run = old_runs / "classification"
+    old = json.loads((old_run / "preprocessing.json").read_text())
     assert "format" not in old  # the fixture really is the old content
-    prep = Preprocessor.load(OLD_RUN / "preprocessing.json")
-    norm = json.loads((OLD_RUN / "run.json").read_text())["normalisation"]
+    prep = Preprocessor.load(old_run / "preprocessing.json")
+    norm = json.loads((old_run / "run.json").read_text())["normalisation"]
     (step,) = prep.steps
     assert isinstance(step, ChannelZScore) and step.scale_uint8
     assert step.mean_ == norm["mean"] and step.std_ == norm["std"]

@@ -3,7 +3,8 @@
 Each registered task is taken through the whole life of a run with one parametrised suite:
 plan from a tiny dataset, train one epoch, reload, predict (through the files and through
 ``predict(list[Image])``), evaluate, explain. A task registered without a tiny dataset here, or
-without a run folder of its first format in ``tests/fixtures/runs-v1``, fails the suite.
+without a run folder of its first format from ``tests/fixtures/make_old_runs.py``, fails the
+suite.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import medlens
 from medlens.cli.main import main
 from medlens.tasks.registry import get_task, task_names
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "runs-v1"
 QUIET = {"progress": False, "log": lambda line: None}
 
 
@@ -66,10 +66,10 @@ def _disks(root: Path) -> tuple[Path, list[str]]:
 TINY = {"classification": _blobs, "segmentation": _disks}
 
 
-def test_every_registered_task_has_a_tiny_dataset_and_an_old_run():
+def test_every_registered_task_has_a_tiny_dataset_and_an_old_run(old_runs):
     assert task_names() == sorted(TINY)
     for name in task_names():
-        assert (FIXTURES / name / "run.json").is_file(), f"no runs-v1/{name} fixture"
+        assert (old_runs / name / "run.json").is_file(), f"make_old_runs.py writes no {name} run"
 
 
 @pytest.fixture(scope="module", params=sorted(TINY))
@@ -109,38 +109,38 @@ def test_train_reload_predict_evaluate_explain(trained, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_old_run_folders_load_and_predict_as_when_written(name, tmp_path):
-    """Run folders written by the code before the platform (commit a85b51b, see make.py)
+def test_old_run_folders_load_and_predict_as_when_written(name, tmp_path, old_runs):
+    """Run folders written by the code before the platform (tests/fixtures/make_old_runs.py)
     predict exactly what that code predicted."""
-    run = FIXTURES / name
+    run = old_runs / name
     predictor = medlens.load_predictor(run)
     if name == "classification":
         out = tmp_path / "p.csv"
-        predictor.predict_path(FIXTURES / "inputs" / "blobs.npz", out, split="val")
-        assert out.read_text() == (FIXTURES / "classification-predictions.csv").read_text()
+        predictor.predict_path(old_runs / "inputs" / "blobs.npz", out, split="val")
+        assert out.read_text() == (old_runs / "classification-predictions.csv").read_text()
     else:
-        predictor.predict_path(FIXTURES / "inputs" / "seg", tmp_path / "masks")
-        for expected in sorted((FIXTURES / "segmentation-predictions").iterdir()):
+        predictor.predict_path(old_runs / "inputs" / "seg", tmp_path / "masks")
+        for expected in sorted((old_runs / "segmentation-predictions").iterdir()):
             got = np.asarray(PILImage.open(tmp_path / "masks" / expected.name))
             assert np.array_equal(got, np.asarray(PILImage.open(expected)))
 
 
 @pytest.mark.parametrize("name", sorted(TINY))
-def test_predict_images_matches_predict_path(name, tmp_path):
+def test_predict_images_matches_predict_path(name, tmp_path, old_runs):
     """``predict(list[Image])`` gives the file path's results (same rows, same masks)."""
-    predictor = medlens.load_predictor(FIXTURES / name)
+    predictor = medlens.load_predictor(old_runs / name)
     if name == "segmentation":
-        files = sorted((FIXTURES / "inputs" / "seg").iterdir())
+        files = sorted((old_runs / "inputs" / "seg").iterdir())
         predictions = predictor.predict([medlens.load_image(p) for p in files])
         for prediction, file in zip(predictions, files, strict=True):
-            expected = np.asarray(PILImage.open(FIXTURES / "segmentation-predictions" / file.name))
+            expected = np.asarray(PILImage.open(old_runs / "segmentation-predictions" / file.name))
             assert np.array_equal(np.asarray(prediction.labels.array), expected)
             written = prediction.save(tmp_path)
             assert written[0].name == file.name
         return
     folder = tmp_path / "pngs"
     folder.mkdir()
-    arrays = np.load(FIXTURES / "inputs" / "blobs.npz")["val_images"][:4]
+    arrays = np.load(old_runs / "inputs" / "blobs.npz")["val_images"][:4]
     for i, array in enumerate(arrays):
         PILImage.fromarray(array).save(folder / f"img{i}.png")
     predictor.predict_path(folder, tmp_path / "folder.csv")
@@ -177,11 +177,11 @@ def test_options_a_task_does_not_take_are_refused(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_a_run_of_a_newer_format_is_refused_by_name(tmp_path, capsys):
+def test_a_run_of_a_newer_format_is_refused_by_name(tmp_path, capsys, old_runs):
     run = tmp_path / "run"
-    shutil.copytree(FIXTURES / "segmentation", run)
+    shutil.copytree(old_runs / "segmentation", run)
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "format": "medlens.segmentation/9"}))
-    assert main(["predict", str(run), "--input", str(FIXTURES / "inputs" / "seg"),
+    assert main(["predict", str(run), "--input", str(old_runs / "inputs" / "seg"),
                  "--output", str(tmp_path / "m")]) == 1  # fmt: skip
     assert "written by a newer medlens" in capsys.readouterr().err
