@@ -12,13 +12,13 @@ that only handles one kind of network (a classification job, the classifier zoo 
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
 from torch import nn
 
+from medlens._json import did_you_mean
 from medlens.models.base import check_model_args
 
 __all__ = ["TASKS", "create_model", "kinds", "list_models", "model_task", "register_model"]
@@ -88,8 +88,7 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
     """
     if task is not None and task not in kinds():
         known = kinds()
-        close = difflib.get_close_matches(str(task), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(task), known)
         raise ValueError(f"no models of task {task!r}{hint}; tasks: {', '.join(known)}")
     names = sorted(n for n, e in _REGISTRY.items() if task is None or e.task == task)
     return names if pattern is None else [n for n in names if fnmatch.fnmatchcase(n, pattern)]
@@ -104,8 +103,7 @@ def _lookup(name: str) -> _Entry:
     entry = _REGISTRY.get(name)
     if entry is None:
         known = sorted(_REGISTRY)
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(str(name), known)
         raise ValueError(f"unknown model {name!r}{hint}; known models: {', '.join(known)}")
     return entry
 

@@ -158,13 +158,16 @@ def selects(data, output, select, resume, model, plan, epochs, folds) -> bool:
     from medlens.data import available_splits, open_dataset
 
     try:
-        sizes = [len(open_dataset(data, split=s)) for s in ("train", "val")
-                 if s in available_splits(data)] if data.suffix.lower() == ".npz" else [
-                 len(open_dataset(data))]  # fmt: skip
-        dims = open_dataset(data, **({"split": "train"} if data.suffix.lower() == ".npz" else {}))
+        if data.suffix.lower() == ".npz":
+            parts = [open_dataset(data, split=s) for s in ("train", "val")
+                     if s in available_splits(data)]  # fmt: skip
+        else:
+            parts = [open_dataset(data)]
     except (MedlensError, OSError):
         return False  # the job itself reports what is wrong with the data
-    return dims.spatial_dims == 2 and dims.task != "multilabel" and sum(sizes) <= SELECT_MAX_IMAGES
+    first = parts[0]
+    small = sum(len(p) for p in parts) <= SELECT_MAX_IMAGES
+    return first.spatial_dims == 2 and first.task != "multilabel" and small
 
 
 def pooled(data: Path, seed: int = 0, progress: bool = False):

@@ -32,13 +32,14 @@ class SegmentationPredictor(Predictor):
 
     def predict(self, images):
         """One :class:`~medlens.tasks.segmentation.predict.MaskPrediction` per image."""
+        from medlens.io.discover import file_stem
         from medlens.tasks.segmentation.predict import MaskPrediction, predict_image
 
         out = []
         for i, image in enumerate(images):
             name = Path(str(image.meta.get("path", f"image-{i}"))).name
             labels = predict_image(self.trained, image, mirror=self.mirror)
-            out.append(MaskPrediction(name, labels, name.split(".")[0] or f"image-{i}",
+            out.append(MaskPrediction(name, labels, file_stem(name),
                                       label_values=self.trained.plan.label_values,
                                       class_names=self.info.get("class_names")))  # fmt: skip
         return out
