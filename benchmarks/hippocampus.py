@@ -14,6 +14,7 @@ minutes to install it): where it is not importable the ``nnunet_*`` figures are 
 0.90 (anterior) and 0.89 (posterior).
 
     python benchmarks/hippocampus.py                       # 5 folds, the defaults
+    python benchmarks/hippocampus.py --fold 0              # fold 0 of the 5 only (40 cases)
     python benchmarks/hippocampus.py --folds 2 --set train.epochs=2 --set train.batches_per_epoch=5
 """
 
@@ -36,6 +37,7 @@ PUBLISHED_NNUNET = {"anterior": 0.90, "posterior": 0.89}
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--fold", type=int, help="Train and score this fold of --folds only.")
     parser.add_argument("--set", action="append", default=[], help="Plan override key=value.")
     parser.add_argument("--run", type=Path, help="Evaluate this finished run instead.")
     parser.add_argument("--workdir", type=Path, help="Keep the run here (default: tmp).")
@@ -53,10 +55,15 @@ def main(argv: list[str] | None = None) -> int:
             from medlens.tasks.segmentation.train import train_segmentation
 
             run = work / "run"
-            log(f"training {args.folds} folds with the defaults into {run} ...")
+            which = (
+                f"fold {args.fold} of {args.folds}"
+                if args.fold is not None
+                else f"{args.folds} folds"
+            )
+            log(f"training {which} with the defaults into {run} ...")
             start = time.perf_counter()
-            train_segmentation(data, run, folds=args.folds, overrides=args.set, progress=False,
-                               log=log)  # fmt: skip
+            train_segmentation(data, run, folds=args.folds, fold=args.fold, overrides=args.set,
+                               progress=False, log=log)  # fmt: skip
             train_seconds = time.perf_counter() - start
         figures = evaluate(run, data, work, args.infer_cases)
     figures["train_minutes"] = None if train_seconds is None else round(train_seconds / 60, 2)

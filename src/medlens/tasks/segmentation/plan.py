@@ -25,7 +25,10 @@ The rules follow what nnU-Net showed works, restated for medlens and for ordinar
   others, with kernel size 1 on that axis until then; features 32, 64, ... capped at 320 (3D)
   or 512 (2D) on a GPU, half those widths on a CPU; deep supervision.
 - **Schedule**: SGD with Nesterov momentum 0.99, cosine decay; 40 epochs of 50 patch batches on
-  a CPU (validated every 5), 250 of 250 on a GPU.
+  a CPU (validated every 5), 250 of 250 on a GPU. A 3D plan on a CPU that computes bf16 natively
+  (AVX512-BF16 or AMX) trains in bf16 mixed precision (``train.amp = "on"``; the loss in float32),
+  which makes its steps about 1.8x faster there, and takes twice the epochs in the time of the
+  40: the Decathlon hippocampus measured 0.86 s a step against 1.58.
 
 The plan is a JSON file (``medlens plan DATA -o plan.json``), editable by hand and overridable
 with ``key=value``; :class:`SegmentationPlan` gives typed access and checks it.
@@ -233,6 +236,10 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
     kind = "cpu" if device == "cpu" else "gpu"
     widths = WIDTHS[kind]
     features = [min(widths[n], widths["base"] * 2**i) for i in range(len(strides))]
+    schedule = dict(SCHEDULES[kind])
+    if kind == "cpu" and n == 3 and _native_bf16():
+        schedule.update(epochs=2 * schedule["epochs"], amp="on")
+        notes.append("bf16 mixed precision (this CPU computes bf16 natively): twice the epochs")
     modality = fp.get("modality")
     values = [int(v) for v in fp.get("label_values", [0, 1])]
     intensity = (fp.get("intensity") or [{}])[0]
@@ -265,12 +272,23 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
             "deep_supervision": True,
         },
         modality=modality,
-        train=default_train(**SCHEDULES[kind], batch_size=int(batch)),
+        train=default_train(**schedule, batch_size=int(batch)),
         device=kind,
         notes=notes,
         target_scale=scale,
         training_range=_training_range(fp),
     )
+
+
+def _native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())  # fmt: skip
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _training_range(fp: dict[str, Any]) -> dict[str, Any] | None:

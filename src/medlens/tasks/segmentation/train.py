@@ -41,6 +41,7 @@ def train_segmentation(
     plan: str | Path | None = None,
     epochs: int | None = None,
     folds: int | None = None,
+    fold: int | None = None,
     seed: int = 0,
     resume: bool = False,
     overrides: Sequence[str] = (),
@@ -52,14 +53,19 @@ def train_segmentation(
 
     ``folds=K`` trains K models on a K-fold split grouped by subject (``fold-0`` ...
     ``fold-K-1``); validation metrics and the postprocessing decision then use the out-of-fold
-    predictions of every case, and ``medlens predict`` ensembles the K models.
+    predictions of every case, and ``medlens predict`` ensembles the K models. ``fold=k`` with
+    ``folds=K`` trains one model on the other folds and validates on fold ``k`` (one part of a
+    K-fold cross-validation, as ``nnUNetv2_train DATASET CONFIG k`` does): a single-split run
+    whose split is that fold, recorded as ``run.json``'s ``cv_fold``.
     """
+    if fold is not None and not (folds and folds > 1 and 0 <= fold < folds):
+        raise MedlensError(f"fold {fold}: needs folds=K > 1 and 0 <= fold < K")
     with failed_cleanly(output, resume=resume):
-        return _job(Path(data), Path(output), plan, epochs, folds, seed, resume, overrides,
-                    progress, device, log)  # fmt: skip
+        return _job(Path(data), Path(output), plan, epochs, (folds, fold), seed, resume,
+                    overrides, progress, device, log)  # fmt: skip
 
 
-def _job(data, output, plan, epochs, folds, seed, resume, overrides, progress, device, log):
+def _job(data, output, plan, epochs, cv, seed, resume, overrides, progress, device, log):
     from medlens.data import (
         fingerprint,
         kfold_splits,
@@ -72,6 +78,7 @@ def _job(data, output, plan, epochs, folds, seed, resume, overrides, progress, d
         raise DatasetError("does not exist", data)
     ensure_outside(output, data)
     dataset = open_dataset(data)
+    folds, fold = cv
     if dataset.task != "segmentation":
         raise DatasetError(f"a {dataset.task} dataset, not a segmentation one", data)
     started = time.perf_counter()
@@ -95,7 +102,8 @@ def _job(data, output, plan, epochs, folds, seed, resume, overrides, progress, d
         groups = dataset.subjects() if dataset.has_subjects() else None
         if folds is not None and folds > 1:
             splits = kfold_splits(dataset, folds, groups=groups, stratify=False, seed=seed)
-            save_splits(output / "splits.json", splits)
+            splits = splits if fold is None else [splits[fold]]
+            save_splits(output / "splits.json", splits if fold is None else splits[0])
         else:
             split = train_val_split(dataset, VAL_FRACTION, seed=seed, groups=groups,
                                     stratify=False)  # fmt: skip
@@ -114,6 +122,8 @@ def _job(data, output, plan, epochs, folds, seed, resume, overrides, progress, d
              seed + k, progress, resume)  # fmt: skip
     info = _info(the_plan, dataset, data, seed, "complete")
     info["folds"] = len(splits)
+    if fold is not None:
+        info["cv_fold"] = [fold, folds]
     info["train_seconds"] = round(time.perf_counter() - started, 1)
     info["evaluation"] = _validate(output, the_plan, splits, cases, log)
     RunFolder(output).write(info)
