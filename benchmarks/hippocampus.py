@@ -8,10 +8,14 @@ intervals. Inference seconds per case are timed end to end as ``medlens predict`
 (reading the NIfTI, resampling, sliding window with mirroring as the default says, resampling
 back, writing), on the first ``--infer-cases`` cases.
 
-nnU-Net side by side needs ``nnunetv2`` (the benchmark environment; its resolver takes about 20
-minutes to install it): where it is not importable the ``nnunet_*`` figures are ``null`` and
-``nnunet_status`` says why. nnU-Net's published Decathlon figures on this task are Dice about
-0.90 (anterior) and 0.89 (posterior).
+nnU-Net side by side (``benchmarks/_nnunet.py``) needs ``nnunetv2`` in the benchmark environment:
+its own planning and preprocessing of the same cases, medlens's split as ``splits_final.json``,
+its stock trainer on the CPU for the number of epochs that fits medlens's training time, its own
+validation of the held-out cases (scored here by the same metric code as medlens's), and
+``nnUNetPredictor`` timed end to end per case with its default mirroring, against ``medlens
+predict`` with mirroring on. Where it is not importable the ``nnunet_*`` figures are ``null`` and
+``nnunet_status`` says why. nnU-Net's published Decathlon figures on this task (1000 epochs on a
+GPU) are Dice about 0.90 (anterior) and 0.89 (posterior).
 
     python benchmarks/hippocampus.py                       # 5 folds, the defaults
     python benchmarks/hippocampus.py --fold 0              # fold 0 of the 5 only (40 cases)
@@ -21,7 +25,6 @@ minutes to install it): where it is not importable the ``nnunet_*`` figures are 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
@@ -29,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _nnunet
 from _common import configure_threads, emit_json, environment, log, print_table, require_data
 
 PUBLISHED_NNUNET = {"anterior": 0.90, "posterior": 0.89}
@@ -66,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                                progress=False, log=log)  # fmt: skip
             train_seconds = time.perf_counter() - start
         figures = evaluate(run, data, work, args.infer_cases)
-    figures["train_minutes"] = None if train_seconds is None else round(train_seconds / 60, 2)
-    figures.update(nnunet())
+        if train_seconds is None:  # a finished run: the time it recorded
+            train_seconds = _read_json(run / "run.json").get("train_seconds")
+        figures["train_minutes"] = None if train_seconds is None else round(train_seconds / 60, 2)
+        figures.update(nnunet(run, data, work, args.infer_cases, train_seconds, figures))
     report(figures)
     figures["threads"] = threads
     figures["environment"] = environment(["medlens", "torch", "numpy"])
@@ -79,48 +85,87 @@ def evaluate(run: Path, data: Path, work: Path, infer_cases: int) -> dict:
     from medlens.tasks.registry import load_predictor
     from medlens.tasks.segmentation.evaluate import evaluate_segmentation
 
-    result = evaluate_segmentation(run, data, split="val", output=work / "evaluation",
-                                   n_boot=1000, progress=False)  # fmt: skip
-    per_class = result["aggregate"]["per_class"]
-    dice = {name: per_class[name]["dice"] for name in per_class}
-    hd95 = {name: per_class[name]["hd95"] for name in per_class}
-    predictor = load_predictor(run)
+    figures: dict = {}
+    for mirror in (None, True):  # the defaults, then mirroring on (as nnU-Net predicts)
+        result = evaluate_segmentation(run, data, split="val", output=work / f"evaluation-{mirror}",
+                                       n_boot=1000, progress=False, mirror=mirror)  # fmt: skip
+        dice, hd95 = _per_label(result["aggregate"]["per_class"])
+        suffix = "" if mirror is None else "_mirror"
+        figures[f"dice_per_label_cv{suffix}"] = dice
+        figures[f"dice_mean_cv{suffix}"] = sum(d["mean"] for d in dice.values()) / len(dice)
+        figures[f"hd95_mm_cv{suffix}"] = hd95
     images = sorted((data / "imagesTr").glob("*.nii.gz"))[:infer_cases]
-    (work / "one").mkdir(exist_ok=True)
-    seconds = []
-    for image in images:  # end to end, one case at a time, as medlens predict does
-        source = work / "one" / image.name
-        source.unlink(missing_ok=True)
-        source.symlink_to(image)
-        start = time.perf_counter()
-        predictor.predict_path(work / "one", work / "masks")
-        seconds.append(time.perf_counter() - start)
-        source.unlink()
-    return {
-        "n_cases": result["n_cases"],
-        "folds": result.get("folds") and len(set(result["folds"])),
-        "dice_per_label_cv": dice,
-        "dice_mean_cv": sum(d["mean"] for d in dice.values()) / len(dice),
-        "hd95_mm_cv": hd95,
-        "infer_seconds_per_case": round(sum(seconds) / max(len(seconds), 1), 3),
-        "figures_from": result["cases_description"],
-    }
+    for mirror in (None, True):
+        predictor = load_predictor(run, mirror=mirror)
+        (work / "one").mkdir(exist_ok=True)
+        seconds = []
+        for image in images:  # end to end, one case at a time, as medlens predict does
+            source = work / "one" / image.name
+            source.unlink(missing_ok=True)
+            source.symlink_to(image)
+            start = time.perf_counter()
+            predictor.predict_path(work / "one", work / "masks")
+            seconds.append(time.perf_counter() - start)
+            source.unlink()
+        suffix = "" if mirror is None else "_mirror"
+        figures[f"infer_seconds_per_case{suffix}"] = round(sum(seconds) / max(len(seconds), 1), 3)
+    figures["n_cases"] = result["n_cases"]
+    figures["figures_from"] = result["cases_description"]
+    return figures
 
 
-def nnunet() -> dict:
-    """nnU-Net trained on the same split and budget, where ``nnunetv2`` is installed."""
-    if importlib.util.find_spec("nnunetv2") is None:
-        return {
-            "nnunet_dice_mean": None,
-            "inference_speedup_vs_nnunet": None,
-            "nnunet_status": "not run: nnunetv2 is not importable here (install it into the "
-            "benchmark environment, benchmarks/README.md)",
-        }
-    return {
-        "nnunet_dice_mean": None,
-        "inference_speedup_vs_nnunet": None,
-        "nnunet_status": "not run: the side-by-side nnU-Net training is not built yet",
-    }
+def _per_label(per_class: dict) -> tuple[dict, dict]:
+    return ({name: per_class[name]["dice"] for name in per_class},
+            {name: per_class[name]["hd95"] for name in per_class})  # fmt: skip
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def nnunet(run: Path, data: Path, work: Path, infer_cases: int, budget: float | None,
+           mine: dict) -> dict:  # fmt: skip
+    """nnU-Net trained on the same split and budget (``_nnunet.side_by_side``), scored by the
+    same metric code on the same held-out cases, where ``nnunetv2`` is installed."""
+    why = _nnunet.status() or (None if budget else "not run: the run recorded no training time")
+    if why is not None:
+        return {"nnunet_dice_mean": None, "inference_speedup_vs_nnunet": None, "nnunet_status": why}
+    from medlens.data import load_splits
+    from medlens.image import load_image
+    from medlens.metrics import SegmentationMetric
+
+    splits = load_splits(run / "splits.json")
+    splits = [splits] if isinstance(splits, dict) else splits
+    names = _read_json(data / "dataset.json")["labels"]
+    images = sorted((data / "imagesTr").glob("*.nii.gz"))
+    labels = [data / "labelsTr" / image.name for image in images]
+    log(
+        f"nnU-Net: planning, preprocessing and training on the same split for {budget / 60:.1f} min"
+    )
+    side = _nnunet.side_by_side(images, labels, splits, work=work / "nnunet", budget_seconds=budget,
+                                label_names={name: int(v) for v, name in names.items()},
+                                infer=images[:infer_cases], log=log)  # fmt: skip
+    classes = {int(v): n for v, n in names.items()}
+    metric = SegmentationMetric(labels=[v for v in classes if v], tolerance_mm=1.0, n_boot=1000,
+                                class_names=classes)  # fmt: skip
+    for folder in side.pop("validation_dirs"):
+        for file in sorted(Path(folder).glob("*.nii.gz")):
+            pred = load_image(file)
+            ref = load_image(data / "labelsTr" / file.name)
+            metric.update(pred.array.astype(int), ref.array.astype(int), pred, case_id=file.name)
+    dice, hd95 = _per_label(metric.compute()["aggregate"]["per_class"])
+    side.update(
+        nnunet_dice_per_label=dice,
+        nnunet_dice_mean=sum(d["mean"] for d in dice.values()) / len(dice),
+        nnunet_hd95_mm=hd95,
+        inference_speedup_vs_nnunet=round(
+            side["nnunet_infer_seconds_per_case"] / mine["infer_seconds_per_case_mirror"], 2
+        ),
+        nnunet_status="run",
+    )
+    return side
 
 
 def report(f: dict) -> None:
