@@ -133,7 +133,7 @@ def nnunet(run: Path, data: Path, work: Path, infer_cases: int, budget: float | 
     if why is not None:
         return {"nnunet_dice_mean": None, "inference_speedup_vs_nnunet": None, "nnunet_status": why}
     from medlens.data import load_splits
-    from medlens.image import load_image
+    from medlens import load_image
     from medlens.metrics import SegmentationMetric
 
     splits = load_splits(run / "splits.json")
