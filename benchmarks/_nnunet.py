@@ -8,8 +8,9 @@ environment, ``make bench-env`` plus ``pip install nnunetv2``), :func:`side_by_s
    preprocessing (``3d_fullres``, its default 3D configuration);
 2. writes medlens's split as ``splits_final.json``, so nnU-Net validates on the same cases;
 3. trains nnU-Net's stock ``nnUNetTrainer`` on the CPU with the number of epochs that fits the
-   wall-clock budget medlens used (what its fixed-epoch variants ``nnUNetTrainer_Xepochs`` do:
-   they only set ``num_epochs``; the epoch time comes from a short probe run of the same trainer),
+   wall-clock budget medlens used, rounded to the nearest epoch (what its fixed-epoch variants
+   ``nnUNetTrainer_Xepochs`` do: they only set ``num_epochs``; the epoch time comes from a short
+   probe run of the same trainer; nnU-Net trains in float32 on a CPU, its autocast is CUDA-only),
    then nnU-Net's own validation (sliding window, mirroring) of the held-out fold;
 4. times ``nnUNetPredictor`` end to end per case (reading, preprocessing, network with
    mirroring, resampling back, writing the NIfTI), one case at a time as medlens is timed.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -98,7 +98,9 @@ def _prepare_and_train(env, raw, dataset_id, images, labels, splits, label_names
     epoch_seconds = probe["train_iteration_s"] * iterations + (
         probe["val_iteration_s"] * iterations // 5
     )
-    epochs = max(1, math.floor((per_fold - probe["startup_s"]) / epoch_seconds))
+    # the nearest whole number of epochs (never fewer than one): nnU-Net gets at least the
+    # budget whenever the remainder is over half an epoch
+    epochs = max(1, round((per_fold - probe["startup_s"]) / epoch_seconds))
     log(
         f"nnU-Net: {epoch_seconds:.0f} s per epoch of {iterations} iterations on this "
         f"CPU; {epochs} epochs fit {per_fold / 60:.1f} min per fold"
@@ -123,7 +125,9 @@ def _env(root: Path) -> dict[str, str]:
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[key] = str(root / key)
         Path(env[key]).mkdir(parents=True, exist_ok=True)
-    env.setdefault("nnUNet_n_proc_DA", str(os.cpu_count() or 2))
+    # one augmentation worker: on 2 cores its probe measured 4.0 s a training iteration with
+    # one, 4.6 with two (fighting the training threads), 6.4 with single-threaded workers
+    env.setdefault("nnUNet_n_proc_DA", "1")
     env["nnUNet_compile"] = "f"  # as medlens, no torch.compile on the CPU
     return env
 

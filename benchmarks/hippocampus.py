@@ -132,8 +132,8 @@ def nnunet(run: Path, data: Path, work: Path, infer_cases: int, budget: float | 
     why = _nnunet.status() or (None if budget else "not run: the run recorded no training time")
     if why is not None:
         return {"nnunet_dice_mean": None, "inference_speedup_vs_nnunet": None, "nnunet_status": why}
-    from medlens.data import load_splits
     from medlens import load_image
+    from medlens.data import load_splits
     from medlens.metrics import SegmentationMetric
 
     splits = load_splits(run / "splits.json")
