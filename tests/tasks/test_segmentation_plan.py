@@ -52,7 +52,9 @@ def test_isotropic_ct_volume():
     assert all(k == [3, 3, 3] for k in plan.network["kernel_sizes"])
     # a CPU plan: half of nnU-Net's widths, the CPU schedule; a GPU plan: the full widths
     assert plan.network["features"][0] == 16 and max(plan.network["features"]) <= 160
-    assert plan.train.epochs * plan.train.batches_per_epoch == 2000
+    # 2,000 steps, twice that in bf16 where the CPU computes it natively (steps 1.8x faster)
+    steps = 4000 if plan.train.amp == "on" else 2000
+    assert plan.train.epochs * plan.train.batches_per_epoch == steps
     assert plan.batch_size >= 2
     gpu = make_plan(_fingerprint([1.0, 1.0, 1.0], [200, 180, 160], modality="CT"), device="gpu")
     assert gpu.network["features"][0] == 32 and max(gpu.network["features"]) == 320
@@ -175,3 +177,48 @@ def test_the_plan_records_the_training_range_and_flags_images_outside_it(tmp_pat
     )
     del fp["spacing"]["min"]  # older fingerprints and plans: nothing to check against
     assert outside_training_range(make_plan(fp), (9.0, 9.0), (999.0, 1.0)) is None
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_3d_cpu_plans_train_in_bf16_only_where_the_cpu_computes_it(monkeypatch, native):
+    import medlens.tasks.segmentation.plan as planning
+
+    monkeypatch.setattr(planning, "_native_bf16", lambda: native)
+    plan = make_plan(_fingerprint([1.0, 1.0, 1.0], [200, 180, 160], modality="CT"))
+    assert plan.train.amp == ("on" if native else "auto")
+    assert plan.train.epochs == (80 if native else 40)
+    assert plan.inference["precision"] == ("bf16" if native else "float32")
+    assert ("bf16 mixed precision" in " ".join(plan.notes)) == native
+    # never on a GPU plan (fp16 there) nor in 2D (its schedule was measured in float32)
+    assert make_plan(_fingerprint([1.0] * 3, [200, 180, 160]), device="gpu").train.amp == "auto"
+    assert make_plan(_fingerprint([0.2, 0.2], [800, 540], dims=2)).train.amp == "auto"
+
+
+def test_the_plan_says_how_it_predicts_and_old_plans_predict_as_before(tmp_path):
+    from medlens.tasks.segmentation.network import inference_window
+    from medlens.tasks.segmentation.plan import inference_settings
+    from medlens.tasks.segmentation.predict import mirror_default
+
+    small = make_plan(_fingerprint([1.0, 1.0, 1.0], [35, 50, 36]))  # the hippocampus' size
+    assert small.patch_size == [32, 48, 32] and small.divisor == [8, 8, 8]
+    assert small.inference["mirror"] and small.inference["window"] == "image"
+    assert mirror_default(small) and "one window" in " ".join(small.notes)
+    # each axis grows to hold the image (to the divisor) where it is at most 1.5x the patch
+    assert inference_window(small, (36, 50, 35)) == (40, 56, 40)
+    assert inference_window(small, (30, 80, 35)) == (32, 48, 40)  # 80 > 1.5 x 48: windows
+    big = make_plan(_fingerprint([1.0, 1.0, 1.0], [200, 180, 160], modality="CT"))
+    assert not big.inference["mirror"] and not mirror_default(big)
+    flat = make_plan(_fingerprint([0.2, 0.2], [800, 540], dims=2))
+    assert flat.inference["mirror"] and flat.inference["window"] == "patch"
+    # a plan written before the section: 2D mirrored, the training patch, float32
+    data = json.loads(small.save(tmp_path / "p.json").read_text())
+    del data["inference"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = SegmentationPlan.load(tmp_path / "old.json")
+    assert old.inference is None and not mirror_default(old)
+    assert inference_settings(old) == {"mirror": False, "window": "patch", "precision": "float32"}
+    assert inference_window(old, (36, 50, 35)) == (32, 48, 32)
+    assert SegmentationPlan.load(small.save(tmp_path / "new.json")).inference == small.inference
+    assert not mirror_default(apply_plan_overrides(small, ["inference.mirror=false"]))
+    with pytest.raises(PlanError, match="window"):
+        apply_plan_overrides(small, ["inference.window=huge"])

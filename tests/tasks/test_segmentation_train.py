@@ -128,3 +128,53 @@ def test_cross_validation_folds_ensemble_and_postprocessing(disks, tmp_path, cap
     forced = predict_image(trained, load_image(disks / "images" / "case00.png")).array
     assert ndimage.label(forced == 1)[1] <= 1
     assert forced.shape == labels.shape
+
+
+def test_small_volumes_are_predicted_whole_in_one_window_and_bf16_agrees():
+    from medlens.tasks.segmentation.network import build_network, predict_case
+    from medlens.tasks.segmentation.plan import SegmentationPlan, _native_bf16
+
+    def plan(**inference):
+        return SegmentationPlan(
+            dataset="toy", spatial_dims=3, in_channels=1, num_classes=3, label_values=[0, 1, 2],
+            target_spacing=[1.0] * 3, median_shape=[20, 18, 22], patch_size=[16, 16, 16],
+            batch_size=2, normalisation={"scheme": "zscore"},
+            network={"name": "unet", "features": [4, 8, 8], "encoder": "plain",
+                     "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+                     "kernel_sizes": [[3, 3, 3]] * 3, "deep_supervision": True},
+            inference=inference or None,
+        )  # fmt: skip
+
+    torch.manual_seed(0)
+    network = build_network(plan())
+    shapes = []
+    network.register_forward_hook(lambda m, i, o: shapes.append(tuple(i[0].shape[2:])))
+    image = np.random.default_rng(0).normal(size=(1, 20, 18, 22)).astype(np.float32)
+    patched = predict_case([network], image, plan())
+    assert shapes and set(shapes) == {(16, 16, 16)} and sum(1 for _ in shapes) >= 2
+    shapes.clear()
+    whole = predict_case([network], image, plan(window="image"), mirror=True)
+    assert shapes == [(20, 20, 24)] * 8  # one window (to the divisor 4), 8 mirrored passes
+    for probs in (patched, whole):
+        assert probs.shape == (3, 20, 18, 22) and np.allclose(probs.sum(0), 1, atol=1e-5)
+    if _native_bf16():  # bf16 where the CPU computes it natively: the same labels, nearly
+        low = predict_case([network], image, plan(window="image", precision="bf16"), mirror=True)
+        assert np.abs(low - whole).max() < 0.05
+        assert (low.argmax(0) == whole.argmax(0)).mean() > 0.98
+
+
+def test_one_fold_of_a_cross_validation_is_a_single_split_run(disks, tmp_path):
+    from medlens.errors import MedlensError
+    from medlens.tasks.segmentation.train import train_segmentation
+
+    run = tmp_path / "fold1"
+    info = train_segmentation(disks, run, folds=2, fold=1, epochs=1, overrides=TINY,
+                              progress=False, log=lambda _: None)  # fmt: skip
+    assert info["cv_fold"] == [1, 2] and info["folds"] == 1
+    split = load_splits(run / "splits.json")
+    assert isinstance(split, dict) and split["fold"] == 1 and len(split["val"]) == 5
+    assert json.loads((run / "metrics.json").read_text())["n_cases"] == 5
+    for bad in ({"folds": 2, "fold": 2}, {"folds": None, "fold": 0}):
+        with pytest.raises(MedlensError, match="fold"):
+            train_segmentation(disks, tmp_path / "bad", overrides=TINY, progress=False, **bad)
+    assert not (tmp_path / "bad").exists()

@@ -13,7 +13,7 @@ import torch
 
 from medlens.tasks.segmentation.plan import SegmentationPlan
 
-__all__ = ["build_network", "predict_case"]
+__all__ = ["build_network", "inference_window", "predict_case"]
 
 
 def build_network(plan: SegmentationPlan) -> torch.nn.Module:
@@ -42,16 +42,38 @@ def predict_case(
     *,
     mirror: bool = False,
 ) -> np.ndarray:
-    """Class probabilities ``(K, *shape)`` of a preprocessed image ``(C, *shape)``."""
+    """Class probabilities ``(K, *shape)`` of a preprocessed image ``(C, *shape)``, window by
+    window (:func:`inference_window`), in the plan's ``inference.precision``."""
     from medlens.inference import sliding_window
+    from medlens.tasks.segmentation.plan import _native_bf16, inference_settings
 
     x = torch.from_numpy(np.ascontiguousarray(image))[None]
     total = None
     axes = tuple(range(plan.spatial_dims)) if mirror else ()
+    window = inference_window(plan, image.shape[1:])
+    bf16 = inference_settings(plan)["precision"] == "bf16" and _native_bf16()
     for network in networks:
         network.eval()
-        logits = sliding_window(x, network, tuple(plan.patch_size), overlap=0.5,
-                                batch_size=max(1, plan.batch_size), mirror_axes=axes)  # fmt: skip
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = sliding_window(x, network, window, overlap=0.5, mirror_axes=axes,
+                                    batch_size=max(1, plan.batch_size))  # fmt: skip
         probs = logits.float().softmax(dim=1)[0]
         total = probs if total is None else total + probs
     return (total / len(networks)).numpy()
+
+
+def inference_window(plan: SegmentationPlan, shape: Sequence[int]) -> tuple[int, ...]:
+    """The sliding window for an image of ``shape`` (array order, on the plan's grid): the
+    training patch, or with ``inference.window = "image"`` the patch grown on each axis to hold
+    the image whole where the image is at most ``WINDOW_GROWTH`` times the patch there (rounded
+    up to the network's divisor): one pass instead of several overlapping ones, with the whole
+    image as context (the hippocampus: 8 windows become 1)."""
+    from medlens.tasks.segmentation.plan import WINDOW_GROWTH, inference_settings
+
+    patch = tuple(int(p) for p in plan.patch_size)
+    if inference_settings(plan)["window"] != "image":
+        return patch
+    return tuple(
+        -(-int(s) // d) * d if p < s <= WINDOW_GROWTH * p else p
+        for s, p, d in zip(shape, patch, plan.divisor, strict=True)
+    )

@@ -45,7 +45,14 @@ from medlens.tasks.plan import Plan, PlanError
 if TYPE_CHECKING:
     from medlens.engine import TrainConfig
 
-__all__ = ["PLAN_FORMAT", "PlanError", "SegmentationPlan", "apply_plan_overrides", "make_plan"]
+__all__ = [
+    "PLAN_FORMAT",
+    "PlanError",
+    "SegmentationPlan",
+    "apply_plan_overrides",
+    "inference_settings",
+    "make_plan",
+]
 
 PLAN_FORMAT = "medlens.segmentation-plan/1"
 ANISOTROPY = 3.0
@@ -76,6 +83,13 @@ SCHEDULES = {
 
 #: The losses a segmentation plan may name (``train.loss``).
 LOSSES = ("dice_ce", "dice_focal")
+#: ``inference.window``: the training patch, or (``"image"``) the patch grown to hold a small
+#: image whole (:func:`medlens.tasks.segmentation.network.inference_window`).
+WINDOWS = ("patch", "image")
+#: ``inference.precision``: bf16 runs only where the CPU computes it natively, else float32.
+PRECISIONS = ("float32", "bf16")
+#: An axis of the window grows to hold the image when the image is at most this much longer.
+WINDOW_GROWTH = 1.5
 
 
 @dataclass
@@ -109,6 +123,9 @@ class SegmentationPlan(Plan):
     notes: list[str] = field(default_factory=list)
     target_scale: list[float] | None = None
     training_range: dict[str, Any] | None = None
+    #: How prediction runs (``mirror``, ``window``, ``precision``); None in plans written before
+    #: it, which predict as they always did (see :func:`inference_settings`).
+    inference: dict[str, Any] | None = None
     format: str = PLAN_FORMAT
 
     FORMAT: ClassVar[str | None] = PLAN_FORMAT
@@ -142,6 +159,15 @@ class SegmentationPlan(Plan):
             raise PlanError("batch_size must be >= 1 and foreground_oversampling in [0, 1]")
         if self.normalisation.get("scheme") not in ("ct", "zscore", "none"):
             raise PlanError(f"unknown normalisation {self.normalisation.get('scheme')!r}")
+        settings = self.inference or {}
+        if (
+            settings.get("window", "patch") not in WINDOWS
+            or settings.get("precision", "float32") not in PRECISIONS
+        ):
+            raise PlanError(
+                f"inference {settings}: window is {' or '.join(WINDOWS)}, precision "
+                f"{' or '.join(PRECISIONS)}"
+            )
 
     def grid_spacing(self, spacing: tuple[float, ...] | list[float]) -> tuple[float, ...]:
         """The spacing (index order) an image of ``spacing`` is resampled to."""
@@ -237,9 +263,19 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
     widths = WIDTHS[kind]
     features = [min(widths[n], widths["base"] * 2**i) for i in range(len(strides))]
     schedule = dict(SCHEDULES[kind])
-    if kind == "cpu" and n == 3 and _native_bf16():
+    bf16 = kind == "cpu" and n == 3 and _native_bf16()
+    if bf16:
         schedule.update(epochs=2 * schedule["epochs"], amp="on")
         notes.append("bf16 mixed precision (this CPU computes bf16 natively): twice the epochs")
+    whole = all(s <= WINDOW_GROWTH * p for s, p in zip(shape, patch, strict=True))
+    inference = {
+        # one window holds the median image: mirroring costs 2^n small passes, and pays
+        "mirror": n == 2 or whole,
+        "window": "image" if n == 3 else "patch",
+        "precision": "bf16" if bf16 else "float32",
+    }
+    if n == 3 and whole:
+        notes.append("small volumes: predicted whole in one window, mirrored")
     modality = fp.get("modality")
     values = [int(v) for v in fp.get("label_values", [0, 1])]
     intensity = (fp.get("intensity") or [{}])[0]
@@ -277,7 +313,15 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
         notes=notes,
         target_scale=scale,
         training_range=_training_range(fp),
+        inference=inference,
     )
+
+
+def inference_settings(plan: SegmentationPlan) -> dict[str, Any]:
+    """How ``plan`` predicts: its ``inference`` section over what plans without one did
+    (mirroring in 2D only, the training patch as the window, float32)."""
+    return {"mirror": plan.spatial_dims == 2, "window": "patch", "precision": "float32",
+            **(plan.inference or {})}  # fmt: skip
 
 
 def _native_bf16() -> bool:
