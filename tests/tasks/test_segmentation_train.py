@@ -163,7 +163,7 @@ def test_small_volumes_are_predicted_whole_in_one_window_and_bf16_agrees():
         assert (low.argmax(0) == whole.argmax(0)).mean() > 0.98
 
 
-def test_one_fold_of_a_cross_validation_is_a_single_split_run(disks, tmp_path):
+def test_one_fold_of_a_cross_validation_is_a_single_split_run(disks, tmp_path, capsys):
     from medlens.errors import MedlensError
     from medlens.tasks.segmentation.train import train_segmentation
 
@@ -178,3 +178,27 @@ def test_one_fold_of_a_cross_validation_is_a_single_split_run(disks, tmp_path):
         with pytest.raises(MedlensError, match="fold"):
             train_segmentation(disks, tmp_path / "bad", overrides=TINY, progress=False, **bad)
     assert not (tmp_path / "bad").exists()
+    # the command line: --fold with --folds; a task without folds of its own refuses the flag
+    args = [
+        "train",
+        "--task",
+        "segmentation",
+        "--data",
+        str(disks),
+        "--output",
+        str(tmp_path / "cli"),
+        "--epochs",
+        "1",
+        "--folds",
+        "2",
+        "--fold",
+        "0",
+        "--no-progress",
+    ]
+    for item in TINY:
+        args += ["--set", item]
+    assert main(args) == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "cli" / "run.json").read_text())["cv_fold"] == [0, 2]
+    assert main(["train", "--task", "classification", "--data", str(disks), "--output",
+                 str(tmp_path / "c"), "--folds", "2", "--fold", "0"]) == 1  # fmt: skip
+    assert "--fold is not an option of classification" in capsys.readouterr().err

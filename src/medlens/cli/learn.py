@@ -27,6 +27,11 @@ def train(
     model: str | None = typer.Option(None, "--model", help="Model name; default: chosen."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs; default: planned."),
     folds: int | None = typer.Option(None, "--folds", help="K-fold cross-validation, K models."),
+    fold: int | None = typer.Option(
+        None,
+        "--fold",
+        help="Segmentation: train only this fold (0 to K-1) of --folds K, validated on it.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of splits, weights, batches, augmentation."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run."),
     overrides: list[str] = typer.Option(
@@ -57,7 +62,7 @@ def train(
     from medlens.tasks.registry import get_task
 
     chosen = get_task(task)
-    given = {"model": model, "positive_class": positive_class, "select": select}
+    given = {"model": model, "positive_class": positive_class, "select": select, "fold": fold}
     options = check_options(chosen, "train", given)
     info = chosen.train(data, output, plan=plan, epochs=epochs, folds=folds, seed=seed,
                         resume=resume, overrides=overrides, progress=progress, log=typer.echo,

@@ -64,7 +64,7 @@ class SegmentationTask(Task):
     dataset_kinds = frozenset({"segmentation"})
     options = MappingProxyType(
         {
-            "train": frozenset({"model"}),
+            "train": frozenset({"model", "fold"}),
             "predict": frozenset({"mirror"}),
             "evaluate": frozenset({"output", "mirror", "tolerance_mm"}),
         }
@@ -82,15 +82,15 @@ class SegmentationTask(Task):
         return plan.with_overrides(overrides) if overrides else plan
 
     def train(self, data, output, *, plan=None, epochs=None, folds=None, seed=0, resume=False,
-              overrides=(), progress=True, log=print, model=None):  # fmt: skip
+              overrides=(), progress=True, log=print, model=None, fold=None):  # fmt: skip
         from medlens.tasks.segmentation.train import train_segmentation
 
         if model is not None:
             if model not in ENCODERS:
                 raise MedlensError(f"--model {model}: not a segmentation model (unet, resunet)")
             overrides = [f"network.encoder={ENCODERS[model]}", *(overrides or [])]
-        return train_segmentation(data, output, plan=plan, epochs=epochs, folds=folds, seed=seed,
-                                  resume=resume, overrides=overrides, progress=progress,
+        return train_segmentation(data, output, plan=plan, epochs=epochs, folds=folds, fold=fold,
+                                  seed=seed, resume=resume, overrides=overrides, progress=progress,
                                   log=log)  # fmt: skip
 
     def load_predictor(self, run: RunFolder, **options: Any) -> SegmentationPredictor:
