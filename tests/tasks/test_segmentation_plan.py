@@ -201,11 +201,13 @@ def test_the_plan_says_how_it_predicts_and_old_plans_predict_as_before(tmp_path)
 
     small = make_plan(_fingerprint([1.0, 1.0, 1.0], [35, 50, 36]))  # the hippocampus' size
     assert small.patch_size == [32, 48, 32] and small.divisor == [8, 8, 8]
-    assert small.inference["mirror"] and small.inference["window"] == "image"
-    assert mirror_default(small) and "one window" in " ".join(small.notes)
-    # each axis grows to hold the image (to the divisor) where it is at most 1.5x the patch
-    assert inference_window(small, (36, 50, 35)) == (40, 56, 40)
-    assert inference_window(small, (30, 80, 35)) == (32, 48, 40)  # 80 > 1.5 x 48: windows
+    assert small.inference["mirror"] and small.inference["window"] == "patch"
+    assert mirror_default(small) and "predicted mirrored" in " ".join(small.notes)
+    assert inference_window(small, (36, 50, 35)) == (32, 48, 32)
+    # window=image: each axis grows to hold the image (to the divisor) up to 1.5x the patch
+    grown = apply_plan_overrides(small, ["inference.window=image"])
+    assert inference_window(grown, (36, 50, 35)) == (40, 56, 40)
+    assert inference_window(grown, (30, 80, 35)) == (32, 48, 40)  # 80 > 1.5 x 48: windows
     big = make_plan(_fingerprint([1.0, 1.0, 1.0], [200, 180, 160], modality="CT"))
     assert not big.inference["mirror"] and not mirror_default(big)
     flat = make_plan(_fingerprint([0.2, 0.2], [800, 540], dims=2))

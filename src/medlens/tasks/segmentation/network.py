@@ -67,7 +67,9 @@ def inference_window(plan: SegmentationPlan, shape: Sequence[int]) -> tuple[int,
     training patch, or with ``inference.window = "image"`` the patch grown on each axis to hold
     the image whole where the image is at most ``WINDOW_GROWTH`` times the patch there (rounded
     up to the network's divisor): one pass instead of several overlapping ones, with the whole
-    image as context (the hippocampus: 8 windows become 1)."""
+    image as context (the hippocampus: 8 windows become 1, but Dice fell from 0.891 to 0.879:
+    the instance norms then see statistics unlike the training patches'; an option, not a
+    default)."""
     from medlens.tasks.segmentation.plan import WINDOW_GROWTH, inference_settings
 
     patch = tuple(int(p) for p in plan.patch_size)

@@ -60,8 +60,9 @@ def load_segmentation_run(path: str | Path) -> SegmentationRun:
 def mirror_default(plan: SegmentationPlan) -> bool:
     """Mirroring test-time augmentation by default, as the plan's ``inference.mirror`` says: on
     for 2D models (4 passes per window, and on HC18 it adds 0.001 Dice) and for 3D ones whose
-    median image fits one window (the hippocampus: +0.003 Dice), off for larger 3D ones, where
-    its 8 passes per window cost a CPU too much. Plans without the setting: 2D only."""
+    median image is at most 1.5x the patch per axis (the hippocampus: +0.003 Dice), off for
+    larger 3D ones, where its 8 passes per window cost a CPU too much. Plans without the
+    setting: 2D only."""
     from medlens.tasks.segmentation.plan import inference_settings
 
     return bool(inference_settings(plan)["mirror"])
