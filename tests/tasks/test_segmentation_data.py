@@ -11,10 +11,10 @@ from medlens.tasks.segmentation import make_plan
 from medlens.tasks.segmentation.data import PatchBatches, normalise, preprocess_case
 
 
-def _plan(dims=2, modality="US"):
+def _plan(dims=2, modality="US", size=64):
     fp = {
         "name": "toy", "task": "segmentation", "spatial_dims": dims, "channels": 1,
-        "modality": modality, "size": {"median": [64] * dims},
+        "modality": modality, "size": {"median": [size] * dims},
         "spacing": {"median": [0.5] * dims}, "anisotropic": False, "label_values": [0, 1, 2],
         "intensity": [{"n_voxels": 10, "mean": 5.0, "std": 2.0, "p00_5": 0.0, "p99_5": 9.0}],
     }  # fmt: skip
@@ -84,7 +84,9 @@ def test_zoomed_plan_scales_each_image_and_predicts_back_onto_its_grid():
     from medlens.tasks.segmentation import apply_plan_overrides
     from medlens.tasks.segmentation.predict import SegmentationRun, mirror_default, predict_image
 
-    assert mirror_default(_plan()) and not mirror_default(_plan(dims=3))  # TTA: 2D on, 3D off
+    # TTA: on in 2D and for 3D volumes of about a patch, off for larger ones (8 passes a window)
+    assert mirror_default(_plan()) and mirror_default(_plan(dims=3))
+    assert not mirror_default(_plan(dims=3, size=400))
 
     plan = apply_plan_overrides(_plan(), ["target_scale=2,2", "patch_size=32,32"])
     yy, xx = np.mgrid[:40, :50]
