@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _nnunet
 from _common import configure_threads, emit_json, environment, log, print_table, require_data
+from medlens._json import read_json
 
 PUBLISHED_NNUNET = {"anterior": 0.90, "posterior": 0.89}
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             train_seconds = time.perf_counter() - start
         figures = evaluate(run, data, work, args.infer_cases)
         if train_seconds is None:  # a finished run: the time it recorded
-            train_seconds = _read_json(run / "run.json").get("train_seconds")
+            train_seconds = read_json(run / "run.json").get("train_seconds")
         figures["train_minutes"] = None if train_seconds is None else round(train_seconds / 60, 2)
         figures.update(nnunet(run, data, work, args.infer_cases, train_seconds, figures))
     report(figures)
@@ -119,12 +120,6 @@ def _per_label(per_class: dict) -> tuple[dict, dict]:
             {name: per_class[name]["hd95"] for name in per_class})  # fmt: skip
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text())
-
-
 def nnunet(run: Path, data: Path, work: Path, infer_cases: int, budget: float | None,
            mine: dict) -> dict:  # fmt: skip
     """nnU-Net trained on the same split and budget (``_nnunet.side_by_side``), scored by the
@@ -138,7 +133,7 @@ def nnunet(run: Path, data: Path, work: Path, infer_cases: int, budget: float | 
 
     splits = load_splits(run / "splits.json")
     splits = [splits] if isinstance(splits, dict) else splits
-    names = _read_json(data / "dataset.json")["labels"]
+    names = read_json(data / "dataset.json")["labels"]
     images = sorted((data / "imagesTr").glob("*.nii.gz"))
     labels = [data / "labelsTr" / image.name for image in images]
     log(
