@@ -1,19 +1,23 @@
 """nnU-Net (``nnunetv2``) side by side with medlens: the same cases, split and CPU budget.
 
-Used by ``benchmarks/hippocampus.py``. Where ``nnunetv2`` is importable (the benchmark
-environment, ``make bench-env`` plus ``pip install nnunetv2``), :func:`side_by_side`:
+Used by ``benchmarks/hippocampus.py`` (3D NIfTI, ``3d_fullres``) and ``benchmarks/hc18.py`` (2D
+PNG, ``2d``). Where ``nnunetv2`` is importable (the benchmark environment, ``make bench-env`` plus
+``pip install nnunetv2``), :func:`side_by_side`:
 
 1. writes an nnU-Net raw dataset of links to the user's images and labels (nothing is copied,
    nothing is written into the input folder) and runs nnU-Net's own fingerprint, planner and
-   preprocessing (``3d_fullres``, its default 3D configuration);
+   preprocessing of the given configuration (``3d_fullres``, its default for 3D; ``2d`` for 2D
+   images, which nnU-Net reads as a user's PNGs: ``NaturalImage2DIO``, pixel spacing 1);
 2. writes medlens's split as ``splits_final.json``, so nnU-Net validates on the same cases;
 3. trains nnU-Net's stock ``nnUNetTrainer`` on the CPU with the number of epochs that fits the
    wall-clock budget medlens used, rounded to the nearest epoch (what its fixed-epoch variants
    ``nnUNetTrainer_Xepochs`` do: they only set ``num_epochs``; the epoch time comes from a short
    probe run of the same trainer; nnU-Net trains in float32 on a CPU, its autocast is CUDA-only),
-   then nnU-Net's own validation (sliding window, mirroring) of the held-out fold;
+   then nnU-Net's own validation (sliding window, mirroring) of the held-out fold. Where even
+   half an epoch of 250 iterations does not fit the budget, it trains one epoch of the
+   iterations that fit (``nnunet_iterations_per_epoch`` says so);
 4. times ``nnUNetPredictor`` end to end per case (reading, preprocessing, network with
-   mirroring, resampling back, writing the NIfTI), one case at a time as medlens is timed.
+   mirroring, resampling back, writing the mask), one case at a time as medlens is timed.
 
 Each nnU-Net step runs in a child process of this one (nnU-Net reads its folders from
 environment variables when imported). Nothing is downloaded.
@@ -55,11 +59,16 @@ def side_by_side(
     dataset_id: int = 504,
     name: str = "MedlensBench",
     iterations: int = TRAIN_ITERATIONS,
+    configuration: str = "3d_fullres",
+    file_ending: str = ".nii.gz",
+    channel: str = "MRI",
     log=print,
 ) -> dict:
     """Train and time nnU-Net as the module says; returns its figures and where its
-    validation predictions are (``validation_dir``, NIfTI named by case id)."""
+    validation predictions are (``validation_dirs``: masks named by case id, ``file_ending``).
+    ``images`` and ``labels`` end in ``file_ending``; a case's id is its image's name without it."""
     env = _env(work)
+    kind = {"configuration": configuration, "file_ending": file_ending}
     dataset = f"Dataset{dataset_id:03d}_{name}"
     raw = Path(env["nnUNet_raw"]) / dataset
     done = work / "side-by-side.json"  # a finished side-by-side is reused (scoring reruns)
@@ -67,51 +76,55 @@ def side_by_side(
         log(f"nnU-Net: reusing the training recorded in {done}")
         figures = json.loads(done.read_text())
     else:
-        figures = _prepare_and_train(env, raw, dataset_id, images, labels, splits, label_names,
-                                     budget_seconds, iterations, work, log)  # fmt: skip
+        _raw_dataset(raw, images, labels, label_names, channel=channel, file_ending=file_ending)
+        figures = _prepare_and_train(env, raw, dataset_id, splits, budget_seconds, iterations,
+                                     work, kind, log)  # fmt: skip
         done.write_text(json.dumps(figures, indent=1))
-    results = Path(env["nnUNet_results"]) / dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    results = Path(env["nnUNet_results"]) / dataset / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     timing = json.loads(_child(env, "infer", dataset_id, folds=len(splits),
                                files=[str(p) for p in infer], out=str(work / "nnunet-infer"),
-                               log=log))  # fmt: skip
+                               log=log, **kind))  # fmt: skip
     return {
         **figures,
         "nnunet_version": _version(),
-        "nnunet_configuration": "3d_fullres",
+        "nnunet_configuration": configuration,
         "nnunet_infer_seconds_per_case": timing["seconds_per_case"],
         "validation_dirs": [str(results / f"fold_{k}" / "validation") for k in range(len(splits))],
     }
 
 
-def _prepare_and_train(env, raw, dataset_id, images, labels, splits, label_names, budget_seconds,
-                       iterations, work, log) -> dict:  # fmt: skip
-    _raw_dataset(raw, images, labels, label_names)
+def _prepare_and_train(env, raw, dataset_id, splits, budget_seconds, iterations, work, kind,
+                       log) -> dict:  # fmt: skip
     start = time.perf_counter()
-    _child(env, "prepare", dataset_id, log=log)
+    _child(env, "prepare", dataset_id, log=log, **kind)
     preprocess_seconds = time.perf_counter() - start
     pre = Path(env["nnUNet_preprocessed"]) / raw.name
     (pre / "splits_final.json").write_text(
         json.dumps([{"train": s["train"], "val": s["val"]} for s in splits], indent=1)
     )
     per_fold = budget_seconds / len(splits)
-    probe = json.loads(_child(_env(work / "probe"), "probe", dataset_id, raw=raw, log=log))
-    epoch_seconds = probe["train_iteration_s"] * iterations + (
-        probe["val_iteration_s"] * iterations // 5
-    )
+    probe = json.loads(_child(_env(work / "probe"), "probe", dataset_id, raw=raw, log=log, **kind))
+    iteration_s = probe["train_iteration_s"] + probe["val_iteration_s"] / 5
+    epoch_seconds = iteration_s * iterations
     # the nearest whole number of epochs (never fewer than one): nnU-Net gets at least the
     # budget whenever the remainder is over half an epoch
-    epochs = max(1, round((per_fold - probe["startup_s"]) / epoch_seconds))
+    available = per_fold - probe["startup_s"]
+    epochs = max(1, round(available / epoch_seconds))
+    if available < epoch_seconds / 2:  # not even half an epoch: one epoch of what fits
+        iterations = max(PROBE_ITERATIONS, int(available / iteration_s))
     log(
-        f"nnU-Net: {epoch_seconds:.0f} s per epoch of {iterations} iterations on this "
-        f"CPU; {epochs} epochs fit {per_fold / 60:.1f} min per fold"
+        f"nnU-Net: {epoch_seconds:.0f} s per epoch of {TRAIN_ITERATIONS} iterations on this "
+        f"CPU; {epochs} epoch(s) of {iterations} iterations fit {per_fold / 60:.1f} min per fold"
     )
     train_seconds = []
     for k in range(len(splits)):
         start = time.perf_counter()
-        _child(env, "train", dataset_id, fold=k, epochs=epochs, iterations=iterations, log=log)
+        _child(env, "train", dataset_id, fold=k, epochs=epochs, iterations=iterations, log=log,
+               **kind)  # fmt: skip
         train_seconds.append(time.perf_counter() - start)
     return {
         "nnunet_epochs": epochs,
+        "nnunet_iterations_per_epoch": iterations,
         "nnunet_epoch_seconds": round(epoch_seconds, 1),
         "nnunet_preprocess_minutes": round(preprocess_seconds / 60, 2),
         "nnunet_train_minutes": round(sum(train_seconds) / 60, 2),
@@ -132,20 +145,21 @@ def _env(root: Path) -> dict[str, str]:
     return env
 
 
-def _raw_dataset(raw: Path, images: list[Path], labels: list[Path], names: dict[str, int]):
+def _raw_dataset(raw: Path, images: list[Path], labels: list[Path], names: dict[str, int], *,
+                 channel: str, file_ending: str) -> None:  # fmt: skip
     for sub in ("imagesTr", "labelsTr"):
         (raw / sub).mkdir(parents=True, exist_ok=True)
     for image, label in zip(images, labels, strict=True):
-        case = image.name.removesuffix(".nii.gz")
-        for link, target in ((raw / "imagesTr" / f"{case}_0000.nii.gz", image),
-                             (raw / "labelsTr" / f"{case}.nii.gz", label)):  # fmt: skip
+        case = image.name.removesuffix(file_ending)
+        for link, target in ((raw / "imagesTr" / f"{case}_0000{file_ending}", image),
+                             (raw / "labelsTr" / f"{case}{file_ending}", label)):  # fmt: skip
             if not link.is_symlink():
                 link.symlink_to(target.resolve())
     (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "MRI"},
+        "channel_names": {"0": channel},
         "labels": names,
         "numTraining": len(images),
-        "file_ending": ".nii.gz",
+        "file_ending": file_ending,
     }, indent=1))  # fmt: skip
 
 
@@ -169,7 +183,7 @@ def _version() -> str:
 
 
 # ------------------------------------------------------------------------------ child processes
-def _prepare(dataset_id: int, _: dict) -> None:
+def _prepare(dataset_id: int, options: dict) -> None:
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (
         extract_fingerprints,
         plan_experiments,
@@ -179,16 +193,16 @@ def _prepare(dataset_id: int, _: dict) -> None:
     n = os.cpu_count() or 2
     extract_fingerprints([dataset_id], num_processes=n, check_dataset_integrity=True)
     plan_experiments([dataset_id])
-    preprocess([dataset_id], configurations=("3d_fullres",), num_processes=(n,))
+    preprocess([dataset_id], configurations=(options["configuration"],), num_processes=(n,))
     print("{}")
 
 
-def _trainer(dataset_id: int, fold: int):
-    """nnU-Net's stock trainer, set up as ``nnUNetv2_train ID 3d_fullres FOLD -device cpu``."""
+def _trainer(dataset_id: int, fold: int, configuration: str):
+    """nnU-Net's stock trainer, set up as ``nnUNetv2_train ID CONFIGURATION FOLD -device cpu``."""
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args
 
-    return get_trainer_from_args(str(dataset_id), "3d_fullres", fold, "nnUNetTrainer",
+    return get_trainer_from_args(str(dataset_id), configuration, fold, "nnUNetTrainer",
                                  "nnUNetPlans", False, device=torch.device("cpu"))  # fmt: skip
 
 
@@ -203,7 +217,7 @@ def _probe(dataset_id: int, options: dict) -> None:
     mine = Path(nnUNet_preprocessed) / real.name
     if not mine.exists():
         shutil.copytree(real, mine, symlinks=True)
-    trainer = _trainer(dataset_id, 0)
+    trainer = _trainer(dataset_id, 0, options["configuration"])
     trainer.num_epochs = 2
     trainer.num_iterations_per_epoch = PROBE_ITERATIONS
     trainer.num_val_iterations_per_epoch = PROBE_VAL_ITERATIONS
@@ -221,7 +235,7 @@ def _probe(dataset_id: int, options: dict) -> None:
 
 
 def _train(dataset_id: int, options: dict) -> None:
-    trainer = _trainer(dataset_id, int(options["fold"]))
+    trainer = _trainer(dataset_id, int(options["fold"]), options["configuration"])
     trainer.num_epochs = int(options["epochs"])  # as nnUNetTrainer_Xepochs does
     if int(options["iterations"]) != TRAIN_ITERATIONS:  # a smoke run only
         trainer.num_iterations_per_epoch = int(options["iterations"])
@@ -238,7 +252,7 @@ def _infer(dataset_id: int, options: dict) -> None:
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     folder = (Path(nnUNet_results) / maybe_convert_to_dataset_name(dataset_id)
-              / "nnUNetTrainer__nnUNetPlans__3d_fullres")  # fmt: skip
+              / f"nnUNetTrainer__nnUNetPlans__{options['configuration']}")  # fmt: skip
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                 perform_everything_on_device=False, device=torch.device("cpu"),
                                 allow_tqdm=False)  # fmt: skip
@@ -249,7 +263,7 @@ def _infer(dataset_id: int, options: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     seconds = []
     for file in options["files"]:  # one case at a time, end to end, as medlens is timed
-        case = Path(file).name.removesuffix(".nii.gz")
+        case = Path(file).name.removesuffix(options["file_ending"])
         start = time.perf_counter()
         predictor.predict_from_files_sequential(
             [[file]], [str(out / case)], save_probabilities=False, overwrite=True

@@ -192,9 +192,13 @@ class Image:
         )
 
     def replace(self, **changes: Any) -> Image:
-        """A new image sharing everything not named (the array is not copied)."""
+        """A new image sharing everything not named (the array is not copied). A new
+        ``spacing`` is a known one: ``meta["spacing_known"]`` (False where a reader had none)
+        goes."""
         if "meta" not in changes:
             changes["meta"] = dict(self.meta)
+            if "spacing" in changes:
+                changes["meta"].pop("spacing_known", None)
         return dataclasses.replace(self, **changes)
 
     def with_array(self, array: np.ndarray, **changes: Any) -> Image:

@@ -103,6 +103,9 @@ def test_foreign_png_dpi_is_not_spacing(tmp_path):
     image = load_image(tmp_path / "web.png")
     assert image.spacing == (1.0, 1.0)
     assert image.meta["dpi"] == pytest.approx((72.0, 72.0), abs=0.1)
+    assert image.meta["spacing_known"] is False  # unit spacing stands in for none
+    assert "spacing_known" not in image.replace(spacing=(0.2, 0.2)).meta  # given: known
+    assert "spacing_known" not in load_image(save_image(image, tmp_path / "ours.png")).meta
 
 
 def test_foreign_16_bit_png(tmp_path):

@@ -165,13 +165,21 @@ def test_the_plan_records_the_training_range_and_flags_images_outside_it(tmp_pat
     fp = _zoom_fingerprint((240, 500), (20, 60))
     fp["spacing"].update(min=[0.06, 0.06], max=[0.26, 0.26])
     fp["foreground_extent"]["mm"].update(min=[13.0, 15.0], max=[104.0, 112.0])
+    fp["foreground_extent"]["voxels"].update(min=[140.0, 150.0], max=[560.0, 540.0])
     plan = make_plan(fp)
-    assert plan.training_range == {"spacing_mm": [[0.06, 0.06], [0.26, 0.26]],
-                                   "foreground_mm": [[13.0, 15.0], [104.0, 112.0]]}  # fmt: skip
+    assert plan.training_range == {
+        "spacing_mm": [[0.06, 0.06], [0.26, 0.26]],
+        "foreground_mm": [[13.0, 15.0], [104.0, 112.0]],
+        "foreground_voxels": [[140.0, 150.0], [560.0, 540.0]],
+    }
     assert outside_training_range(plan, (0.2, 0.2), (80.0, 95.0)) is None
     late = outside_training_range(plan, (0.2, 0.2), (150.0, 120.0))  # a larger head than any
     assert late and "predicted foreground size 150 mm" in late and "13-112 mm" in late
     assert "pixel spacing 0.5 mm" in outside_training_range(plan, (0.5, 0.5), None)
+    # a PNG without spacing (unit spacing stands in): its head is compared in pixels only
+    assert outside_training_range(plan, None, (400.0, 300.0), extent_voxels=(400, 300)) is None
+    tiny = outside_training_range(plan, None, (60.0, 50.0), extent_voxels=(60, 50))
+    assert tiny == "predicted foreground size 60 pixels outside the training images' 140-560 pixels"
     assert (
         SegmentationPlan.load(plan.save(tmp_path / "p.json")).training_range == plan.training_range
     )

@@ -229,6 +229,8 @@ def _make_image(
             stored_role = stored.get("role")
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             kwargs = {}
+    if "spacing" not in kwargs:  # unit spacing stands in: nothing may take it for millimetres
+        meta["spacing_known"] = False
     try:  # an explicit role wins over the stored one
         return Image(array, role=role or stored_role or Role.INTENSITY, leading=leading,
                      meta=meta, **kwargs)  # fmt: skip

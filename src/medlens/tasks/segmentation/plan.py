@@ -339,35 +339,43 @@ def _native_bf16() -> bool:
 
 
 def _training_range(fp: dict[str, Any]) -> dict[str, Any] | None:
-    """The pixel spacings and foreground sizes (mm, index order) the training images span,
-    from the fingerprint: prediction warns outside them (:func:`outside_training_range`)."""
+    """The pixel spacings and foreground sizes (mm and voxels, index order) the training
+    images span, from the fingerprint: prediction warns outside them
+    (:func:`outside_training_range`)."""
     spacing = fp.get("spacing") or {}
-    extent = (fp.get("foreground_extent") or {}).get("mm") or {}
     if "min" not in spacing or "max" not in spacing:
         return None
     out: dict[str, Any] = {"spacing_mm": [list(spacing["min"]), list(spacing["max"])]}
-    if "min" in extent and "max" in extent:
-        out["foreground_mm"] = [list(extent["min"]), list(extent["max"])]
+    for unit in ("mm", "voxels"):
+        extent = (fp.get("foreground_extent") or {}).get(unit) or {}
+        if "min" in extent and "max" in extent:
+            out[f"foreground_{unit}"] = [list(extent["min"]), list(extent["max"])]
     return out
 
 
-def outside_training_range(plan: SegmentationPlan, spacing, extent_mm, margin: float = 1.25):
+def outside_training_range(plan: SegmentationPlan, spacing, extent_mm, margin: float = 1.25, *,
+                           extent_voxels=None):  # fmt: skip
     """Why an image (its spacing, its predicted foreground's extent in mm, both index order)
-    lies outside what the plan's training images spanned by more than ``margin``; None if not."""
+    lies outside what the plan's training images spanned by more than ``margin``; None if not.
+
+    ``spacing=None`` is an image that carries no pixel spacing (a photographic PNG or JPEG):
+    its foreground is then compared in pixels (``extent_voxels``), never in millimetres."""
     span = plan.training_range or {}
     problems = []
     checks = (
-        ("spacing_mm", spacing, "pixel spacing"),
-        ("foreground_mm", extent_mm, "predicted foreground size"),
-    )
-    for name, values, what in checks:
+        (("foreground_voxels", extent_voxels, "predicted foreground size", "pixels"),)
+        if spacing is None
+        else (("spacing_mm", spacing, "pixel spacing", "mm"),
+              ("foreground_mm", extent_mm, "predicted foreground size", "mm"))
+    )  # fmt: skip
+    for name, values, what, unit in checks:
         if name not in span or values is None:
             continue
         low, high = min(span[name][0]), max(span[name][1])
         size = max(float(v) for v in values)
         if size > high * margin or size < low / margin:
-            problems.append(f"{what} {size:.3g} mm outside the training images' "
-                            f"{low:.3g}-{high:.3g} mm")  # fmt: skip
+            problems.append(f"{what} {size:.3g} {unit} outside the training images' "
+                            f"{low:.3g}-{high:.3g} {unit}")  # fmt: skip
     return "; ".join(problems) or None
 
 

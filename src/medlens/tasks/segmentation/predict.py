@@ -114,11 +114,12 @@ def _warn_outside_range(plan: SegmentationPlan, image: Image, labels: np.ndarray
     from medlens.tasks.segmentation.plan import outside_training_range
 
     found = np.argwhere(labels > 0)
-    extent = None
+    extent = voxels = None
     if found.size:
         voxels = (found.max(axis=0) - found.min(axis=0) + 1)[::-1]  # index order
         extent = [float(v) * float(s) for v, s in zip(voxels, image.spacing, strict=True)]
-    problem = outside_training_range(plan, image.spacing, extent)
+    spacing = None if image.meta.get("spacing_known") is False else image.spacing
+    problem = outside_training_range(plan, spacing, extent, extent_voxels=voxels)
     if problem:
         where = image.meta.get("path", "image")
         warnings.warn(f"{where}: {problem}; the segmentation may be less reliable", stacklevel=3)
