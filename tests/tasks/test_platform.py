@@ -13,6 +13,7 @@ import ast
 import csv
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from PIL import Image as PILImage
 
 import medlens
 from medlens.cli.main import main
+from medlens.errors import MedlensError
 from medlens.tasks.registry import get_task, task_names
 
 QUIET = {"progress": False, "log": lambda line: None}
@@ -157,7 +159,7 @@ def test_predict_images_matches_predict_path(name, tmp_path, old_runs):
 def test_commands_never_branch_on_a_task_name():
     """The CLI looks tasks up; no command module names a task (but in help texts)."""
     cli = Path(medlens.__file__).parent / "cli"
-    for module in ("learn.py", "plan.py", "explain.py"):
+    for module in ("learn.py", "plan.py", "explain.py", "serve.py"):
         tree = ast.parse((cli / module).read_text())
         for node in ast.walk(tree):
             if isinstance(node, ast.Compare):
@@ -185,3 +187,66 @@ def test_a_run_of_a_newer_format_is_refused_by_name(tmp_path, capsys, old_runs):
     assert main(["predict", str(run), "--input", str(old_runs / "inputs" / "seg"),
                  "--output", str(tmp_path / "m")]) == 1  # fmt: skip
     assert "written by a newer medlens" in capsys.readouterr().err
+
+
+def test_every_task_exports_to_onnx_and_predicts_the_same_on_onnx_runtime(trained, tmp_path, real):
+    """``medlens export`` for each registered task: parity measured at export, then the same
+    predictions (probabilities within 1e-4, identical classes and masks) on real images through
+    ONNX Runtime as through torch, and ``--backend auto`` choosing by a measurement."""
+    pytest.importorskip("onnxruntime")
+    name, _, _, root = trained
+    run = root / "run"
+    assert main(["export", str(run), "--format", "onnx"]) == 0
+    record = json.loads((run / "onnx" / "export.json").read_text())
+    assert record["task"] == name and record["format"] == "medlens-onnx-export/1"
+    assert len(record["folds"]) == 1 and record["folds"][0]["parity"]["max_abs_diff"] < 1e-4
+    assert record["outside_the_graph"] and record["input"]["shape"][0] == "batch"
+    on_torch = medlens.load_predictor(run)
+    on_onnx = medlens.load_predictor(run, backend="onnx")
+    assert on_torch.backend == "torch" and on_onnx.backend == "onnx"
+    assert type(on_onnx.networks[0]).__name__ == "OnnxNetwork"
+    if name == "classification":  # real BreastMNIST images through the tiny classifier
+        images = np.load(real("medmnist", "breastmnist.npz"))["val_images"][:40]
+        folder = tmp_path / "real"
+        folder.mkdir()
+        for i, array in enumerate(images):
+            PILImage.fromarray(array).save(folder / f"b{i:02d}.png")
+        loaded = [medlens.load_image(p) for p in sorted(folder.iterdir())]
+        a, b = on_torch.predict(loaded), on_onnx.predict(loaded)
+        assert all(x.label == y.label for x, y in zip(a, b, strict=True))
+        diff = max(
+            np.abs(x.probabilities - y.probabilities).max() for x, y in zip(a, b, strict=True)
+        )
+        assert diff < 1e-4
+    else:  # real HC18 ultrasound through the tiny U-Net (a 72x100 crop: a dozen windows)
+        warnings.simplefilter("ignore")  # the heads are far larger than the tiny disks
+        loaded = [medlens.load_image(real("hc18", "images", f"{i:03d}_HC.png")) for i in (0, 7)]
+        loaded = [image.with_array(image.array[200:272, 300:400]) for image in loaded]
+        a, b = on_torch.predict(loaded), on_onnx.predict(loaded)
+        for x, y in zip(a, b, strict=True):
+            assert np.array_equal(x.labels.array, y.labels.array)
+    auto = medlens.load_predictor(run, backend="auto")
+    assert auto.backend in ("torch", "onnx") and set(auto.backend_timing) == {"torch_s", "onnx_s"}
+
+
+def test_onnx_backend_needs_the_runs_own_export(old_runs, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"
+    shutil.copytree(old_runs / "segmentation", run)
+    assert medlens.load_predictor(run, backend="auto").backend == "torch"  # no export: torch
+    with pytest.raises(MedlensError, match="no ONNX export"):
+        medlens.load_predictor(run, backend="onnx")
+    assert main(["export", str(run), "--format", "tflite"]) == 1
+    assert "--format tflite: medlens exports onnx" in capsys.readouterr().err
+    (run / "onnx").mkdir()
+    (run / "onnx" / "export.json").write_text(
+        json.dumps({"format": "medlens-onnx-export/1", "folds": [{"checkpoint_sha256": "0"}]})
+    )
+    with pytest.raises(MedlensError, match="not an export of this run's checkpoints"):
+        medlens.load_predictor(run, backend="onnx")
+    args = ["predict", str(run), "--input", str(old_runs / "inputs" / "seg"), "--output",
+            str(tmp_path / "m"), "--backend", "tensorrt"]  # fmt: skip
+    assert (
+        main(args) == 1
+        and "--backend tensorrt: choose torch, onnx, auto" in capsys.readouterr().err
+    )

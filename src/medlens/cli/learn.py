@@ -117,13 +117,20 @@ def predict(
     split: str | None = typer.Option(None, "--split", help="The .npz split when it has several."),
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", help=MIRROR_HELP),
     adapt_prior: bool | None = typer.Option(None, "--adapt-prior", help=ADAPT_HELP),
+    backend: str = typer.Option(
+        "torch",
+        "--backend",
+        help="torch, onnx (the run's export by medlens export) or auto (the faster, measured).",
+    ),
 ) -> None:
     """Classification: probabilities per image as CSV. Segmentation: one mask per image."""
     from medlens.tasks.base import check_options
+    from medlens.tasks.export import use_backend
     from medlens.tasks.registry import task_for_run
 
     task, folder = task_for_run(run)
     given = {"split": split, "mirror": mirror, "adapt_prior": adapt_prior}
     options = check_options(task, "predict", given)
     predictor = task.load_predictor(folder)
+    use_backend(predictor, backend, log=lambda line: typer.echo(line, err=True))
     typer.echo(predictor.predict_path(input_path, output, **options))

@@ -22,6 +22,7 @@ from medlens.cli.info import info
 from medlens.cli.learn import evaluate, predict, train
 from medlens.cli.measure import app as measure_app
 from medlens.cli.plan import plan
+from medlens.cli.serve import export
 
 app = typer.Typer(
     name="medlens",
@@ -38,6 +39,7 @@ app.command("train")(train)
 app.command("evaluate")(evaluate)
 app.command("predict")(predict)
 app.command("explain")(explain)
+app.command("export")(export)
 app.command("anonymize")(anonymize)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(measure_app, name="measure")

@@ -11,7 +11,9 @@ folder it wrote, and call it; none of them knows a task by name. A task supplies
 - :meth:`Task.load_predictor`: a :class:`Predictor` over a finished run folder;
 - :meth:`Task.evaluate`: metrics with confidence intervals and a report on labelled data;
 - :meth:`Task.explain_job`: what :func:`medlens.explain.explain_job` needs (a scalar score per
-  image and the layer to explain), so ``explain`` never imports a task.
+  image and the layer to explain), so ``explain`` never imports a task;
+- :meth:`Task.export_spec`: the run's networks, an example input and what stays outside the
+  graph, so ``medlens export`` writes ONNX for any task (:mod:`medlens.tasks.export`).
 
 Options a command passes that the task does not take are refused by name
 (:func:`check_options`): ``--positive-class`` means nothing to segmentation.
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from medlens.tasks.plan import Plan
     from medlens.tasks.run_folder import RunFolder
 
-__all__ = ["Evaluation", "Prediction", "Predictor", "Task", "check_options"]
+__all__ = ["Evaluation", "ExportSpec", "Prediction", "Predictor", "Task", "check_options"]
 
 Log = Callable[[str], Any]
 
@@ -70,6 +72,16 @@ class Predictor(abc.ABC):
     def info(self) -> dict[str, Any]:
         return self.run.info
 
+    @property
+    def networks(self) -> list[Any]:
+        """The networks prediction runs, one per fold (predictors keep their loaded run as
+        ``self.trained``); :func:`medlens.tasks.export.use_backend` swaps in ONNX sessions."""
+        return self.trained.networks  # type: ignore[attr-defined]
+
+    @networks.setter
+    def networks(self, value: list[Any]) -> None:
+        self.trained.networks = value  # type: ignore[attr-defined]
+
     @abc.abstractmethod
     def predict(self, images: Sequence[Image]) -> list[Prediction]:
         """One prediction per image, in order."""
@@ -87,6 +99,22 @@ class Evaluation:
     metrics: dict[str, Any]
     lines: list[str]
     files: dict[str, Path] = field(default_factory=dict)
+
+
+@dataclass
+class ExportSpec:
+    """What ``medlens export`` needs of a run: one network per fold (inputs ``(N, C, *spatial)``,
+    float32), an example input, whether the spatial axes may vary (fully convolutional
+    networks; sizes then multiples of ``spatial_divisor``), and ``outside``: what prediction
+    does around the networks (normalisation, resampling, sliding window, calibration, ...), in
+    the words and numbers a reimplementation needs."""
+
+    networks: list[Any]
+    example: Any
+    dynamic_spatial: bool
+    outside: dict[str, Any]
+    spatial_divisor: list[int] | None = None
+    output: str = "logits"
 
 
 class Task(abc.ABC):
@@ -126,6 +154,10 @@ class Task(abc.ABC):
                     target: str | None = None, limit: int | None = None,
                     progress: bool = True) -> ExplainJob:  # fmt: skip
         """What to explain for the inputs at ``source`` (:class:`medlens.explain.ExplainJob`)."""
+
+    @abc.abstractmethod
+    def export_spec(self, run: RunFolder) -> ExportSpec:
+        """The run's networks and what stays outside them (:class:`ExportSpec`)."""
 
 
 def check_options(task: Task, command: str, given: Mapping[str, Any]) -> dict[str, Any]:

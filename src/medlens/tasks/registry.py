@@ -85,12 +85,19 @@ def task_for_run(run: str | Path):
     return _REGISTRY[name], folder
 
 
-def load_predictor(run_dir: str | Path, **options) -> Predictor:
+def load_predictor(run_dir: str | Path, *, backend: str = "torch", log=None,
+                   **options) -> Predictor:  # fmt: skip
     """The predictor of a finished run folder, whatever task wrote it.
 
     ``predictor.predict(images)`` gives one prediction per :class:`~medlens.image.Image`, on
     that image's own grid; ``predictor.predict_path(source, output)`` does what
-    ``medlens predict`` does.
+    ``medlens predict`` does. ``backend``: ``"torch"``, ``"onnx"`` (the run's export by
+    ``medlens export``) or ``"auto"`` (the faster of the two, measured at load; see
+    :mod:`medlens.tasks.export`); ``predictor.backend`` says which it predicts on.
     """
+    from medlens.tasks.export import use_backend
+
     task, folder = task_for_run(run_dir)
-    return task.load_predictor(folder, **options)
+    predictor = task.load_predictor(folder, **options)
+    use_backend(predictor, backend, log=log)
+    return predictor

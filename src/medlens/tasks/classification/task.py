@@ -7,7 +7,7 @@ from types import MappingProxyType
 from typing import Any
 
 from medlens.errors import MedlensError
-from medlens.tasks.base import Evaluation, Predictor, Task
+from medlens.tasks.base import Evaluation, ExportSpec, Predictor, Task
 from medlens.tasks.classification.plan import Plan
 from medlens.tasks.registry import register_task
 from medlens.tasks.run_folder import RunFolder
@@ -153,6 +153,45 @@ class ClassificationTask(Task):
         from medlens.tasks.classification.explaining import explain_job
 
         return explain_job(predictor.trained, Path(source), split, target, limit)
+
+    def export_spec(self, run: RunFolder) -> ExportSpec:
+        import torch
+
+        from medlens.tasks.classification.bundle import load_run
+
+        t = load_run(run.path)
+        spec = t.spec
+        multilabel = t.metric_task == "multilabel"
+        outside = {
+            "input": {
+                "channels": spec.channels,
+                "shape": list(spec.shape),
+                "reading": "each image resized to shape (linear); colour to grey by the mean "
+                "of its channels, grey to colour by repetition; DICOM pixels: "
+                + (
+                    "as the viewer shows X-ray"
+                    if spec.presentation == "auto"
+                    else "modality values"
+                ),
+                "scaling": "8-bit values divided by 255 (images that are not 8-bit: scaled to "
+                "0..255 by their own range first)"
+                if spec.uint8
+                else "values as read",
+            },
+            "normalisation": "inside the graph: (x - mean) / std per channel",
+            "test_time_flips": list(t.info.get("tta_flips") or []),
+            "probabilities": ("sigmoid of each logit" if multilabel else "softmax of the logits")
+            + ", calibrated (temperature, class biases), averaged over the flips and folds",
+            "temperature": t.temperature,
+            "bias": t.info.get("bias"),
+            "classes": t.class_names,
+            "threshold": t.threshold,
+            "decision": t.decision_rule(),
+        }
+        example = torch.rand(
+            (1, spec.channels, *spec.shape), generator=torch.Generator().manual_seed(0)
+        )
+        return ExportSpec(t.networks, example, dynamic_spatial=False, outside=outside)
 
 
 def _interval(metric: dict) -> str:

@@ -7,7 +7,7 @@ from types import MappingProxyType
 from typing import Any
 
 from medlens.errors import MedlensError
-from medlens.tasks.base import Evaluation, Predictor, Task
+from medlens.tasks.base import Evaluation, ExportSpec, Predictor, Task
 from medlens.tasks.registry import register_task
 from medlens.tasks.run_folder import RunFolder
 from medlens.tasks.segmentation.plan import SegmentationPlan
@@ -116,3 +116,45 @@ class SegmentationTask(Task):
         if split is not None:
             raise MedlensError("--split is for .npz inputs of classification runs")
         return explain_job(predictor.trained, Path(source), target, limit)
+
+    def export_spec(self, run: RunFolder) -> ExportSpec:
+        import torch
+
+        from medlens.tasks.segmentation.plan import inference_settings
+        from medlens.tasks.segmentation.predict import load_segmentation_run
+
+        t = load_segmentation_run(run.path)
+        plan = t.plan
+        grid = (
+            {"scale_per_axis": plan.target_scale}
+            if plan.target_scale is not None
+            else {"spacing_mm": plan.target_spacing}
+        )
+        outside = {
+            "input": {
+                "channels": plan.in_channels,
+                "spatial_dims": plan.spatial_dims,
+                "axes": "array order (z, y, x) / (y, x)",
+            },
+            "normalisation": dict(plan.normalisation),
+            "resampling": {
+                **grid,
+                "image": "linear, same origin and direction",
+                "back": "probabilities resampled linearly onto the input's grid, "
+                "then the most probable label",
+            },
+            "sliding_window": {
+                "window": list(plan.patch_size),
+                "overlap": 0.5,
+                "weighting": "Gaussian importance (sigma 1/8 of the window)",
+                **inference_settings(plan),
+            },
+            "ensemble": "softmax probabilities averaged over the folds",
+            "label_values": list(plan.label_values),
+            "postprocessing": t.postprocessing,
+            "preprocessing_file": "preprocessing.json of the run",
+        }
+        example = torch.randn((1, plan.in_channels, *plan.patch_size),
+                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+        return ExportSpec(t.networks, example, dynamic_spatial=True, outside=outside,
+                          spatial_divisor=list(plan.divisor))  # fmt: skip
