@@ -22,8 +22,10 @@ nnU-Net side by side (``benchmarks/_nnunet.py``, where ``nnunetv2`` is installed
 a user's PNGs (its ``2d`` configuration), filled reference masks written beside them (never into
 the data folder), the first fold's split and training time, its own validation of that fold's
 images, scored and measured by the same code as medlens's; ``nnUNetPredictor`` timed end to end
-on the same images. The JSON keys are those of ``benchmarks/hippocampus.py`` with an ``hc18_``
-prefix.
+on the same images. nnU-Net validates the first ``--nnunet-val`` images of that fold (its 2d
+network, planned for a GPU, predicts about a minute per image here), and medlens's figures beside
+it are on the same images. The JSON keys are those of ``benchmarks/hippocampus.py`` with an
+``hc18_`` prefix.
 
     python benchmarks/hc18.py                     # 5 folds with the defaults, then nnU-Net
     python benchmarks/hc18.py --fold 0            # fold 0 of the 5 only (about 100 images)
@@ -61,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infer-images", type=int, default=10)
     parser.add_argument("--no-nnunet", action="store_true", help="Skip nnU-Net side by side.")
     parser.add_argument(
+        "--nnunet-val",
+        type=int,
+        default=30,
+        help="nnU-Net validates the first N of the fold's validation images (0: all); its 2d "
+        "network predicts about a minute per image on this CPU.",
+    )
+    parser.add_argument(
         "--mirror",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         side = {"nnunet_dice_mean": None, "inference_speedup_vs_nnunet": None,
                 "nnunet_status": "not run: --no-nnunet"}  # fmt: skip
         if not args.no_nnunet:
-            side = nnunet(runs[0], data, work, seconds[0], figures, args.infer_images)
+            side = nnunet(runs[0], data, work, seconds[0], figures, args.nnunet_val)
         figures.update(side)
     report(figures)
     figures["goals"] = GOALS
@@ -262,8 +271,9 @@ def timing(run: Path, data: Path, work: Path, count: int, mirror: bool | None) -
 
 
 def nnunet(run: Path, data: Path, work: Path, budget: float | None, mine: dict,
-           count: int) -> dict:  # fmt: skip
-    """nnU-Net's ``2d`` on the run's split and training time, scored like medlens."""
+           val_images: int) -> dict:  # fmt: skip
+    """nnU-Net's ``2d`` on the run's split and training time, scored like medlens on the
+    first ``val_images`` validation images (0: all), which it validates."""
     why = _nnunet.status() or (None if budget else "not run: the run recorded no training time")
     if why is not None:
         return {"nnunet_dice_mean": None, "inference_speedup_vs_nnunet": None, "nnunet_status": why}
@@ -287,6 +297,7 @@ def nnunet(run: Path, data: Path, work: Path, budget: float | None, mine: dict,
         by_case[case] = i
     split = load_splits(run / "splits.json")
     split = split[0] if isinstance(split, list) else split
+    split = {"train": split["train"], "val": split["val"][: val_images or None]}
     log(f"nnU-Net 2d: planning, preprocessing and training on the split for {budget / 60:.1f} min")
     timed = [data / "images" / name for name in mine["timed_images"]]
     side = _nnunet.side_by_side(images, label_files, [split], work=work / "nnunet",

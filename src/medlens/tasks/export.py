@@ -17,6 +17,7 @@ in for the networks (:class:`~medlens.inference.onnx.OnnxNetwork`).
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -55,6 +56,8 @@ def export_onnx(run_dir: str | Path, output: str | Path | None = None, *, log=pr
         raise MedlensError(
             "ONNX export needs onnx and onnxruntime: pip install 'medlens[serve]'"
         ) from None
+    # the exporter logs every torchvision operator it cannot find: medlens uses none of them
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     task, folder = task_for_run(run_dir)
     out = Path(output) if output is not None else folder.path / "onnx"
     if out.exists() and not out.is_dir():
