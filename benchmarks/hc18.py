@@ -22,10 +22,10 @@ nnU-Net side by side (``benchmarks/_nnunet.py``, where ``nnunetv2`` is installed
 a user's PNGs (its ``2d`` configuration), filled reference masks written beside them (never into
 the data folder), the first fold's split and training time, its own validation of that fold's
 images, scored and measured by the same code as medlens's; ``nnUNetPredictor`` timed end to end
-on the same images. nnU-Net validates the first ``--nnunet-val`` images of that fold (its 2d
-network, planned for a GPU, predicts about a minute per image here), and medlens's figures beside
-it are on the same images. The JSON keys are those of ``benchmarks/hippocampus.py`` with an
-``hc18_`` prefix.
+on the same images. ``--nnunet-val N`` has nnU-Net validate only the first N images of that fold
+(its 2d network, planned for a GPU, predicts about 6 s per image here), and medlens's figures
+beside it are then on the same images. The JSON keys are those of ``benchmarks/hippocampus.py``
+with an ``hc18_`` prefix.
 
     python benchmarks/hc18.py                     # 5 folds with the defaults, then nnU-Net
     python benchmarks/hc18.py --fold 0            # fold 0 of the 5 only (about 100 images)
@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--nnunet-val",
         type=int,
-        default=30,
-        help="nnU-Net validates the first N of the fold's validation images (0: all); its 2d "
-        "network predicts about a minute per image on this CPU.",
+        default=0,
+        help="nnU-Net validates the first N of the fold's validation images (0: all, the "
+        "default); its 2d network predicts about 6 s per image on this CPU.",
     )
     parser.add_argument(
         "--mirror",
