@@ -19,6 +19,7 @@ GPU) are Dice about 0.90 (anterior) and 0.89 (posterior).
 
     python benchmarks/hippocampus.py                       # 5 folds, the defaults
     python benchmarks/hippocampus.py --fold 0              # fold 0 of the 5 only (40 cases)
+    python benchmarks/hippocampus.py --workdir W           # keep (and reuse) W/fold_k runs
     python benchmarks/hippocampus.py --folds 2 --set train.epochs=2 --set train.batches_per_epoch=5
 """
 
@@ -45,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fold", type=int, help="Train and score this fold of --folds only.")
     parser.add_argument("--set", action="append", default=[], help="Plan override key=value.")
     parser.add_argument("--run", type=Path, help="Evaluate this finished run instead.")
-    parser.add_argument("--workdir", type=Path, help="Keep the run here (default: tmp).")
+    parser.add_argument("--workdir", type=Path, help="Keep (and reuse) W/fold_k runs here.")
     parser.add_argument("--infer-cases", type=int, default=10)
+    parser.add_argument("--no-nnunet", action="store_true", help="Skip nnU-Net side by side.")
     args = parser.parse_args(argv)
 
     root = require_data("hippocampus", "msd_hippocampus")
@@ -55,26 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        run, train_seconds = args.run, None
-        if run is None:
-            from medlens.tasks.segmentation.train import train_segmentation
-
-            run = work / "run"
-            which = (
-                f"fold {args.fold} of {args.folds}"
-                if args.fold is not None
-                else f"{args.folds} folds"
-            )
-            log(f"training {which} with the defaults into {run} ...")
-            start = time.perf_counter()
-            train_segmentation(data, run, folds=args.folds, fold=args.fold, overrides=args.set,
-                               progress=False, log=log)  # fmt: skip
-            train_seconds = time.perf_counter() - start
-        figures = evaluate(run, data, work, args.infer_cases)
-        if train_seconds is None:  # a finished run: the time it recorded
-            train_seconds = read_json(run / "run.json").get("train_seconds")
-        figures["train_minutes"] = None if train_seconds is None else round(train_seconds / 60, 2)
-        figures.update(nnunet(run, data, work, args.infer_cases, train_seconds, figures))
+        runs = [args.run] if args.run else train_folds(data, work, args)
+        figures = evaluate(runs, data, work, args.infer_cases)
+        seconds = [read_json(run / "run.json").get("train_seconds") for run in runs]
+        per_fold = [None if s is None else round(s / 60, 2) for s in seconds]
+        figures["train_minutes_per_fold"] = per_fold
+        # one model's training (the default trains one split); a multi-fold --run: its total
+        figures["train_minutes"] = per_fold[0]
+        side = {"nnunet_dice_mean": None, "inference_speedup_vs_nnunet": None,
+                "nnunet_status": "not run: --no-nnunet"}  # fmt: skip
+        if not args.no_nnunet:
+            side = nnunet(runs[0], data, work, args.infer_cases, seconds[0], figures)
+        figures.update(side)
     report(figures)
     figures["threads"] = threads
     figures["environment"] = environment(["medlens", "torch", "numpy"])
@@ -82,22 +76,50 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def evaluate(run: Path, data: Path, work: Path, infer_cases: int) -> dict:
+def train_folds(data: Path, work: Path, args) -> list[Path]:
+    """The fold runs ``work/fold_k`` (each ``medlens train --folds K --fold k``), reused where
+    finished; without --fold, every fold, so every case is scored out of fold."""
+    from medlens.tasks.segmentation.train import train_segmentation
+
+    runs = []
+    for fold in [args.fold] if args.fold is not None else range(args.folds):
+        run = work / f"fold_{fold}"
+        if (run / "run.json").is_file() and read_json(run / "run.json").get("train_seconds"):
+            log(f"reusing the finished run {run}")
+        else:
+            log(f"training fold {fold} of {args.folds} with the defaults into {run} ...")
+            train_segmentation(data, run, folds=args.folds, fold=fold, overrides=args.set,
+                               progress=False, log=log)  # fmt: skip
+        runs.append(run)
+    return runs
+
+
+def evaluate(runs: list[Path], data: Path, work: Path, infer_cases: int) -> dict:
+    """Each run scored on its own held-out cases (``medlens evaluate``), the cases pooled over
+    the runs with bootstrap intervals; inference timed end to end on the first run."""
+    from medlens.metrics import aggregate_segmentation
     from medlens.tasks.registry import load_predictor
     from medlens.tasks.segmentation.evaluate import evaluate_segmentation
 
     figures: dict = {}
     for mirror in (None, True):  # the defaults, then mirroring on (as nnU-Net predicts)
-        result = evaluate_segmentation(run, data, split="val", output=work / f"evaluation-{mirror}",
-                                       n_boot=1000, progress=False, mirror=mirror)  # fmt: skip
-        dice, hd95 = _per_label(result["aggregate"]["per_class"])
+        cases, per_run = [], []
+        for run in runs:
+            out = work / "evaluation" / f"{run.name}-{mirror}"
+            result = evaluate_segmentation(run, data, split="val", output=out, n_boot=0,
+                                           progress=False, mirror=mirror)  # fmt: skip
+            cases += result["cases"]
+            per_run.append(round(result["aggregate"]["mean"]["dice"]["mean"], 4))
+        pooled = aggregate_segmentation(cases, n_boot=1000)
+        dice, hd95 = _per_label(pooled["aggregate"]["per_class"])
         suffix = "" if mirror is None else "_mirror"
         figures[f"dice_per_label_cv{suffix}"] = dice
         figures[f"dice_mean_cv{suffix}"] = sum(d["mean"] for d in dice.values()) / len(dice)
         figures[f"hd95_mm_cv{suffix}"] = hd95
+        figures[f"dice_mean_per_fold{suffix}"] = per_run
     images = sorted((data / "imagesTr").glob("*.nii.gz"))[:infer_cases]
     for mirror in (None, True):
-        predictor = load_predictor(run, mirror=mirror)
+        predictor = load_predictor(runs[0], mirror=mirror)
         (work / "one").mkdir(exist_ok=True)
         seconds = []
         for image in images:  # end to end, one case at a time, as medlens predict does
@@ -110,8 +132,12 @@ def evaluate(run: Path, data: Path, work: Path, infer_cases: int) -> dict:
             source.unlink()
         suffix = "" if mirror is None else "_mirror"
         figures[f"infer_seconds_per_case{suffix}"] = round(sum(seconds) / max(len(seconds), 1), 3)
-    figures["n_cases"] = result["n_cases"]
-    figures["figures_from"] = result["cases_description"]
+    figures["n_cases"] = len(cases)
+    figures["folds_scored"] = len(runs)
+    figures["figures_from"] = (
+        f"out of fold: {len(cases)} cases of {len(runs)} run(s), each case predicted by a model "
+        "that did not train on it (its fold chose only the best epoch and the postprocessing)"
+    )
     return figures
 
 
@@ -155,6 +181,7 @@ def nnunet(run: Path, data: Path, work: Path, infer_cases: int, budget: float | 
         nnunet_dice_per_label=dice,
         nnunet_dice_mean=sum(d["mean"] for d in dice.values()) / len(dice),
         nnunet_hd95_mm=hd95,
+        same_cases_medlens_dice_mean=mine["dice_mean_per_fold_mirror"][0],
         inference_speedup_vs_nnunet=round(
             side["nnunet_infer_seconds_per_case"] / mine["infer_seconds_per_case_mirror"], 2
         ),
