@@ -26,8 +26,9 @@ LAYERS = {
     6: {"report"},
     7: {"explain"},
     8: {"tasks"},
-    9: {"cli"},
-    10: {"testing"},
+    9: {"serve"},
+    10: {"cli"},
+    11: {"testing"},
 }
 LAYER = {name: layer for layer, names in LAYERS.items() for name in names}
 

@@ -24,48 +24,9 @@ import medlens
 from medlens.cli.main import main
 from medlens.errors import MedlensError
 from medlens.tasks.registry import get_task, task_names
+from medlens.testing.tiny import TINY
 
 QUIET = {"progress": False, "log": lambda line: None}
-
-
-def _blobs(root: Path) -> tuple[Path, list[str]]:
-    def split(n, seed):
-        r = np.random.default_rng(seed)
-        labels = r.integers(0, 2, n)
-        g = np.meshgrid(*[np.linspace(-1, 1, 16)] * 2, indexing="ij")
-        blob = np.exp(-sum(x**2 for x in g) * 4)
-        im = r.normal(60, 20, (n, 16, 16)) + 120 * blob[None] * labels[:, None, None]
-        return np.clip(im, 0, 255).astype(np.uint8), labels[:, None]
-
-    tx, ty = split(48, 0)
-    vx, vy = split(16, 1)
-    path = root / "blobs.npz"
-    np.savez(path, train_images=tx, train_labels=ty, val_images=vx, val_labels=vy)
-    return path, ["batch_size=16"]
-
-
-def _disks(root: Path) -> tuple[Path, list[str]]:
-    data = root / "disks"
-    (data / "images").mkdir(parents=True)
-    (data / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:40, :48]
-    for i in range(6):
-        cy, cx, r = rng.integers(14, 26), rng.integers(16, 32), rng.integers(6, 10)
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        image = np.clip(rng.normal(70, 15, (40, 48)) + 100 * disk, 0, 255).astype(np.uint8)
-        PILImage.fromarray(image).save(data / "images" / f"case{i:02d}.png")
-        PILImage.fromarray((disk * 255).astype(np.uint8)).save(
-            data / "masks" / f"case{i:02d}_mask.png"
-        )
-    tiny = ["network.features=[4,8]", "network.strides=[[1,1],[2,2]]",
-            "network.kernel_sizes=[[3,3],[3,3]]", "patch_size=32,32", "batch_size=2",
-            "train.batches_per_epoch=2"]  # fmt: skip
-    return data, tiny
-
-
-#: A tiny labelled dataset and fast settings per registered task.
-TINY = {"classification": _blobs, "segmentation": _disks}
 
 
 def test_every_registered_task_has_a_tiny_dataset_and_an_old_run(old_runs):
@@ -168,7 +129,7 @@ def test_commands_never_branch_on_a_task_name():
 
 
 def test_options_a_task_does_not_take_are_refused(tmp_path, capsys):
-    data, _ = _disks(tmp_path)
+    data, _ = TINY["segmentation"](tmp_path)
     code = main(["train", "--task", "segmentation", "--data", str(data), "--output",
                  str(tmp_path / "r"), "--positive-class", "1"])  # fmt: skip
     err = capsys.readouterr().err

@@ -27,3 +27,67 @@ def export(
         f"{len(record['folds'])} ONNX graph(s) and export.json: {where} "
         f"(ONNX Runtime within {worst:.1e} of torch)"
     )
+
+
+def serve(
+    runs: list[Path] = typer.Argument(..., help="Run folders written by medlens train."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback default)."),
+    port: int = typer.Option(8000, "--port"),
+    name: list[str] = typer.Option(
+        [], "--name", help="A run's model name (in order; default: its folder's name)."
+    ),
+    max_batch: int = typer.Option(
+        32, "--max-batch", help="Images per forward pass (1: no dynamic batching)."
+    ),
+    max_wait_ms: float = typer.Option(
+        10.0, "--max-wait-ms", help="How long a batch waits to fill."
+    ),
+    max_queue: int = typer.Option(
+        256, "--max-queue", help="Waiting requests per model before 503."
+    ),
+    max_upload_mb: int = typer.Option(512, "--max-upload-mb", help="Larger uploads get 413."),
+    timeout_s: float = typer.Option(60.0, "--timeout-s", help="Per request; then 504."),
+    api_key_file: Path | None = typer.Option(
+        None, "--api-key-file", help="A file holding the key requests must send."
+    ),
+    backend: str = typer.Option(
+        "torch",
+        "--backend",
+        help="torch, onnx (the run's export) or auto (the faster, measured at load).",
+    ),
+) -> None:
+    """Serve runs over HTTP: model cards, predictions, Prometheus metrics (FastAPI + uvicorn)."""
+    from medlens.errors import MedlensError
+
+    try:
+        import uvicorn
+
+        from medlens.serve import ServeSettings, create_app, load_models
+    except ImportError as exc:
+        raise MedlensError(
+            f"medlens serve needs the serve extra ({exc.name} is missing): "
+            "pip install 'medlens[serve]'"
+        ) from None
+    key = None
+    if api_key_file is not None:
+        key = api_key_file.read_text().strip()
+        if len(key) < 16:
+            raise MedlensError(f"{api_key_file}: the API key must be at least 16 characters")
+    settings = ServeSettings(
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_upload_mb=max_upload_mb,
+        timeout_s=timeout_s,
+        api_key=key,
+    )
+    echo = lambda line: typer.echo(line, err=True)  # noqa: E731
+    models = load_models(runs, names=name, backend=backend, log_line=echo)
+    for model in models:
+        echo(f"serving {model.name}: a {model.card['task']} run on {model.card['backend']}")
+    if host not in ("127.0.0.1", "localhost", "::1") and key is None:
+        echo(
+            f"warning: listening on {host} without --api-key-file: anyone who reaches it can "
+            "use the models"
+        )
+    uvicorn.run(create_app(models, settings), host=host, port=port, log_level="warning")

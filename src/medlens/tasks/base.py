@@ -50,9 +50,21 @@ class Prediction:
         """The result as one CSV row (column -> value)."""
         return {"id": self.id}
 
+    #: the answers a server can give besides JSON (``"nifti"``, ``"png"``: :meth:`encode`)
+    formats: ClassVar[tuple[str, ...]] = ()
+
     def save(self, folder: Path) -> list[Path]:
         """Write the result's files (masks, maps) into ``folder``; none by default."""
         return []
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as a JSON object (what ``medlens serve`` answers); the CSV row by default."""
+        return self.row()
+
+    def encode(self, fmt: str, folder: Path) -> Path:
+        """Write the result as one file in the format ``fmt`` (one of :attr:`formats`) into
+        ``folder``; returns the file."""
+        raise MedlensError(f"a {type(self).__name__} has no {fmt} form (json only)")
 
 
 class Predictor(abc.ABC):
@@ -81,6 +93,21 @@ class Predictor(abc.ABC):
     @networks.setter
     def networks(self, value: list[Any]) -> None:
         self.trained.networks = value  # type: ignore[attr-defined]
+
+    @property
+    def load_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`medlens.io.load_image` for this run's inputs (how DICOM
+        pixels are read), so every caller reads an input as ``predict_path`` does."""
+        return {}
+
+    @property
+    def answer_formats(self) -> tuple[str, ...]:
+        """The file forms of its predictions besides JSON (:attr:`Prediction.formats`)."""
+        return ()
+
+    @abc.abstractmethod
+    def input_spec(self) -> dict[str, Any]:
+        """What the model takes, for model cards: at least ``spatial_dims`` and ``channels``."""
 
     @abc.abstractmethod
     def predict(self, images: Sequence[Image]) -> list[Prediction]:

@@ -245,6 +245,20 @@ class ClassPrediction(Prediction):
     metric_task: str
     decision: Any  # class index, or 0/1 per class (multi-label)
     true_label: int | None = None
+    threshold: Any = None  # the tuned threshold(s) of the decision; None: the most probable
+
+    def to_json(self) -> dict[str, Any]:
+        """``probabilities`` (class -> p), ``predicted`` (a class, or the classes present for
+        multi-label) and ``threshold``."""
+        threshold = self.threshold
+        if threshold is not None:
+            threshold = np.asarray(threshold, dtype=float).round(6).tolist()
+        return {
+            "probabilities": {name: round(float(p), 6) for name, p
+                              in zip(self.class_names, self.probabilities, strict=True)},
+            "predicted": self.label,
+            "threshold": threshold,
+        }  # fmt: skip
 
     @property
     def label(self) -> str | list[str]:
@@ -287,6 +301,7 @@ def class_predictions(
             metric_task,
             decisions[i],
             None if truth is None else int(truth[i]),
+            threshold if metric_task in ("binary", "multilabel") else None,
         )
         for i, sample_id in enumerate(ids)
     ]

@@ -28,6 +28,17 @@ class ClassificationPredictor(Predictor):
         super().__init__(run)
         self.trained = load_run(run.path)
 
+    @property
+    def load_options(self):
+        return self.trained.spec.load_options
+
+    def input_spec(self):
+        spec = self.trained.spec
+        return {"spatial_dims": spec.spatial_dims, "channels": spec.channels,
+                "shape": list(spec.shape), "resized": True,
+                "dicom_pixels": "as the viewer shows them for projection X-ray"
+                if spec.presentation == "auto" else "modality values"}  # fmt: skip
+
     def predict(self, images):
         """One :class:`~medlens.tasks.classification.bundle.ClassPrediction` per image,
         read as ``medlens predict`` reads files (resized to the run's input, same channels)."""

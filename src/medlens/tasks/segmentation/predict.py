@@ -130,9 +130,12 @@ def _squeeze_2d(image: Image, dims: int) -> Image:
         return image
     if dims == 2 and image.spatial_dims == 3 and image.spatial_shape[0] == 1:
         array = image.array[..., 0, :, :]
-        return Image(array, spacing=tuple(image.spacing[:2]), origin=tuple(image.origin[:2]),
-                     direction=np.asarray(image.direction)[:2, :2], modality=image.modality,
-                     leading=image.leading, meta=dict(image.meta))  # fmt: skip
+        direction, origin = np.asarray(image.direction)[:2, :2], tuple(image.origin[:2])
+        if abs(np.linalg.det(direction)) < 1e-6:  # a sagittal or coronal slice: its own plane
+            direction, origin = np.eye(2), (0.0, 0.0)
+        return Image(array, spacing=tuple(image.spacing[:2]), origin=origin, direction=direction,
+                     modality=image.modality, leading=image.leading,
+                     meta=dict(image.meta))  # fmt: skip
     raise MedlensError(
         f"{image.meta.get('path', 'image')}: a {image.spatial_dims}D image for a {dims}D model"
     )
@@ -157,6 +160,40 @@ class MaskPrediction(Prediction):
             if value != 0:
                 row[f"volume_label{value}"] = count * voxel
         return row
+
+    formats = ("nifti", "png")
+
+    def to_json(self) -> dict[str, Any]:
+        """Shape, spacing and, per class present, its voxels and volume (mm^3, or pixels^2
+        scaled by the spacing in 2D: mm^2)."""
+        values, counts = np.unique(np.asarray(self.labels.array), return_counts=True)
+        names = dict(zip(self.label_values or [], self.class_names or [], strict=False))
+        voxel = float(np.prod(self.labels.spacing))
+        unit = "volume_mm3" if self.labels.spatial_dims == 3 else "area_mm2"
+        return {
+            "id": self.id,
+            "shape": list(self.labels.spatial_shape),
+            "spacing_mm": [float(x) for x in self.labels.spacing],
+            "labels": {
+                names.get(int(v), str(int(v))): {
+                    "value": int(v),
+                    "voxels": int(c),
+                    unit: round(c * voxel, 3),
+                }
+                for v, c in zip(values.tolist(), counts.tolist(), strict=True)
+                if v != 0
+            },
+        }
+
+    def encode(self, fmt: str, folder: Path) -> Path:
+        from medlens.io import save_image
+
+        if fmt == "png" and self.labels.spatial_dims != 2:
+            raise MedlensError("a 3D mask has no png form: ask for nifti or json")
+        if fmt not in self.formats:
+            raise MedlensError(f"a mask has no {fmt} form (json, nifti, png)")
+        suffix = ".png" if fmt == "png" else ".nii.gz"
+        return save_image(self.labels, Path(folder) / f"{Path(self.name or self.id).name}{suffix}")
 
     def save(self, folder: Path) -> list[Path]:
         from medlens.io import save_image

@@ -30,6 +30,19 @@ class SegmentationPredictor(Predictor):
         self.trained = load_segmentation_run(run.path)
         self.mirror = mirror
 
+    @property
+    def answer_formats(self):
+        from medlens.tasks.segmentation.predict import MaskPrediction
+
+        return MaskPrediction.formats
+
+    def input_spec(self):
+        plan = self.trained.plan
+        return {"spatial_dims": plan.spatial_dims, "channels": plan.in_channels,
+                "modality": plan.modality, "target_spacing_mm": plan.target_spacing,
+                "patch_size": plan.patch_size, "any_size": True,
+                "training_range": plan.training_range}  # fmt: skip
+
     def predict(self, images):
         """One :class:`~medlens.tasks.segmentation.predict.MaskPrediction` per image."""
         from medlens.io.discover import file_stem

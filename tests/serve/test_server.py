@@ -1,0 +1,165 @@
+"""``medlens serve``: model cards, answers equal to the predictor's, formats, batching, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import io
+import json
+
+import httpx
+import nibabel as nib
+import numpy as np
+from PIL import Image as PILImage
+
+import medlens
+
+KEY = {"Authorization": "Bearer " + "k" * 32}
+_post = functools.partial(httpx.post, timeout=120)
+_get = functools.partial(httpx.get, timeout=120)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _blob(seed: int) -> np.ndarray:
+    r = np.random.default_rng(seed)
+    g = np.meshgrid(*[np.linspace(-1, 1, 16)] * 2, indexing="ij")
+    blob = np.exp(-sum(x**2 for x in g) * 4) * 120 * (seed % 2)
+    return np.clip(r.normal(60, 20, (16, 16)) + blob, 0, 255).astype(np.uint8)
+
+
+def test_health_ready_and_model_cards(served, tiny_runs):
+    url, _, _ = served
+    assert _get(f"{url}/health").json() == {"status": "ok"}
+    assert _get(f"{url}/ready").json()["models"] == ["classifier", "segmenter"]
+    cards = _get(f"{url}/v1/models", headers=KEY).json()["models"]
+    assert [c["name"] for c in cards] == ["classifier", "segmenter"]
+    classifier, segmenter = cards
+    assert classifier["task"] == "classification" and segmenter["task"] == "segmentation"
+    assert classifier["input"]["shape"] == [16, 16] and segmenter["input"]["spatial_dims"] == 2
+    assert segmenter["answers"] == ["json", "nifti", "png"] and classifier["answers"] == ["json"]
+    for card, run in zip(
+        cards, (tiny_runs["classification"], tiny_runs["segmentation"]), strict=True
+    ):
+        for weights in card["weights"]:
+            data = (run / weights["file"]).read_bytes()
+            assert weights["sha256"] == hashlib.sha256(data).hexdigest()
+        assert card["held_out_metrics"] and card["served_by"]["medlens"] == medlens.__version__
+        assert "/" not in str(card["training_data"].get("source", ""))  # no server paths
+
+
+def test_classification_answers_as_the_predictor_does(served, tiny_runs, tmp_path):
+    url, models, _ = served
+    predictor = models[0].predictor
+    for seed in range(4):
+        image = _blob(seed)
+        path = tmp_path / f"b{seed}.png"
+        path.write_bytes(_png(image))
+        answer = _post(
+            f"{url}/v1/models/classifier/predict",
+            headers=KEY,
+            files={"file": (path.name, path.read_bytes(), "image/png")},
+        )
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert set(body) == {"model", "probabilities", "predicted", "threshold"}
+        expected = predictor.predict([medlens.load_image(path)])[0]
+        assert body["model"] == "classifier" and body["predicted"] == expected.label
+        got = np.array([body["probabilities"][n] for n in expected.class_names])
+        np.testing.assert_allclose(got, expected.probabilities, atol=1e-6)
+        assert "network;dur=" in answer.headers["server-timing"]
+
+
+def test_segmentation_json_png_and_nifti_on_a_real_image(served, real, tmp_path):
+    url, models, _ = served
+    path = real("hc18", "images", "000_HC.png")
+    expected = models[1].predictor.predict([medlens.load_image(path)])[0].labels.array
+    endpoint = f"{url}/v1/models/segmenter/predict"
+    files = {"file": (path.name, path.read_bytes(), "image/png")}
+    png = _post(endpoint, headers={**KEY, "Accept": "image/png"}, files=files)
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(PILImage.open(io.BytesIO(png.content))) > 0, expected > 0)
+    nifti = _post(f"{endpoint}?format=nifti", headers=KEY, files=files)
+    assert nifti.status_code == 200
+    (tmp_path / "m.nii.gz").write_bytes(nifti.content)
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "m.nii.gz").dataobj).T > 0, expected > 0)
+    body = _post(endpoint, headers=KEY, files=files).json()
+    assert body["shape"] == list(expected.shape)
+    counted = sum(entry["voxels"] for entry in body["labels"].values())
+    assert counted == int((expected > 0).sum())
+    refused = _post(f"{endpoint}?format=tiff", headers=KEY, files=files)
+    assert refused.status_code == 400 and "json, nifti, png" in refused.json()["error"]
+
+
+def test_a_dicom_slice_and_a_raw_body_are_read_as_predict_reads_them(served, t1_dir):
+    url, models, _ = served
+    first = sorted(p for p in t1_dir.iterdir() if p.is_file())[0]
+    expected = models[1].predictor.predict([medlens.load_image(first)])[0].labels.array
+    answer = _post(
+        f"{url}/v1/models/segmenter/predict?format=png&filename=slice.dcm",
+        headers={**KEY, "Content-Type": "application/octet-stream"},
+        content=first.read_bytes(),
+    )
+    assert answer.status_code == 200, answer.text
+    assert np.array_equal(np.asarray(PILImage.open(io.BytesIO(answer.content))) > 0, expected > 0)
+
+
+def test_a_zipped_series_for_a_2d_model_is_refused_by_name(served, t1_dir):
+    import zipfile
+
+    url, _, _ = served
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for p in sorted(t1_dir.iterdir())[:3]:
+            archive.write(p, p.name)
+    answer = _post(
+        f"{url}/v1/models/segmenter/predict",
+        headers=KEY,
+        files={"file": ("series.zip", buffer.getvalue())},
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("series.zip: holds 3 images or series; send one")
+
+
+def test_concurrent_requests_are_batched_and_answered_as_alone(served, tmp_path):
+    url, models, _ = served
+    images = [_png(_blob(seed)) for seed in range(12)]
+
+    async def burst():
+        async with httpx.AsyncClient(headers=KEY, timeout=60) as client:
+            return await asyncio.gather(
+                *[
+                    client.post(
+                        f"{url}/v1/models/classifier/predict",
+                        files={"file": (f"b{i}.png", data, "image/png")},
+                    )
+                    for i, data in enumerate(images)
+                ]
+            )
+
+    answers = asyncio.run(burst())
+    assert all(a.status_code == 200 for a in answers)
+    sizes = [int(a.headers["server-timing"].split("batch;desc=")[1]) for a in answers]
+    assert max(sizes) > 1  # gathered within max_wait_ms
+    predictor = models[0].predictor
+    for i, (data, answer) in enumerate(zip(images, answers, strict=True)):
+        (tmp_path / f"b{i}.png").write_bytes(data)
+        alone = predictor.predict([medlens.load_image(tmp_path / f"b{i}.png")])[0]
+        got = [answer.json()["probabilities"][n] for n in alone.class_names]
+        np.testing.assert_allclose(got, alone.probabilities, atol=1e-5)
+    metrics = _get(f"{url}/metrics", headers=KEY).text
+    assert 'medlens_requests_total{model="classifier",status="200"}' in metrics
+    assert "medlens_batch_size_bucket" in metrics and "medlens_queue_depth" in metrics
+
+
+def test_openapi_documents_the_upload(served):
+    url, _, _ = served
+    spec = _get(f"{url}/openapi.json").json()
+    body = spec["paths"]["/v1/models/{name}/predict"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body and "application/octet-stream" in body
+    assert json.dumps(spec)  # plain JSON
