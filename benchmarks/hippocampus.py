@@ -96,7 +96,8 @@ def train_folds(data: Path, work: Path, args) -> list[Path]:
 
 def evaluate(runs: list[Path], data: Path, work: Path, infer_cases: int) -> dict:
     """Each run scored on its own held-out cases (``medlens evaluate``), the cases pooled over
-    the runs with bootstrap intervals; inference timed end to end on the first run."""
+    the runs with bootstrap intervals; inference timed end to end on the last run (the
+    newest, so today's defaults)."""
     from medlens.metrics import aggregate_segmentation
     from medlens.tasks.registry import load_predictor
     from medlens.tasks.segmentation.evaluate import evaluate_segmentation
@@ -119,7 +120,7 @@ def evaluate(runs: list[Path], data: Path, work: Path, infer_cases: int) -> dict
         figures[f"dice_mean_per_fold{suffix}"] = per_run
     images = sorted((data / "imagesTr").glob("*.nii.gz"))[:infer_cases]
     for mirror in (None, True):
-        predictor = load_predictor(runs[0], mirror=mirror)
+        predictor = load_predictor(runs[-1], mirror=mirror)  # the newest: current defaults
         (work / "one").mkdir(exist_ok=True)
         seconds = []
         for image in images:  # end to end, one case at a time, as medlens predict does
@@ -132,6 +133,7 @@ def evaluate(runs: list[Path], data: Path, work: Path, infer_cases: int) -> dict
             source.unlink()
         suffix = "" if mirror is None else "_mirror"
         figures[f"infer_seconds_per_case{suffix}"] = round(sum(seconds) / max(len(seconds), 1), 3)
+    figures["timed_run"] = runs[-1].name
     figures["n_cases"] = len(cases)
     figures["folds_scored"] = len(runs)
     figures["figures_from"] = (

@@ -163,3 +163,42 @@ def test_openapi_documents_the_upload(served):
     body = spec["paths"]["/v1/models/{name}/predict"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "application/octet-stream" in body
     assert json.dumps(spec)  # plain JSON
+
+
+def test_the_command_serves_and_refuses_bad_settings(tiny_runs, tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from medlens.cli.main import main
+
+    short = tmp_path / "short.key"
+    short.write_text("abc\n")
+    run = str(tiny_runs["classification"])
+    assert main(["serve", run, "--api-key-file", str(short)]) == 1
+    assert main(["serve", str(tmp_path / "missing")]) == 1
+    key = tmp_path / "api.key"
+    key.write_text("s" * 40 + "\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "medlens.cli.main", "serve", run, "--name", "c",
+               "--port", str(port), "--api-key-file", str(key)]  # fmt: skip
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+            time.sleep(0.2)
+        assert _get(f"http://127.0.0.1:{port}/v1/models").status_code == 401
+        cards = _get(f"http://127.0.0.1:{port}/v1/models", headers={"X-API-Key": "s" * 40})
+        assert cards.json()["models"][0]["name"] == "c"
+    finally:
+        server.terminate()
+        server.wait(30)

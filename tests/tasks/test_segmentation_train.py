@@ -22,20 +22,9 @@ TINY = ["network.features=[8,16,16]", "network.strides=[[1,1],[2,2],[2,2]]",
 
 @pytest.fixture(scope="module")
 def disks(tmp_path_factory):
-    root = tmp_path_factory.mktemp("seg") / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:40, :48]
-    for i in range(10):
-        cy, cx, r = rng.integers(14, 26), rng.integers(16, 32), rng.integers(6, 10)
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-        image = np.clip(rng.normal(70, 15, (40, 48)) + 100 * disk, 0, 255).astype(np.uint8)
-        PILImage.fromarray(image).save(root / "images" / f"case{i:02d}.png")
-        PILImage.fromarray((disk * 255).astype(np.uint8)).save(
-            root / "masks" / f"case{i:02d}_mask.png"
-        )
-    return root
+    from medlens.testing.tiny import disks
+
+    return disks(tmp_path_factory.mktemp("seg"), n=10)[0]
 
 
 def test_cli_trains_a_unet_and_validates_it(disks, tmp_path, capsys):

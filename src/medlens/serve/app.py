@@ -16,7 +16,6 @@ timed out; never a traceback. Each answer carries a ``Server-Timing`` header: ``
 preprocessing included), ``network`` (its networks' forward passes) and ``batch`` (its size).
 """
 
-
 import asyncio
 import hmac
 import logging
@@ -162,9 +161,12 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     async def lifespan(app):
         for model in models:
             model.clock = _NetworkClock(list(model.predictor.networks))
+            # batching only where the predictor runs images through its networks together
+            batch = settings.max_batch if model.predictor.batches_images else 1
+            model.card["max_batch"] = batch
             model.batcher = Batcher(
                 model.predict,
-                max_batch=settings.max_batch,
+                max_batch=batch,
                 max_wait_ms=settings.max_wait_ms,
                 max_queue=settings.max_queue,
                 observe=metrics.observer(model.name),
@@ -275,6 +277,20 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             metrics.request(name, status, time.perf_counter() - started)
         return answer
 
+    def openapi() -> dict:
+        """FastAPI's spec, with the served model names as the ``name`` parameter's values."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            for parameter in spec["paths"]["/v1/models/{name}/predict"]["post"]["parameters"]:
+                if parameter["name"] == "name":
+                    parameter["schema"]["enum"] = list(by_name)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi
+
     async def _answer(
         model: ServedModel,
         request: Request,
@@ -289,14 +305,15 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
                 413,
                 f"upload of {int(length) >> 20} MB over the limit of {settings.max_upload_mb} MB",
             )
-        upload = await receive_upload(
-            request.stream(),
-            request.headers.get("content-type", ""),
-            folder,
-            settings.limits,
-            filename,
-        )
-        image = await asyncio.to_thread(_read, model, upload, settings.limits)
+        with model.batcher.expect():  # the batch being gathered may wait for it
+            upload = await receive_upload(
+                request.stream(),
+                request.headers.get("content-type", ""),
+                folder,
+                settings.limits,
+                filename,
+            )
+            image = await asyncio.to_thread(_read, model, upload, settings.limits)
         read_done = time.perf_counter()
         result, info = await asyncio.wait_for(model.batcher.submit(image), settings.timeout_s)
         prediction, network = result

@@ -1,11 +1,14 @@
 """Dynamic batching: concurrent requests to one model gathered into one ``predict`` call.
 
-Requests wait in a bounded queue. One worker per model takes the first waiting request, then
-whatever arrives within ``max_wait_ms`` up to ``max_batch`` images, and runs the predictor on
-them in its own thread, so the event loop keeps accepting and answering requests while the
-network runs. A full queue refuses at once (:class:`QueueFull`: the server answers 503 with
-``Retry-After``), and a batch in which one image fails is retried image by image, so one bad
-input fails only its own request. ``max_batch=1`` turns batching off (one image per call).
+Requests wait in a bounded queue. One worker per model takes the first waiting request and
+every other one waiting, up to ``max_batch`` images; while more requests for the model are
+still arriving (announced with :meth:`Batcher.expect`: being received or read), it waits up to
+``max_wait_ms`` for them. A lone request therefore never waits, and under load batches form by
+themselves while the previous one runs. The predictor runs in the batcher's own thread, so the
+event loop keeps accepting and answering requests while the network runs. A full queue
+refuses at once (:class:`QueueFull`: the server answers 503 with ``Retry-After``), and a batch
+in which one image fails is retried image by image, so one bad input fails only its own
+request. ``max_batch=1`` turns batching off (one image per call).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class Batcher:
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.max_queue = max_queue
         self.observe = observe
+        self.incoming = 0  # requests announced by expect() and not yet submitted
         self._queue: asyncio.Queue[_Item] | None = None
         self._worker: asyncio.Task | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medlens-predict")
@@ -72,6 +76,15 @@ class Batcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
         self._pool.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def expect(self):
+        """Around receiving and reading a request: the worker may wait for it."""
+        self.incoming += 1
+        try:
+            yield
+        finally:
+            self.incoming -= 1
 
     async def submit(self, image: Any) -> tuple[Any, dict[str, Any]]:
         """The result for ``image`` and ``{"queue_s", "compute_s", "batch"}`` (the seconds it
@@ -96,7 +109,7 @@ class Batcher:
                     batch.append(self._queue.get_nowait())
                     continue
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or self.incoming == 0:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))

@@ -76,6 +76,9 @@ class Predictor(abc.ABC):
     """
 
     task: ClassVar[str]
+    #: whether :meth:`predict` runs several images through the networks together (a server
+    #: then gathers concurrent requests into one call); False: image by image anyway
+    batches_images: ClassVar[bool] = False
 
     def __init__(self, run: RunFolder) -> None:
         self.run = run

@@ -33,8 +33,8 @@ def blobs(root: Path) -> tuple[Path, list[str]]:
     return path, ["batch_size=16"]
 
 
-def disks(root: Path) -> tuple[Path, list[str]]:
-    """Six 40x48 PNGs of a bright disk in noise, with their masks (paired folders)."""
+def disks(root: Path, n: int = 6) -> tuple[Path, list[str]]:
+    """``n`` 40x48 PNGs of a bright disk in noise, with their masks (paired folders)."""
     from PIL import Image as PILImage
 
     data = root / "disks"
@@ -42,7 +42,7 @@ def disks(root: Path) -> tuple[Path, list[str]]:
     (data / "masks").mkdir()
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:40, :48]
-    for i in range(6):
+    for i in range(n):
         cy, cx, r = rng.integers(14, 26), rng.integers(16, 32), rng.integers(6, 10)
         disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         image = np.clip(rng.normal(70, 15, (40, 48)) + 100 * disk, 0, 255).astype(np.uint8)

@@ -21,6 +21,7 @@ class ClassificationPredictor(Predictor):
     """A classification run's networks (one per fold, probabilities averaged)."""
 
     task = "classification"
+    batches_images = True
 
     def __init__(self, run: RunFolder) -> None:
         from medlens.tasks.classification.bundle import load_run
