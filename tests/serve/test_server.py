@@ -42,7 +42,10 @@ def test_health_ready_and_model_cards(served, tiny_runs):
     classifier, segmenter = cards
     assert classifier["task"] == "classification" and segmenter["task"] == "segmentation"
     assert classifier["input"]["shape"] == [16, 16] and segmenter["input"]["spatial_dims"] == 2
-    assert segmenter["answers"] == ["json", "nifti", "png"] and classifier["answers"] == ["json"]
+    assert segmenter["answers"] == ["json", "nifti", "png"] and classifier["answers"] == [
+        "json",
+        "sr",
+    ]
     for card, run in zip(
         cards, (tiny_runs["classification"], tiny_runs["segmentation"]), strict=True
     ):
@@ -202,3 +205,30 @@ def test_the_command_serves_and_refuses_bad_settings(tiny_runs, tmp_path):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_a_dicom_input_classified_answers_a_structured_report(served, t1_dir):
+    import pydicom
+
+    url, _, _ = served
+    first = sorted(p for p in t1_dir.iterdir() if p.is_file())[0]
+    source = pydicom.dcmread(first, stop_before_pixels=True)
+    endpoint = f"{url}/v1/models/classifier/predict"
+    files = {"file": ("slice.dcm", first.read_bytes(), "application/dicom")}
+    as_json = _post(endpoint, headers=KEY, files=files).json()
+    answer = _post(endpoint, headers={**KEY, "Accept": "application/dicom"}, files=files)
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/dicom"
+    ds = pydicom.dcmread(io.BytesIO(answer.content))
+    assert ds.Modality == "SR" and ds.StudyInstanceUID == source.StudyInstanceUID
+    evidence = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+    assert evidence.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    import highdicom as hd
+
+    group = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()[0]
+    values = {m.name.meaning: m.value for m in group.get_measurements()}
+    for name, p in as_json["probabilities"].items():
+        assert abs(values[f"Probability of {name}"] - p) < 1e-5
+    png = _post(f"{endpoint}?format=sr", headers=KEY,
+                files={"file": ("a.png", _png(_blob(1)), "image/png")})  # fmt: skip
+    assert png.status_code == 400
+    assert png.json()["error"].startswith("a.png: no DICOM instance")

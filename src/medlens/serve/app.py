@@ -34,13 +34,19 @@ __all__ = ["ServeSettings", "ServedModel", "create_app", "load_models"]
 
 log = logging.getLogger("medlens.serve")
 
-MEDIA = {"json": "application/json", "nifti": "application/gzip", "png": "image/png"}
+MEDIA = {
+    "json": "application/json",
+    "nifti": "application/gzip",
+    "png": "image/png",
+    "sr": "application/dicom",
+}
 ACCEPT = {
     "application/json": "json",
     "image/png": "png",
     "application/gzip": "nifti",
     "application/x-nifti": "nifti",
     "application/x-gzip": "nifti",
+    "application/dicom": "sr",
 }
 UPLOAD_SCHEMA = {
     "requestBody": {
@@ -321,14 +327,13 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             body = {"model": model.name, **prediction.to_json()}
             response: Any = JSONResponse(body)
         else:
-            written = await asyncio.to_thread(prediction.encode, fmt, folder / "answer")
-            suffix = ".png" if fmt == "png" else ".nii.gz"
+            context = {"model_name": model.name, "model_version": model.card["version"]}
+            written = await asyncio.to_thread(prediction.encode, fmt, folder / "answer", **context)
+            suffix = {"png": ".png", "nifti": ".nii.gz", "sr": ".sr.dcm"}[fmt]
             response = Response(
                 written.read_bytes(),
                 media_type=MEDIA[fmt],
-                headers={
-                    "Content-Disposition": f'attachment; filename="{model.name}-mask{suffix}"'
-                },
+                headers={"Content-Disposition": f'attachment; filename="{model.name}{suffix}"'},
             )
         timing = {
             "total": time.perf_counter() - started,
@@ -357,6 +362,7 @@ def _read(model: ServedModel, upload: Path, limits: Limits):
         raise MedlensError(f"{upload.name}: holds {len(items)} images or series; send one")
     image = items[0].load(**model.predictor.load_options)
     image.meta["path"] = upload.name
+    image.meta["source"] = str(items[0].source)  # for DICOM results (an SR of a DICOM input)
     return image
 
 

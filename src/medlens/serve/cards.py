@@ -33,8 +33,14 @@ def model_card(name: str, predictor: Any) -> dict[str, Any]:
     data = dict(info.get("data") or {})
     if "source" in data:  # the training machine's path: its name only
         data["source"] = Path(str(data["source"])).name
+    weights = [
+        {"file": p.relative_to(run.path).as_posix(), "sha256": sha256(p)} for p in run.checkpoints()
+    ]
     return {
         "name": name,
+        # what DICOM results record as the algorithm's version
+        "version": f"medlens {medlens.__version__}; weights "
+        + " ".join(w["sha256"][:12] for w in weights),
         "task": info.get("task"),
         "format": info.get("format"),
         "input": predictor.input_spec(),
@@ -50,10 +56,7 @@ def model_card(name: str, predictor: Any) -> dict[str, Any]:
         "trained_with": {"medlens": info.get("medlens")},
         "served_by": {"medlens": medlens.__version__},
         "backend": getattr(predictor, "backend", "torch"),
-        "weights": [
-            {"file": p.relative_to(run.path).as_posix(), "sha256": sha256(p)}
-            for p in run.checkpoints()
-        ],
+        "weights": weights,
         "answers": ["json", *predictor.answer_formats],
     }
 

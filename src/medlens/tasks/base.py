@@ -61,9 +61,10 @@ class Prediction:
         """The result as a JSON object (what ``medlens serve`` answers); the CSV row by default."""
         return self.row()
 
-    def encode(self, fmt: str, folder: Path) -> Path:
+    def encode(self, fmt: str, folder: Path, **context: Any) -> Path:
         """Write the result as one file in the format ``fmt`` (one of :attr:`formats`) into
-        ``folder``; returns the file."""
+        ``folder``; returns the file. ``context``: what a DICOM result records of the model
+        (``model_name``, ``model_version``)."""
         raise MedlensError(f"a {type(self).__name__} has no {fmt} form (json only)")
 
 

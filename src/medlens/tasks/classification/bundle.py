@@ -246,6 +246,27 @@ class ClassPrediction(Prediction):
     decision: Any  # class index, or 0/1 per class (multi-label)
     true_label: int | None = None
     threshold: Any = None  # the tuned threshold(s) of the decision; None: the most probable
+    source: str | None = None  # the DICOM file or series folder it was predicted from
+
+    formats = ("sr",)
+
+    def encode(self, fmt: str, folder: Path, **context: Any) -> Path:
+        """``"sr"``: a DICOM Structured Report in the source's study
+        (:func:`medlens.io.dicomsr.write_classification_sr`); the input must be DICOM."""
+        from medlens.errors import MedlensError
+        from medlens.io.dicomsr import write_classification_sr
+
+        if fmt != "sr":
+            raise MedlensError(f"a classification has no {fmt} form (json, sr)")
+        if self.source is None:
+            raise MedlensError(f"{self.id}: a DICOM Structured Report needs a DICOM input")
+        probabilities = dict(zip(self.class_names, map(float, self.probabilities), strict=True))
+        return write_classification_sr(
+            self.source, Path(folder) / "result.sr.dcm", probabilities=probabilities,
+            predicted=self.label, threshold=self.threshold,
+            model_name=context.get("model_name", "medlens"),
+            model_version=context.get("model_version", "unknown"),
+        )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
         """``probabilities`` (class -> p), ``predicted`` (a class, or the classes present for

@@ -33,6 +33,10 @@ class ClassificationPredictor(Predictor):
     def load_options(self):
         return self.trained.spec.load_options
 
+    @property
+    def answer_formats(self):
+        return ("sr",)  # a DICOM input's Structured Report
+
     def input_spec(self):
         spec = self.trained.spec
         return {"spatial_dims": spec.spatial_dims, "channels": spec.channels,
@@ -49,8 +53,10 @@ class ClassificationPredictor(Predictor):
         t = self.trained
         ids = [str(image.meta.get("path", f"image-{i}")) for i, image in enumerate(images)]
         probs = t.probabilities(images_to_spec(images, t.spec, ids))
-        return class_predictions(ids, probs, t.class_names, t.metric_task, t.threshold,
-                                 t.positive)  # fmt: skip
+        out = class_predictions(ids, probs, t.class_names, t.metric_task, t.threshold, t.positive)
+        for prediction, image in zip(out, images, strict=True):
+            prediction.source = image.meta.get("source")  # a DICOM input: its SR can be written
+        return out
 
     def predict_path(self, source: Path, output: Path, *, split: str | None = None,
                      adapt_prior: bool | None = None) -> str:  # fmt: skip

@@ -185,7 +185,7 @@ class MaskPrediction(Prediction):
             },
         }
 
-    def encode(self, fmt: str, folder: Path) -> Path:
+    def encode(self, fmt: str, folder: Path, **context: Any) -> Path:
         from medlens.io import save_image
 
         if fmt == "png" and self.labels.spatial_dims != 2:
