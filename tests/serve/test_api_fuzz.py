@@ -21,7 +21,7 @@ def test_schemathesis_finds_no_server_error(served, tmp_path):
         [runner, "run", f"{url}/openapi.json", "--checks", "not_a_server_error",
          "--header", f"X-API-Key: {settings.api_key}", "--max-examples", "100", "--seed", "1",
          "--phases", "examples,coverage,fuzzing", "--workers", "1", "--request-timeout", "60"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert httpx.get(f"{url}/health", timeout=30).status_code == 200
