@@ -305,6 +305,13 @@ def test_predict_on_dicom_series_and_files(trained, tmp_path):
     )
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 2 and all(r["id"].startswith("1.") for r in rows)  # series UIDs
+    reports = sorted((tmp_path / "vol_sr").glob("*.sr.dcm"))  # one report per series
+    import pydicom
+
+    series = [pydicom.dcmread(r).CurrentRequestedProcedureEvidenceSequence[0]
+              .ReferencedSeriesSequence for r in reports]  # fmt: skip
+    assert sorted(s[0].SeriesInstanceUID for s in series) == sorted(r["id"] for r in rows)
+    assert all(len(s) == 1 and len(s[0].ReferencedSOPSequence) == 6 for s in series)
     # a 2D model takes each DICOM file (one slice) as an image
     one = sorted((folder / "s0").iterdir())[0]
     out = tmp_path / "slice.csv"
@@ -508,3 +515,35 @@ def test_small_2d_sets_choose_their_plan_by_cross_validation(tmp_path, monkeypat
     # a named model, plan or number of epochs, or select="off", trains as before
     off = train_classification(data, tmp_path / "off", epochs=1, **QUIET)
     assert "selection" not in off and off["data"]["held_out"] == 30
+
+
+def test_predicting_dicom_inputs_writes_a_structured_report_each(t1_dir, tmp_path):
+    import csv
+    import warnings
+
+    import highdicom as hd
+    import pydicom
+
+    from medlens.cli.main import main
+    from medlens.testing.tiny import train_tiny
+
+    _, run = train_tiny("classification", tmp_path / "tiny")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["predict", str(run), "--input", str(t1_dir), "--output",
+                     str(tmp_path / "preds.csv")]) == 0  # fmt: skip
+    rows = {row["id"]: row for row in csv.DictReader((tmp_path / "preds.csv").open())}
+    reports = sorted((tmp_path / "preds_sr").glob("*.sr.dcm"))
+    assert len(reports) == len(rows) == len([p for p in t1_dir.iterdir() if p.is_file()])
+    for report in reports[:3]:
+        ds = pydicom.dcmread(report)
+        ref = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
+        assert len(ref.ReferencedSOPSequence) == 1  # a 2D model: one report per slice
+        uid = ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        uids = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p
+                for p in t1_dir.iterdir()}  # fmt: skip
+        source = uids[uid]
+        row = rows[source.name]
+        group = hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups()[0]
+        values = {m.name.meaning: m.value for m in group.get_measurements()}
+        assert abs(values["Probability of 1"] - float(row["prob_1"])) < 1e-5

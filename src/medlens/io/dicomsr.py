@@ -20,6 +20,8 @@ from medlens.errors import ImageReadError
 __all__ = ["write_classification_sr"]
 
 SCHEME = "99MEDLENS"
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+          "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")  # fmt: skip
 
 
 def write_classification_sr(
@@ -31,6 +33,7 @@ def write_classification_sr(
     model_name: str,
     model_version: str,
     threshold: float | Sequence[float] | None = None,
+    series_uid: str | None = None,
     series_number: int = 9901,
 ) -> Path:
     """Write the SR of one classified DICOM image or series to ``output``.
@@ -42,6 +45,7 @@ def write_classification_sr(
         model_name, model_version: the algorithm identification (the run's name, medlens's
             version and the checkpoints' hash, for example).
         threshold: the tuned threshold of the decision, recorded as a measurement.
+        series_uid: the series classified, where the folder ``source`` holds several.
     """
     import highdicom as hd
     import pydicom
@@ -58,11 +62,16 @@ def write_classification_sr(
             ds = pydicom.dcmread(file, stop_before_pixels=True)
         except Exception:  # not DICOM: skipped, as series readers do
             continue
-        if "SOPInstanceUID" in ds and "StudyInstanceUID" in ds:
+        wanted = series_uid is None or ds.get("SeriesInstanceUID") == series_uid
+        if wanted and "SOPInstanceUID" in ds and "StudyInstanceUID" in ds:
             evidence.append(ds)
     if not evidence:
         raise ImageReadError("no DICOM instance with study and SOP instance UIDs to report on",
                              Path(source))  # fmt: skip
+    for ds in evidence:  # the report copies these type 2 (may be empty) attributes
+        for keyword in _TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, None)
     names = list(probabilities)
     chosen = [predicted] if isinstance(predicted, str) else list(predicted)
     algorithm = hd.sr.AlgorithmIdentification(name=model_name, version=model_version)

@@ -9,19 +9,10 @@ trained and serve it, and the SHA-256 of every checkpoint it predicts with.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["model_card", "sha256"]
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = ["model_card"]
 
 
 def model_card(name: str, predictor: Any) -> dict[str, Any]:
@@ -33,14 +24,11 @@ def model_card(name: str, predictor: Any) -> dict[str, Any]:
     data = dict(info.get("data") or {})
     if "source" in data:  # the training machine's path: its name only
         data["source"] = Path(str(data["source"])).name
-    weights = [
-        {"file": p.relative_to(run.path).as_posix(), "sha256": sha256(p)} for p in run.checkpoints()
-    ]
+    weights = run.weights()
     return {
         "name": name,
         # what DICOM results record as the algorithm's version
-        "version": f"medlens {medlens.__version__}; weights "
-        + " ".join(w["sha256"][:12] for w in weights),
+        "version": run.algorithm_version(),
         "task": info.get("task"),
         "format": info.get("format"),
         "input": predictor.input_spec(),

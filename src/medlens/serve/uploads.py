@@ -45,10 +45,10 @@ class Limits:
 
 
 def safe_name(name: str | None) -> str:
-    """The uploaded file's own name, reduced to safe characters (no folders, no dot files)."""
-    base = re.split(r"[\\/]", name or "")[-1]
-    base = re.sub(r"[^A-Za-z0-9._-]", "_", base).lstrip(".")
-    return base[:128] or "upload"
+    """The uploaded file's own name (its last path component) as a safe file name."""
+    from medlens._atomic import safe_name as safe
+
+    return safe(re.split(r"[\\/]", name or "")[-1], max_length=128, default="upload")
 
 
 async def receive_upload(

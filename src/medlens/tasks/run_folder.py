@@ -136,6 +136,28 @@ class RunFolder:
             raise MedlensError(f"{self.path}: no trained fold (fold-*/best.pt)")
         return [reported_checkpoint(fold) for fold in folds]
 
+    def weights(self) -> list[dict[str, str]]:
+        """Each fold's checkpoint: ``{"file": relative path, "sha256": ...}``."""
+        import hashlib
+
+        out = []
+        for checkpoint in self.checkpoints():
+            digest = hashlib.sha256()
+            with checkpoint.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+            out.append({"file": checkpoint.relative_to(self.path).as_posix(),
+                        "sha256": digest.hexdigest()})  # fmt: skip
+        return out
+
+    def algorithm_version(self) -> str:
+        """What DICOM results record as the model's version: medlens's version and the first
+        12 hex digits of each checkpoint's SHA-256."""
+        import medlens
+
+        digests = " ".join(w["sha256"][:12] for w in self.weights())
+        return f"medlens {medlens.__version__}; weights {digests}"
+
     def load_networks(self, build: Callable[[], Any]) -> list[Any]:
         """One network per fold: ``build()`` then its checkpoint's weights, in eval mode."""
         from medlens.engine import load_weights

@@ -67,6 +67,7 @@ def train_tiny(name: str, root: Path) -> tuple[Path, Path]:
     """Train task ``name`` for one epoch on its tiny dataset under ``root``: ``(data, run)``."""
     from medlens.tasks.registry import get_task
 
+    root.mkdir(parents=True, exist_ok=True)
     data, settings = TINY[name](root)
     task = get_task(name)
     plan = task.plan(data, overrides=settings, log=lambda line: None)
