@@ -12,6 +12,7 @@ code for the finding.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -118,16 +119,18 @@ def write_classification_sr(
         imaging_measurements=[group],
         title=codes.DCM.ImagingMeasurementReport,
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="medlens",
-        series_description=f"medlens {model_name}"[:64],
-    )
+    with warnings.catch_warnings():  # as for SEG: the source's names are not ours to judge
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person")
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=evidence,
+            content=report,
+            series_instance_uid=hd.UID(),
+            series_number=series_number,
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="medlens",
+            series_description=f"medlens {model_name}"[:64],
+        )
     import io
 
     buffer = io.BytesIO()
