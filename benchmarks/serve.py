@@ -18,6 +18,9 @@ concurrency 1, 8 and 32 and records each answer's status and latency, and the se
 - the server's own time per request beyond the network: its total time (receiving and reading
   the upload, preprocessing, queueing, encoding the answer) less the request's share of its
   batch's forward passes, median at concurrency 1;
+- the classifier at concurrency 8 and 32 again from a minimal HTTP/1.1 client (keep-alive
+  connections on asyncio streams), which costs the client almost nothing: httpx's client,
+  sharing the 2 cores, limits what the server is seen to do under bursts (``_raw_client`` keys);
 - the server's resident memory (RSS) after a warm-up and after 2,000 more classifier requests.
 
 The runs: ``--classifier RUN`` and ``--segmenter RUN``, or trained here for one epoch with the
@@ -188,6 +191,20 @@ def _serve_both(runs: dict, payloads: dict, rss_requests: int, rounds: int) -> d
                             f"batching {mode}: {name} at concurrency {level}: "
                             f"{stats['images_per_s']:.1f} images/s, p99 {stats['p99_ms']:.0f} ms"
                         )
+        for level in (8, 32):  # the classifier again, from the minimal client
+            for _ in range(rounds):
+                for mode, (_, url) in servers.items():
+                    n = COUNTS["classifier"][level]
+                    stats = asyncio.run(_load_raw(url, "classifier", payloads["classifier"], n,
+                                                  level))  # fmt: skip
+                    errors += stats["errors"]
+                    kept = result[mode].setdefault("classifier_raw_client", {}).get(str(level))
+                    if kept is None or stats["images_per_s"] > kept["images_per_s"]:
+                        result[mode]["classifier_raw_client"][str(level)] = stats
+                    log(
+                        f"batching {mode}: classifier (minimal client) at concurrency {level}: "
+                        f"{stats['images_per_s']:.1f} images/s, p99 {stats['p99_ms']:.0f} ms"
+                    )
         server, url = servers["on"]
         before = _rss_mb(server.pid)
         stats = asyncio.run(_load(url, "classifier", payloads["classifier"], rss_requests, 32))
@@ -230,6 +247,10 @@ async def _load(url: str, name: str, payloads: list, n: int, concurrency: int) -
         start = time.perf_counter()
         await asyncio.gather(*[one(client, i) for i in range(n)])
         wall = time.perf_counter() - start
+    return _stats(latencies, statuses, own, n, wall)
+
+
+def _stats(latencies: list, statuses: list, own: list, n: int, wall: float) -> dict:
     ms = sorted(x * 1000 for x in latencies)
     return {
         "requests": n,
@@ -240,6 +261,47 @@ async def _load(url: str, name: str, payloads: list, n: int, concurrency: int) -
         "errors": sum(s != 200 for s in statuses),
         "server_ms_p50": round(statistics.median(own), 3) if own else None,
     }
+
+
+async def _load_raw(url: str, name: str, payloads: list, n: int, concurrency: int) -> dict:
+    """The same load from a minimal HTTP/1.1 client: ``concurrency`` keep-alive connections on
+    asyncio streams, each sending its next request when its answer is read. It costs the
+    client almost nothing, so it shows what the server itself sustains."""
+    host, port = url.removeprefix("http://").split(":")
+    jobs, latencies, own, statuses = list(range(n)), [], [], []
+    boundary = b"medlensbenchboundary"
+
+    def request(filename: str, data: bytes) -> bytes:
+        body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="'
+                + filename.encode() + b'"\r\nContent-Type: image/png\r\n\r\n' + data
+                + b"\r\n--" + boundary + b"--\r\n")  # fmt: skip
+        head = (f"POST /v1/models/{name}/predict HTTP/1.1\r\nHost: {host}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary.decode()}\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n")  # fmt: skip
+        return head.encode() + body
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        while jobs:
+            filename, data = payloads[jobs.pop() % len(payloads)]
+            start = time.perf_counter()
+            writer.write(request(filename, data))
+            await writer.drain()
+            status = int((await reader.readline()).split()[1])
+            headers = {}
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                key, value = line.decode().split(":", 1)
+                headers[key.strip().lower()] = value.strip()
+            await reader.readexactly(int(headers.get("content-length", 0)))
+            latencies.append(time.perf_counter() - start)
+            statuses.append(status)
+            if status == 200:
+                own.append(_own_ms(headers.get("server-timing", "")))
+        writer.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*[connection() for _ in range(concurrency)])
+    return _stats(latencies, statuses, own, n, time.perf_counter() - start)
 
 
 def _own_ms(header: str) -> float:
@@ -272,6 +334,11 @@ def _summary(f: dict) -> dict:
         "p99_ms_classifier": on["classifier"]["32"]["p99_ms"],
         "errors": f["errors_all_rounds"],
         "rss_growth": on["rss"]["growth"],
+        "ratio_vs_unbatched_raw_client": round(
+            on["classifier_raw_client"]["32"]["images_per_s"]
+            / off["classifier_raw_client"]["32"]["images_per_s"], 3),
+        "p99_ms_classifier_raw_client": on["classifier_raw_client"]["32"]["p99_ms"],
+        "p99_ms_classifier_raw_client_unbatched": off["classifier_raw_client"]["32"]["p99_ms"],
         "dicom_node_seconds": None,
         "dicom_node_status": "not built yet (the DICOM node of issue 20 is still to come)",
     }  # fmt: skip

@@ -154,6 +154,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
     from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.background import BackgroundTask
     from starlette.exceptions import HTTPException
     from starlette.requests import ClientDisconnect
 
@@ -279,8 +280,10 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
                 raise
             status, answer = 400, error(400, _clean(str(exc), folder))
         finally:
-            await asyncio.to_thread(shutil.rmtree, folder, True)
             metrics.request(name, status, time.perf_counter() - started)
+        # the upload's folder goes once the answer is sent, not before (a burst of answers
+        # would otherwise wait for each other's clean-up in the thread pool)
+        answer.background = BackgroundTask(shutil.rmtree, folder, True)
         return answer
 
     def openapi() -> dict:
