@@ -281,8 +281,9 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
             status, answer = 400, error(400, _clean(str(exc), folder))
         finally:
             metrics.request(name, status, time.perf_counter() - started)
-        # the upload's folder goes once the answer is sent, not before (a burst of answers
-        # would otherwise wait for each other's clean-up in the thread pool)
+            if answer is None:  # an unexpected error on its way to the 500 handler
+                shutil.rmtree(folder, ignore_errors=True)
+        # the upload's folder goes once the answer is sent (an encoded mask is read from it)
         answer.background = BackgroundTask(shutil.rmtree, folder, True)
         return answer
 

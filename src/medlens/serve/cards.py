@@ -28,7 +28,7 @@ def model_card(name: str, predictor: Any) -> dict[str, Any]:
     return {
         "name": name,
         # what DICOM results record as the algorithm's version
-        "version": run.algorithm_version(),
+        "version": run.algorithm_version(weights),
         "task": info.get("task"),
         "format": info.get("format"),
         "input": predictor.input_spec(),

@@ -150,12 +150,12 @@ class RunFolder:
                         "sha256": digest.hexdigest()})  # fmt: skip
         return out
 
-    def algorithm_version(self) -> str:
+    def algorithm_version(self, weights: list[dict[str, str]] | None = None) -> str:
         """What DICOM results record as the model's version: medlens's version and the first
-        12 hex digits of each checkpoint's SHA-256."""
+        12 hex digits of each checkpoint's SHA-256 (``weights``: :meth:`weights`, if read)."""
         import medlens
 
-        digests = " ".join(w["sha256"][:12] for w in self.weights())
+        digests = " ".join(w["sha256"][:12] for w in weights or self.weights())
         return f"medlens {medlens.__version__}; weights {digests}"
 
     def load_networks(self, build: Callable[[], Any]) -> list[Any]:

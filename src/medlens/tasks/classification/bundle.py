@@ -247,12 +247,15 @@ class ClassPrediction(Prediction):
     true_label: int | None = None
     threshold: Any = None  # the tuned threshold(s) of the decision; None: the most probable
     source: str | None = None  # the DICOM file or series folder it was predicted from
+    series_uid: str | None = None  # the series read from ``source`` (a folder of several)
 
     formats = ("sr",)
 
     def encode(self, fmt: str, folder: Path, **context: Any) -> Path:
-        """``"sr"``: a DICOM Structured Report in the source's study
-        (:func:`medlens.io.dicomsr.write_classification_sr`); the input must be DICOM."""
+        """``"sr"``: a DICOM Structured Report in the source's study, ``<folder>/<name>.sr.dcm``
+        (``context``: ``name``, ``model_name``, ``model_version``; see
+        :func:`medlens.io.dicomsr.write_classification_sr`); the input must be DICOM."""
+        from medlens._atomic import safe_name
         from medlens.errors import MedlensError
         from medlens.io.dicomsr import write_classification_sr
 
@@ -261,9 +264,10 @@ class ClassPrediction(Prediction):
         if self.source is None:
             raise MedlensError(f"{self.id}: a DICOM Structured Report needs a DICOM input")
         probabilities = dict(zip(self.class_names, map(float, self.probabilities), strict=True))
+        name = safe_name(context.get("name", "result"), max_length=120)
         return write_classification_sr(
-            self.source, Path(folder) / "result.sr.dcm", probabilities=probabilities,
-            predicted=self.label, threshold=self.threshold,
+            self.source, Path(folder) / f"{name}.sr.dcm", probabilities=probabilities,
+            predicted=self.label, threshold=self.threshold, series_uid=self.series_uid,
             model_name=context.get("model_name", "medlens"),
             model_version=context.get("model_version", "unknown"),
         )  # fmt: skip

@@ -93,7 +93,6 @@ class ClassificationPredictor(Predictor):
 
     def _structured_reports(self, source: Path, output: Path, ids, probs, threshold) -> list:
         """One DICOM SR per DICOM input (file, or series for 3D models), in ``<output>_sr/``."""
-        from medlens._atomic import safe_name
         from medlens.io.dicom import is_dicom_file
         from medlens.io.discover import discover_inputs
         from medlens.tasks.classification.bundle import class_predictions
@@ -104,21 +103,15 @@ class ClassificationPredictor(Predictor):
         items = discover_inputs(source, spatial_dims=t.spec.spatial_dims)
         predictions = class_predictions(list(ids), probs, t.class_names, t.metric_task,
                                         threshold, t.positive)  # fmt: skip
-        folder, version, written = output.with_name(output.stem + "_sr"), None, []
+        folder, context, written = output.with_name(output.stem + "_sr"), None, []
         for item, prediction in zip(items, predictions, strict=True):
             if item.series_uid is None and not is_dicom_file(item.source):
                 continue
-            from medlens.io.dicomsr import write_classification_sr
-
-            version = version or self.run.algorithm_version()
-            probabilities = dict(zip(t.class_names, map(float, prediction.probabilities),
-                                     strict=True))  # fmt: skip
+            context = context or {"model_name": self.run.path.name,
+                                  "model_version": self.run.algorithm_version()}  # fmt: skip
+            prediction.source, prediction.series_uid = str(item.source), item.series_uid
             try:
-                written.append(write_classification_sr(
-                    item.source, folder / f"{safe_name(item.name, max_length=120)}.sr.dcm",
-                    probabilities=probabilities, predicted=prediction.label,
-                    threshold=threshold, model_name=self.run.path.name, model_version=version,
-                    series_uid=item.series_uid))  # fmt: skip
+                written.append(prediction.encode("sr", folder, name=item.name, **context))
             except (MedlensError, ValueError, AttributeError) as exc:  # the CSV row stands
                 warnings.warn(f"{item.source}: no DICOM Structured Report ({exc})", stacklevel=2)
         return written

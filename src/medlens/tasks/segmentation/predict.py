@@ -152,13 +152,16 @@ class MaskPrediction(Prediction):
     label_values: list[int] | None = None
     class_names: list[str] | None = None
 
-    def row(self) -> dict[str, Any]:
+    def _counts(self) -> list[tuple[int, int]]:
+        """``(label value, voxels)`` of every label present but background."""
         values, counts = np.unique(np.asarray(self.labels.array), return_counts=True)
+        return [(v, c) for v, c in zip(values.tolist(), counts.tolist(), strict=True) if v != 0]
+
+    def row(self) -> dict[str, Any]:
         voxel = float(np.prod(self.labels.spacing))
         row: dict[str, Any] = {"id": self.id}
-        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
-            if value != 0:
-                row[f"volume_label{value}"] = count * voxel
+        for value, count in self._counts():
+            row[f"volume_label{value}"] = count * voxel
         return row
 
     formats = ("nifti", "png")
@@ -166,7 +169,6 @@ class MaskPrediction(Prediction):
     def to_json(self) -> dict[str, Any]:
         """Shape, spacing and, per class present, its voxels and volume (mm^3, or pixels^2
         scaled by the spacing in 2D: mm^2)."""
-        values, counts = np.unique(np.asarray(self.labels.array), return_counts=True)
         names = dict(zip(self.label_values or [], self.class_names or [], strict=False))
         voxel = float(np.prod(self.labels.spacing))
         unit = "volume_mm3" if self.labels.spatial_dims == 3 else "area_mm2"
@@ -180,8 +182,7 @@ class MaskPrediction(Prediction):
                     "voxels": int(c),
                     unit: round(c * voxel, 3),
                 }
-                for v, c in zip(values.tolist(), counts.tolist(), strict=True)
-                if v != 0
+                for v, c in self._counts()
             },
         }
 
