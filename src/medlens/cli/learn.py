@@ -110,9 +110,17 @@ def evaluate(
 
 def predict(
     run: Path = typer.Argument(..., help="Run folder written by medlens train."),
-    input_path: Path = typer.Option(..., "--input", help=".npz, image folder, image or DICOM."),
-    output: Path = typer.Option(
-        ..., "--output", help="Classification: CSV to write. Segmentation: folder for the masks."
+    input_path: str = typer.Option(
+        ...,
+        "--input",
+        help=".npz, image folder, image, DICOM, or a study on a PACS: "
+        "dicomweb://HOST:PORT/ROOT/studies/UID (or .../studies/UID/series/UID).",
+    ),
+    output: str = typer.Option(
+        ...,
+        "--output",
+        help="Classification: CSV to write. Segmentation: folder for the masks. "
+        "dicomweb://HOST:PORT/ROOT: the DICOM results (SEG, SR) stored on that PACS (STOW-RS).",
     ),
     split: str | None = typer.Option(None, "--split", help="The .npz split when it has several."),
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", help=MIRROR_HELP),
@@ -124,6 +132,10 @@ def predict(
     ),
 ) -> None:
     """Classification: probabilities per image as CSV. Segmentation: one mask per image."""
+    import tempfile
+
+    from medlens.errors import MedlensError
+    from medlens.io.dicomweb import is_dicomweb, parse_dicomweb, retrieve
     from medlens.tasks.base import check_options
     from medlens.tasks.export import use_backend
     from medlens.tasks.registry import task_for_run
@@ -131,6 +143,30 @@ def predict(
     task, folder = task_for_run(run)
     given = {"split": split, "mirror": mirror, "adapt_prior": adapt_prior}
     options = check_options(task, "predict", given)
-    predictor = task.load_predictor(folder)
-    use_backend(predictor, backend, log=lambda line: typer.echo(line, err=True))
-    typer.echo(predictor.predict_path(input_path, output, **options))
+    if is_dicomweb(output) and (split is not None or adapt_prior):
+        raise MedlensError("--split and --adapt-prior do not apply to a dicomweb:// output")
+    chosen = {"mirror": mirror} if options.get("mirror") is not None else {}
+    predictor = task.load_predictor(folder, **chosen)  # as predict_path's options would
+    echo = lambda line: typer.echo(line, err=True)  # noqa: E731
+    use_backend(predictor, backend, log=echo)
+    with tempfile.TemporaryDirectory(prefix="medlens-dicomweb-") as scratch:
+        source = Path(input_path)
+        if is_dicomweb(input_path):
+            source = Path(scratch) / "retrieved"
+            retrieve(parse_dicomweb(input_path), source, log=echo)
+        if is_dicomweb(output):
+            typer.echo(_store_results(predictor, run, source, output, Path(scratch) / "out"))
+        else:
+            typer.echo(predictor.predict_path(source, Path(output), **options))
+
+
+def _store_results(predictor, run: Path, source: Path, output: str, scratch: Path) -> str:
+    """Predict ``source``'s DICOM inputs and store their DICOM results on a PACS (STOW-RS)."""
+    from medlens.io.dicomweb import parse_dicomweb, store
+
+    target = parse_dicomweb(output)
+    context = {"model_name": run.resolve().name, "model_version": predictor.run.algorithm_version()}
+    results = predictor.dicom_results(source, scratch, **context)
+    stored = store(target, results)
+    kinds = sorted({p.name.rsplit(".", 2)[-2].upper() for p in results})
+    return f"{stored} DICOM {'/'.join(kinds)} stored: {target}"

@@ -22,7 +22,7 @@ from medlens.cli.info import info
 from medlens.cli.learn import evaluate, predict, train
 from medlens.cli.measure import app as measure_app
 from medlens.cli.plan import plan
-from medlens.cli.serve import export, serve
+from medlens.cli.serve import dicom_node, export, serve
 
 app = typer.Typer(
     name="medlens",
@@ -41,6 +41,7 @@ app.command("predict")(predict)
 app.command("explain")(explain)
 app.command("export")(export)
 app.command("serve")(serve)
+app.command("dicom-node")(dicom_node)
 app.command("anonymize")(anonymize)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(measure_app, name="measure")

@@ -1,4 +1,5 @@
-"""``medlens export``: a run's networks as ONNX, for ONNX Runtime and other runtimes."""
+"""``medlens export`` (a run's networks as ONNX), ``medlens serve`` (REST) and ``medlens
+dicom-node`` (a DICOM node for a PACS)."""
 
 from __future__ import annotations
 
@@ -64,10 +65,7 @@ def serve(
 
         from medlens.serve import ServeSettings, create_app, load_models
     except ImportError as exc:
-        raise MedlensError(
-            f"medlens serve needs the serve extra ({exc.name} is missing): "
-            "pip install 'medlens[serve]'"
-        ) from None
+        raise MedlensError(_extra_missing("medlens serve", exc)) from None
     key = None
     if api_key_file is not None:
         key = api_key_file.read_text().strip()
@@ -91,3 +89,74 @@ def serve(
             "use the models"
         )
     uvicorn.run(create_app(models, settings), host=host, port=port, log_level="warning")
+
+
+def dicom_node(
+    run: Path = typer.Argument(..., help="Run folder written by medlens train."),
+    ae_title: str = typer.Option("MEDLENS", "--ae-title", help="The node's AE title."),
+    port: int = typer.Option(11112, "--port", help="DICOM port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback default)."),
+    send_to: str | None = typer.Option(
+        None, "--send-to", help="Where results go by C-STORE: AET@HOST:PORT (the PACS)."
+    ),
+    dicomweb: str | None = typer.Option(
+        None, "--dicomweb", help="Send results by STOW-RS instead: dicomweb://HOST:PORT/ROOT."
+    ),
+    settle_s: float = typer.Option(
+        5.0, "--settle-s", help="A series is complete this many seconds after its last image."
+    ),
+    modality: str | None = typer.Option(
+        None, "--modality", help="Modalities to take, e.g. MR,CT (default: the run's)."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Model name in results (default: run's)."),
+    spool: Path | None = typer.Option(
+        None, "--spool", help="Folder for received images (default: a private temporary one)."
+    ),
+    backend: str = typer.Option("torch", "--backend", help="torch, onnx or auto."),
+) -> None:
+    """Receive series from a PACS (C-STORE), predict, send DICOM SEG/SR back (C-STORE or STOW)."""
+    from medlens.errors import MedlensError
+    from medlens.tasks.export import use_backend
+    from medlens.tasks.registry import load_predictor
+
+    try:
+        from medlens.serve.dicom_node import DicomNode, NodeSettings, dicom_modalities, parse_peer
+    except ImportError as exc:
+        raise MedlensError(_extra_missing("medlens dicom-node", exc)) from None
+    if send_to is None and dicomweb is None:
+        raise MedlensError("medlens dicom-node: give --send-to AET@HOST:PORT or --dicomweb URL")
+    echo = lambda line: typer.echo(line, err=True)  # noqa: E731
+    predictor = load_predictor(run)
+    use_backend(predictor, backend, log=echo)
+    allowed = dicom_modalities(modality or predictor.input_spec().get("modality"))
+    settings = NodeSettings(
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        send_to=parse_peer(send_to) if send_to else None,
+        dicomweb=dicomweb,
+        settle_s=settle_s,
+        modalities=allowed,
+        spool=spool,
+    )
+    node = DicomNode(
+        predictor,
+        settings,
+        model_name=name or Path(run).resolve().name,
+        model_version=predictor.run.algorithm_version(),
+        log=echo,
+    )
+    takes = ", ".join(sorted(allowed)) if allowed else "any modality"
+    echo(
+        f"DICOM node {ae_title} on {host}:{port}: a {predictor.task} run, takes {takes}; "
+        f"results to {dicomweb or send_to}; a series is complete {settle_s:g} s after its last "
+        "image (Ctrl-C stops)"
+    )
+    try:
+        node.serve_forever()
+    except KeyboardInterrupt:
+        echo("stopped")
+
+
+def _extra_missing(command: str, exc: ImportError) -> str:
+    return f"{command} needs the serve extra ({exc.name} is missing): pip install 'medlens[serve]'"

@@ -39,6 +39,7 @@ MEDIA = {
     "nifti": "application/gzip",
     "png": "image/png",
     "sr": "application/dicom",
+    "seg": "application/dicom",
 }
 ACCEPT = {
     "application/json": "json",
@@ -46,7 +47,7 @@ ACCEPT = {
     "application/gzip": "nifti",
     "application/x-nifti": "nifti",
     "application/x-gzip": "nifti",
-    "application/dicom": "sr",
+    "application/dicom": "dicom",  # the model's DICOM form: SR or SEG
 }
 UPLOAD_SCHEMA = {
     "requestBody": {
@@ -333,7 +334,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         else:
             context = {"model_name": model.name, "model_version": model.card["version"]}
             written = await asyncio.to_thread(prediction.encode, fmt, folder / "answer", **context)
-            suffix = {"png": ".png", "nifti": ".nii.gz", "sr": ".sr.dcm"}[fmt]
+            suffix = {"png": ".png", "nifti": ".nii.gz", "sr": ".sr.dcm", "seg": ".seg.dcm"}[fmt]
             response = Response(
                 written.read_bytes(),
                 media_type=MEDIA[fmt],
@@ -357,17 +358,12 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
 def _read(model: ServedModel, upload: Path, limits: Limits):
     """The uploaded image, read as ``medlens predict`` reads a file or series folder."""
     from medlens.errors import MedlensError
-    from medlens.io.discover import discover_inputs
 
-    target = check_upload(upload, limits)
-    dims = model.predictor.input_spec().get("spatial_dims")
-    items = discover_inputs(target, spatial_dims=dims)
-    if len(items) != 1:
-        raise MedlensError(f"{upload.name}: holds {len(items)} images or series; send one")
-    image = items[0].load(**model.predictor.load_options)
-    image.meta["path"] = upload.name
-    image.meta["source"] = str(items[0].source)  # for DICOM results (an SR of a DICOM input)
-    return image
+    images = model.predictor.read(check_upload(upload, limits))
+    if len(images) != 1:
+        raise MedlensError(f"{upload.name}: holds {len(images)} images or series; send one")
+    images[0].meta["path"] = upload.name
+    return images[0]
 
 
 def _answer_format(fmt: str | None, accept: str, model: ServedModel):
@@ -376,6 +372,8 @@ def _answer_format(fmt: str | None, accept: str, model: ServedModel):
     offered = ("json", *model.predictor.answer_formats)
     if fmt is None:
         kinds = [ACCEPT.get(part.split(";")[0].strip().lower()) for part in accept.split(",")]
+        dicom = next((k for k in offered if MEDIA.get(k) == "application/dicom"), None)
+        kinds = [dicom if k == "dicom" else k for k in kinds]
         fmt = next((k for k in kinds if k in offered), "json")
     if fmt not in offered:
         return JSONResponse(

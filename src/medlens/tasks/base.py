@@ -52,6 +52,9 @@ class Prediction:
 
     #: the answers a server can give besides JSON (``"nifti"``, ``"png"``: :meth:`encode`)
     formats: ClassVar[tuple[str, ...]] = ()
+    #: the one of :attr:`formats` that is a DICOM object (``"seg"``, ``"sr"``), what the DICOM
+    #: node and ``--output dicomweb://`` send back; None: the result has no DICOM form
+    dicom_form: ClassVar[str | None] = None
 
     def save(self, folder: Path) -> list[Path]:
         """Write the result's files (masks, maps) into ``folder``; none by default."""
@@ -116,6 +119,37 @@ class Predictor(abc.ABC):
     @abc.abstractmethod
     def predict(self, images: Sequence[Image]) -> list[Prediction]:
         """One prediction per image, in order."""
+
+    def read(self, source: Path) -> list[Image]:
+        """The images under ``source`` (a file or folder: :func:`medlens.io.discover_inputs`),
+        read as :meth:`predict_path` reads them. Each image's ``meta`` holds ``path`` (its name),
+        ``source`` (its file or DICOM series folder) and ``series_uid`` (a DICOM series; else
+        None), so that its prediction can write itself as DICOM in the source's study."""
+        from medlens.io.discover import discover_inputs
+
+        images = []
+        for item in discover_inputs(source, spatial_dims=self.input_spec().get("spatial_dims")):
+            image = item.load(**self.load_options)
+            image.meta.update(path=item.name, source=str(item.source), series_uid=item.series_uid)
+            images.append(image)
+        return images
+
+    def dicom_results(self, source: Path, folder: Path, **context: Any) -> list[Path]:
+        """Predict the DICOM inputs under ``source`` and write each result as its DICOM object
+        (:attr:`Prediction.dicom_form`: a SEG, an SR) into ``folder``; returns the files.
+        ``context``: the model's ``model_name`` and ``model_version``, recorded in each object.
+
+        Raises:
+            MedlensError: a result of this task has no DICOM form for these inputs (a 2D mask).
+        """
+        images = self.read(source)
+        written = []
+        for image, prediction in zip(images, self.predict(images), strict=True):
+            if prediction.dicom_form is None:
+                raise MedlensError(f"a {type(prediction).__name__} has no DICOM form")
+            name = Path(str(image.meta["path"])).name or prediction.id
+            written.append(prediction.encode(prediction.dicom_form, folder, name=name, **context))
+        return written
 
     @abc.abstractmethod
     def predict_path(self, source: Path, output: Path, **options: Any) -> str:

@@ -56,6 +56,59 @@ def disks(root: Path, n: int = 6) -> tuple[Path, list[str]]:
     return data, tiny
 
 
+def mr_volumes(root: Path, series: Path) -> tuple[Path, list[str]]:
+    """A Decathlon folder of two MR cases made from a real DICOM ``series`` (the volume and
+    its mirror image), labelled by an intensity threshold: a 3D segmenter that takes that
+    series (modality MR) and answers a non-empty mask, trained in seconds."""
+    import json
+
+    from medlens.image import Image
+    from medlens.io import load_image, save_image
+
+    image = load_image(series)
+    volume = np.asarray(image.array, dtype=np.float32)
+    labels = (volume > np.percentile(volume, 80)).astype(np.uint8)
+    data = root / "mr_volumes"
+    for folder in ("imagesTr", "labelsTr"):
+        (data / folder).mkdir(parents=True)
+    for case, flip in (("mr_a", False), ("mr_b", True)):
+        v, lab = (volume[:, :, ::-1], labels[:, :, ::-1]) if flip else (volume, labels)
+        for folder, array in (("imagesTr", v), ("labelsTr", lab)):
+            out = Image(np.ascontiguousarray(array), image.spacing, image.origin, image.direction)
+            save_image(out, data / folder / f"{case}.nii.gz")
+    spec = {
+        "name": "mr_volumes",
+        "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "bright"},
+        "training": [
+            {"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"}
+            for c in ("mr_a", "mr_b")
+        ],
+    }
+    (data / "dataset.json").write_text(json.dumps(spec))
+    tiny = ["network.features=[4,8,16]", "network.strides=[[1,1,1],[2,2,2],[2,2,2]]",
+            "network.kernel_sizes=[[3,3,3],[3,3,3],[3,3,3]]", "patch_size=16,32,32",
+            "batch_size=2", "train.batches_per_epoch=2", "target_spacing=6,6,6"]  # fmt: skip
+    return data, tiny
+
+
+def volume_blobs(root: Path) -> tuple[Path, list[str]]:
+    """A MedMNIST3D-style ``.npz`` of 12^3 volumes: a bright blob (class 1) or noise (class 0);
+    a 3D classifier that takes any DICOM series (resized), trained in seconds."""
+    r = np.random.default_rng(0)
+    g = np.meshgrid(*[np.linspace(-1, 1, 12)] * 3, indexing="ij")
+    blob = np.exp(-sum(x**2 for x in g) * 4)
+    arrays = {}
+    for split, n in (("train", 32), ("val", 12)):
+        labels = r.integers(0, 2, n)
+        volumes = r.normal(60, 20, (n, 12, 12, 12)) + 120 * blob[None] * labels[:, None, None, None]
+        arrays[f"{split}_images"] = np.clip(volumes, 0, 255).astype(np.uint8)
+        arrays[f"{split}_labels"] = labels[:, None]
+    path = root / "volume_blobs.npz"
+    np.savez(path, **arrays)
+    return path, ["batch_size=16"]
+
+
 #: A tiny labelled dataset and fast settings per registered task.
 TINY: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
     "classification": blobs,
@@ -63,12 +116,15 @@ TINY: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
 }
 
 
-def train_tiny(name: str, root: Path) -> tuple[Path, Path]:
-    """Train task ``name`` for one epoch on its tiny dataset under ``root``: ``(data, run)``."""
+def train_tiny(
+    name: str, root: Path, make: Callable[[Path], tuple[Path, list[str]]] | None = None
+) -> tuple[Path, Path]:
+    """Train task ``name`` for one epoch on its tiny dataset under ``root`` (or on what
+    ``make(root)`` gives: data and settings): ``(data, run)``."""
     from medlens.tasks.registry import get_task
 
     root.mkdir(parents=True, exist_ok=True)
-    data, settings = TINY[name](root)
+    data, settings = (make or TINY[name])(root)
     task = get_task(name)
     plan = task.plan(data, overrides=settings, log=lambda line: None)
     run = root / "run"

@@ -250,6 +250,7 @@ class ClassPrediction(Prediction):
     series_uid: str | None = None  # the series read from ``source`` (a folder of several)
 
     formats = ("sr",)
+    dicom_form = "sr"
 
     def encode(self, fmt: str, folder: Path, **context: Any) -> Path:
         """``"sr"``: a DICOM Structured Report in the source's study, ``<folder>/<name>.sr.dcm``

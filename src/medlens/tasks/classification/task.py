@@ -56,7 +56,9 @@ class ClassificationPredictor(Predictor):
         probs = t.probabilities(images_to_spec(images, t.spec, ids))
         out = class_predictions(ids, probs, t.class_names, t.metric_task, t.threshold, t.positive)
         for prediction, image in zip(out, images, strict=True):
-            prediction.source = image.meta.get("source")  # a DICOM input: its SR can be written
+            # a DICOM input: its SR can be written
+            prediction.source = image.meta.get("source")
+            prediction.series_uid = image.meta.get("series_uid")
         return out
 
     def predict_path(self, source: Path, output: Path, *, split: str | None = None,

@@ -164,7 +164,8 @@ class MaskPrediction(Prediction):
             row[f"volume_label{value}"] = count * voxel
         return row
 
-    formats = ("nifti", "png")
+    formats = ("nifti", "png", "seg")
+    dicom_form = "seg"
 
     def to_json(self) -> dict[str, Any]:
         """Shape, spacing and, per class present, its voxels and volume (mm^3, or pixels^2
@@ -192,24 +193,36 @@ class MaskPrediction(Prediction):
         if fmt == "png" and self.labels.spatial_dims != 2:
             raise MedlensError("a 3D mask has no png form: ask for nifti or json")
         if fmt not in self.formats:
-            raise MedlensError(f"a mask has no {fmt} form (json, nifti, png)")
+            raise MedlensError(f"a mask has no {fmt} form (json, nifti, png, seg)")
+        name = Path(context.get("name") or self.name or self.id).name
+        if fmt == "seg":
+            model = context.get("model_name", "medlens")
+            return self._seg(Path(folder) / f"{name}.seg.dcm", model, context.get("model_version"))
         suffix = ".png" if fmt == "png" else ".nii.gz"
-        return save_image(self.labels, Path(folder) / f"{Path(self.name or self.id).name}{suffix}")
+        return save_image(self.labels, Path(folder) / f"{name}{suffix}")
 
     def save(self, folder: Path) -> list[Path]:
         from medlens.io import save_image
-        from medlens.io.dicomseg import write_dicom_seg
 
         suffix = ".png" if self.labels.spatial_dims == 2 else ".nii.gz"
         target = folder / f"{self.name or self.id}{suffix}"
         target.parent.mkdir(parents=True, exist_ok=True)
         written = [save_image(self.labels, target)]
         if self.labels.spatial_dims == 3 and self.series is not None:
-            written.append(write_dicom_seg(self.labels, self.series,
-                                           folder / f"{self.name or self.id}.seg.dcm",
-                                           label_values=self.label_values,
-                                           class_names=self.class_names))  # fmt: skip
+            written.append(self._seg(folder / f"{self.name or self.id}.seg.dcm"))
         return written
+
+    def _seg(self, target: Path, model_name: str = "medlens", version: str | None = None) -> Path:
+        """The mask as a DICOM SEG referencing its source series (a 3D DICOM input only)."""
+        from medlens.io.dicomseg import write_dicom_seg
+
+        if self.labels.spatial_dims != 3 or self.series is None:
+            raise MedlensError(
+                f"{self.id}: a DICOM SEG needs a 3D model and a DICOM series as input"
+            )
+        return write_dicom_seg(self.labels, self.series, target, label_values=self.label_values,
+                               class_names=self.class_names, algorithm_name=model_name,
+                               algorithm_version=version)  # fmt: skip
 
 
 def predict_inputs(

@@ -34,7 +34,9 @@ class SegmentationPredictor(Predictor):
     def answer_formats(self):
         from medlens.tasks.segmentation.predict import MaskPrediction
 
-        return MaskPrediction.formats
+        # a PNG holds a 2D mask; a DICOM SEG needs a series (3D)
+        unfit = "seg" if self.trained.plan.spatial_dims == 2 else "png"
+        return tuple(f for f in MaskPrediction.formats if f != unfit)
 
     def input_spec(self):
         plan = self.trained.plan
@@ -52,7 +54,9 @@ class SegmentationPredictor(Predictor):
         for i, image in enumerate(images):
             name = Path(str(image.meta.get("path", f"image-{i}"))).name
             labels = predict_image(self.trained, image, mirror=self.mirror)
+            series = image.meta.get("source") if image.meta.get("series_uid") else None
             out.append(MaskPrediction(name, labels, file_stem(name),
+                                      series=Path(series) if series else None,
                                       label_values=self.trained.plan.label_values,
                                       class_names=self.info.get("class_names")))  # fmt: skip
         return out
