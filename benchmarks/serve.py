@@ -47,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import configure_threads, emit_json, environment, log, print_table, require_data
+from _dicom_node import measure_node
 
 LEVELS = (1, 8, 32)
 COUNTS = {"classifier": {1: 300, 8: 600, 32: 1200}, "segmenter": {1: 12, 8: 32, 32: 64}}
@@ -60,16 +61,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rss-requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=2, help="Alternating rounds per setting.")
     parser.add_argument("--quick", action="store_true", help="A tenth of the requests (a check).")
+    parser.add_argument("--dicom-segmenter", type=Path, help="A 3D MR run for the DICOM node.")
+    parser.add_argument("--node-only", action="store_true", help="Measure the DICOM node only.")
     args = parser.parse_args(argv)
     if args.quick:
         for counts in COUNTS.values():
             counts.update({k: max(4, v // 10) for k, v in counts.items()})
         args.rss_requests //= 10
-    root = require_data("serve", "medmnist/pneumoniamnist.npz", "hc18/images")
+    root = require_data("serve", "medmnist/pneumoniamnist.npz", "hc18/images", "dicom/mr_t1_brain")
     threads = configure_threads()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
+        if args.node_only:
+            node = measure_node(root, work, args.dicom_segmenter)
+            print(
+                f"DICOM node: SEG back in Orthanc {node['dicom_node_seconds']} s after the "
+                f"last image ({node['dicom_node_status']})"
+            )
+            emit_json({"benchmark": "serve", **node, "threads": threads})
+            return 0
         runs = {
             "classifier": args.classifier or _train(root / "medmnist" / "pneumoniamnist.npz",
                                                     work / "classifier", []),
@@ -84,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         figures["on"], figures["off"] = measured["on"], measured["off"]
         figures["on"]["rss"] = measured["rss"]
         figures["errors_all_rounds"] = measured["errors_all_rounds"]
+        node = measure_node(root, work, args.dicom_segmenter)
     figures.update(_summary(figures))
+    figures.update(node)
     report(figures)
     figures["threads"] = threads
     figures["environment"] = environment(["medlens", "torch", "fastapi", "uvicorn", "httpx"])
@@ -339,8 +352,6 @@ def _summary(f: dict) -> dict:
             / off["classifier_raw_client"]["32"]["images_per_s"], 3),
         "p99_ms_classifier_raw_client": on["classifier_raw_client"]["32"]["p99_ms"],
         "p99_ms_classifier_raw_client_unbatched": off["classifier_raw_client"]["32"]["p99_ms"],
-        "dicom_node_seconds": None,
-        "dicom_node_status": "not built yet (the DICOM node of issue 20 is still to come)",
     }  # fmt: skip
 
 
@@ -365,6 +376,10 @@ def report(f: dict) -> None:
           f"requests ({rss['growth']:+.1%}); batched/unbatched classifier at 32: "
           f"{f['ratio_vs_unbatched']:.2f}x; segmenter at 32 = "
           f"{f['fraction_of_offline_segmenter']:.0%} of offline predict")  # fmt: skip
+    print(
+        f"DICOM node: SEG back in Orthanc {f.get('dicom_node_seconds')} s after the last image "
+        f"of the MR series ({f.get('dicom_node_status')})"
+    )
 
 
 def _free_port() -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Orthanc", "orthanc", "orthanc_missing"]
+__all__ = ["Orthanc", "free_port", "orthanc", "orthanc_missing"]
 
 BINARY = "Orthanc"
 PLUGIN_GLOBS = (
@@ -117,7 +117,7 @@ def orthanc(aet: str = "ORTHANC") -> Iterator[Orthanc]:
         raise RuntimeError(missing)
     root = Path(tempfile.mkdtemp(prefix="medlens-orthanc-"))
     password = secrets.token_hex(12)
-    server = Orthanc(aet, _free_port(), _free_port(), "medlens", password, root / "orthanc.log")
+    server = Orthanc(aet, free_port(), free_port(), "medlens", password, root / "orthanc.log")
     config = {
         "Name": "medlens-test",
         "StorageDirectory": str(root / "storage"),
@@ -179,7 +179,8 @@ def _plugin() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port free now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
