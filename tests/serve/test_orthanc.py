@@ -38,21 +38,27 @@ def _store(pacs, folder: Path) -> tuple[str, str]:
     return pacs.lookup(str(ds.StudyInstanceUID)), pacs.lookup(str(ds.SeriesInstanceUID))
 
 
-def _results(pacs, study: str, modality: str, count: int = 1, timeout: float = 120) -> list:
-    """The study's ``modality`` instances, once ``count`` series of it are there."""
+def _results(pacs, study: str, modality: str, old: set[str], timeout: float = 120) -> list:
+    """The instances of the ``modality`` series that appear in the study beyond ``old``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [
-            s for s in pacs.series_of_study(study) if s["MainDicomTags"].get("Modality") == modality
+            s
+            for s in pacs.series_of_study(study)
+            if s["MainDicomTags"].get("Modality") == modality and s["ID"] not in old
         ]
-        if len(found) >= count:
+        if found:
             return [
                 pydicom.dcmread(io.BytesIO(pacs.rest("GET", f"/instances/{i}/file", raw=True)))
                 for s in found
                 for i in s["Instances"]
             ]
         time.sleep(0.2)
-    raise AssertionError(f"no {modality} series appeared in Orthanc's study {study}")
+    raise AssertionError(f"no new {modality} series appeared in Orthanc's study {study}")
+
+
+def _series_ids(pacs, study: str) -> set[str]:
+    return {s["ID"] for s in pacs.series_of_study(study)}
 
 
 def _route(pacs, run: Path, series_ids: list[str], modality_name: str) -> DicomNode:
@@ -86,9 +92,10 @@ def _instance_uids(image) -> list[str]:
 
 def test_mr_series_routed_to_the_node_comes_back_as_a_seg_in_its_study(pacs, mr_segmenter, t1_dir):
     study, series = _store(pacs, t1_dir)
+    old = _series_ids(pacs, study)
     node = _route(pacs, mr_segmenter, [series], "medlens-seg")
     try:
-        (seg,) = _results(pacs, study, "SEG")
+        (seg,) = _results(pacs, study, "SEG", old)
     finally:
         node.stop()
     prediction, image = _expected(mr_segmenter, t1_dir)
@@ -116,9 +123,10 @@ def test_jpeg2000_ct_series_routed_to_the_node_comes_back_as_a_structured_report
     stored = pacs.rest("GET", f"/series/{series}/instances")
     syntax = pacs.rest("GET", f"/instances/{stored[0]['ID']}/metadata/TransferSyntax", raw=True)
     assert syntax.decode().strip() == "1.2.840.10008.1.2.4.90"  # kept as JPEG 2000 lossless
+    old = _series_ids(pacs, study)
     node = _route(pacs, volume_classifier, [series], "medlens-sr")
     try:
-        (report,) = _results(pacs, study, "SR")
+        (report,) = _results(pacs, study, "SR", old)
     finally:
         node.stop()
     prediction, image = _expected(volume_classifier, ct_for_pacs)
@@ -197,3 +205,51 @@ def test_dicomweb_failures_are_one_clear_line(pacs, mr_segmenter, tmp_path, caps
     err = capsys.readouterr().err
     assert "1.2.3" in err and pacs.password not in err
     assert not Path(out).exists()
+
+
+def test_the_node_command_sends_its_seg_by_stow_rs(pacs, mr_segmenter, t1_dir):
+    """``medlens dicom-node --dicomweb`` as its own process, as a hospital runs it."""
+    import subprocess
+    import sys
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from medlens.testing.orthanc import free_port
+
+    study, series = _store(pacs, t1_dir)
+    old = _series_ids(pacs, study)
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "medlens.cli.main",
+        "dicom-node",
+        str(mr_segmenter),
+        "--port",
+        str(port),
+        "--dicomweb",
+        pacs.dicomweb,
+        "--settle-s",
+        "0.5",
+    ]
+    node = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        ae = AE(ae_title="PROBE")
+        ae.add_requested_context(Verification)
+        deadline = time.monotonic() + 60
+        while not (assoc := ae.associate("127.0.0.1", port, ae_title="MEDLENS")).is_established:
+            assert node.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        pacs.add_modality("medlens-stow", "MEDLENS", port)
+        pacs.send("medlens-stow", [series])
+        (seg,) = _results(pacs, study, "SEG", old)
+    finally:
+        node.terminate()
+        log = node.communicate(timeout=30)[1]
+    assert len(pacs.series_of_study(study)) == len(old) + 1
+    assert seg.Modality == "SEG"
+    assert "takes MR" in log and "1 SEG sent to http://127.0.0.1" in log
+    assert pacs.password not in log

@@ -116,6 +116,7 @@ def dicom_node(
 ) -> None:
     """Receive series from a PACS (C-STORE), predict, send DICOM SEG/SR back (C-STORE or STOW)."""
     from medlens.errors import MedlensError
+    from medlens.io.dicomweb import parse_dicomweb
     from medlens.tasks.export import use_backend
     from medlens.tasks.registry import load_predictor
 
@@ -147,9 +148,10 @@ def dicom_node(
         log=echo,
     )
     takes = ", ".join(sorted(allowed)) if allowed else "any modality"
+    where = str(parse_dicomweb(dicomweb)) if dicomweb else send_to  # never the password
     echo(
         f"DICOM node {ae_title} on {host}:{port}: a {predictor.task} run, takes {takes}; "
-        f"results to {dicomweb or send_to}; a series is complete {settle_s:g} s after its last "
+        f"results to {where}; a series is complete {settle_s:g} s after its last "
         "image (Ctrl-C stops)"
     )
     try:
