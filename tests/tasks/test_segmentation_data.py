@@ -78,6 +78,33 @@ def test_augmentation_moves_labels_with_images_and_keeps_their_values():
     assert moved.all() and agree > 0.9
 
 
+def test_the_plans_augmentation_sets_the_scale_range_and_is_checked():
+    import torch
+
+    from medlens.tasks.plan import PlanError
+    from medlens.tasks.segmentation import apply_plan_overrides
+    from medlens.tasks.segmentation.augment import segmentation_augment
+
+    plan = _plan()
+    assert plan.augmentation == {"scale": 0.15, "rotate": 15.0, "p": 0.3}
+    wide = apply_plan_overrides(plan, ["augmentation.scale=0.4", "augmentation.p=1"])
+    assert wide.augmentation == {"scale": 0.4, "rotate": 15.0, "p": 1.0}
+    for bad in ("augmentation.scale=1.2", "augmentation.p=2", "augmentation.shear=3"):
+        with pytest.raises(PlanError, match="augmentation"):
+            apply_plan_overrides(plan, [bad])
+    images = torch.zeros(16, 1, 48, 48)
+    images[:, :, 14:34, 14:34] = 5.0
+    labels = (images > 0).long()
+    areas = {}
+    for scale in (0.0, 0.4):  # flips keep the area; only scaling changes it
+        augment = segmentation_augment(2, scale=scale, rotate=0.0, p=1.0)
+        _, out = augment(images, labels, torch.Generator().manual_seed(0))
+        areas[scale] = out.sum(dim=(1, 2, 3)).float() / 400
+    assert torch.allclose(areas[0.0], torch.ones(16))
+    spread = areas[0.4]
+    assert spread.min() < 0.8 and spread.max() > 1.2 and (spread > 0.3).all()
+
+
 def test_zoomed_plan_scales_each_image_and_predicts_back_onto_its_grid():
     import torch
 

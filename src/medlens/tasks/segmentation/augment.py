@@ -15,13 +15,22 @@ import torch
 __all__ = ["segmentation_augment"]
 
 
-def segmentation_augment(spatial_dims: int, *, anisotropic_axis: int | None = None) -> Any:
+def segmentation_augment(
+    spatial_dims: int,
+    *,
+    anisotropic_axis: int | None = None,
+    scale: float = 0.15,
+    rotate: float = 15.0,
+    p: float = 0.3,
+) -> Any:
     """``augment(images, labels, generator) -> (images, labels)`` for patch batches.
 
     Args:
         spatial_dims: 2 or 3.
         anisotropic_axis: an array axis with much coarser spacing: rotations stay in the plane
             of the other two (rotating thick slices through each other invents anatomy).
+        scale, rotate, p: the spatial step (the plan's ``augmentation``): with probability
+            ``p``, scaled by up to ``scale`` either way and rotated by up to ``rotate`` degrees.
     """
     from medlens.transforms import (
         Batch,
@@ -34,13 +43,12 @@ def segmentation_augment(spatial_dims: int, *, anisotropic_axis: int | None = No
         RandomFlip,
     )
 
+    angles: Any = rotate
     if spatial_dims == 3 and anisotropic_axis is not None:
-        rotate: Any = [0.0, 0.0, 0.0]
-        rotate[anisotropic_axis] = 15.0  # about the coarse axis only: in-plane rotation
-    else:
-        rotate = 15.0
+        angles = [0.0, 0.0, 0.0]
+        angles[anisotropic_axis] = rotate  # about the coarse axis only: in-plane rotation
     steps = [
-        RandomAffine(rotate=rotate, scale=0.15, p=0.3),
+        RandomAffine(rotate=angles, scale=scale, p=p),
         RandomFlip(axes=tuple(range(spatial_dims)), p=0.5),
         GaussianNoise(std=0.1, p=0.15),
         Brightness(delta=(-0.15, 0.15), p=0.15),

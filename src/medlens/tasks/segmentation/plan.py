@@ -93,6 +93,10 @@ PRECISIONS = ("float32", "bf16")
 WINDOW_GROWTH = 1.5
 
 
+#: The spatial augmentation's defaults (nnU-Net's rotation and scaling, less often).
+AUGMENTATION = {"scale": 0.15, "rotate": 15.0, "p": 0.3}
+
+
 @dataclass
 class SegmentationPlan(Plan):
     """Everything training and inference need to know about a segmentation dataset.
@@ -127,6 +131,9 @@ class SegmentationPlan(Plan):
     #: How prediction runs (``mirror``, ``window``, ``precision``); None in plans written before
     #: it, which predict as they always did (see :func:`inference_settings`).
     inference: dict[str, Any] | None = None
+    #: Spatial augmentation: with probability ``p`` a patch is rotated by up to ``rotate``
+    #: degrees and scaled by a factor in ``[1 - scale, 1 + scale]``.
+    augmentation: dict[str, float] = field(default_factory=lambda: dict(AUGMENTATION))
     format: str = PLAN_FORMAT
 
     FORMAT: ClassVar[str | None] = PLAN_FORMAT
@@ -160,6 +167,15 @@ class SegmentationPlan(Plan):
             raise PlanError("batch_size must be >= 1 and foreground_oversampling in [0, 1]")
         if self.normalisation.get("scheme") not in ("ct", "zscore", "none"):
             raise PlanError(f"unknown normalisation {self.normalisation.get('scheme')!r}")
+        self.augmentation = {**AUGMENTATION, **(self.augmentation or {})}
+        a = self.augmentation
+        if set(a) != set(AUGMENTATION) or not (
+            0 <= a["scale"] < 1 and 0 <= a["p"] <= 1 and 0 <= a["rotate"] <= 180
+        ):
+            raise PlanError(
+                f"augmentation {a}: keys {', '.join(AUGMENTATION)}; scale in [0, 1), p in [0, 1], "
+                "rotate in [0, 180] degrees"
+            )
         settings = self.inference or {}
         if (
             settings.get("window", "patch") not in WINDOWS

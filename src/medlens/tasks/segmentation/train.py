@@ -158,7 +158,9 @@ def _fit(plan, train_cases, val_cases, fold_dir: Path, seed, progress, resume) -
         foreground_oversampling=plan.foreground_oversampling,
         ignore_label=plan.ignore_label,
         seed=seed,
-        augment=segmentation_augment(plan.spatial_dims, anisotropic_axis=_coarse_axis(plan)),
+        augment=segmentation_augment(
+            plan.spatial_dims, anisotropic_axis=_coarse_axis(plan), **plan.augmentation
+        ),
     )
 
     def evaluate(model, cases):
