@@ -209,3 +209,27 @@ def test_server_answers_a_series_upload_with_a_dicom_seg(mr_segmenter, t1_dir, t
         seg.ReferencedSeriesSequence[0].SeriesInstanceUID
         == pydicom.dcmread(dicom_files(t1_dir)[0], stop_before_pixels=True).SeriesInstanceUID
     )
+
+
+def test_series_received_before_a_stop_are_predicted_after_a_restart(
+    mr_segmenter, t1_dir, tmp_path
+):
+    import shutil
+
+    pending = (
+        tmp_path
+        / "spool"
+        / "incoming"
+        / "1.2.840.113713.20.159720262676693100123054613456403525435"
+    )
+    pending.mkdir(parents=True)
+    for f in dicom_files(t1_dir):
+        shutil.copy(f, pending / f.name)
+    node = _node(mr_segmenter, tmp_path)
+    try:
+        assert node.wait_idle(120)
+    finally:
+        node.stop()
+    assert "32 instances left from before, queued" in "\n".join(node.lines)
+    assert [h["status"] for h in node.history] == ["sent"]
+    assert len(list((tmp_path / "results").glob("*.seg.dcm"))) == 1

@@ -11,7 +11,8 @@ to the PACS by C-STORE or, with a DICOMweb address, by STOW-RS.
 What the node cannot take is logged and skipped, never fatal: series without pixels (SR, SEG,
 presentation states: among them the node's own results, when a PACS routes everything back),
 modalities the model was not trained on, series the model refuses (a single slice to a 3D
-model). Results that cannot be sent stay in ``spool/unsent/`` after three tries.
+model). Results that cannot be sent stay in ``spool/unsent/`` after three tries. A node
+restarted on the same ``--spool`` queues the series it had received but not processed.
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ class DicomNode:
         self.context = {"model_name": model_name, "model_version": model_version}
         self._own_spool = settings.spool is None
         self.spool = Path(settings.spool or tempfile.mkdtemp(prefix="medlens-node-"))
-        for part in ("incoming", "work", "unsent"):
+        for part in ("incoming", "partial", "work", "unsent"):
             (self.spool / part).mkdir(parents=True, exist_ok=True)
         self.history: list[dict[str, Any]] = []
         self._series: dict[str, _Series] = {}
@@ -176,8 +177,25 @@ class DicomNode:
             raise MedlensError(
                 f"cannot listen on {self.settings.host}:{self.settings.port}: {exc.strerror}"
             ) from None
+        self._resume()
         self._worker = threading.Thread(target=self._work, name="medlens-node", daemon=True)
         self._worker.start()
+
+    def _resume(self) -> None:
+        """Series a stopped node had received but not processed (``--spool``) are queued."""
+        import pydicom
+
+        for folder in sorted((self.spool / "incoming").iterdir()):
+            files = sorted(folder.glob("*.dcm"))
+            if not folder.is_dir() or not files:
+                continue
+            try:
+                ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+                modality, study = str(ds.get("Modality", "")), str(ds.get("StudyInstanceUID", ""))
+            except Exception:
+                modality = study = ""
+            self._series[folder.name] = _Series(folder.name, modality, study, len(files))
+            self.log(f"series {folder.name}: {len(files)} instances left from before, queued")
 
     @property
     def port(self) -> int:
@@ -235,18 +253,20 @@ class DicomNode:
                 self.log(f"series {series} ({modality or 'no modality'}): skipped, {reason}")
             return SUCCESS  # accepted and left alone: a PACS routing everything sees no failure
         folder = self.spool / "incoming" / series
+        temporary = self.spool / "partial" / f"{sop}.{threading.get_ident()}.part"
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            temporary = folder / f".{sop}.part"
             temporary.write_bytes(event.encoded_dataset(include_meta=True))
-            os.replace(temporary, folder / f"{sop}.dcm")
+            # into the series' folder and its count together: the worker takes both at once
+            with self._lock:
+                folder.mkdir(parents=True, exist_ok=True)
+                os.replace(temporary, folder / f"{sop}.dcm")
+                entry = self._series.setdefault(series, _Series(series, modality, study))
+                entry.instances += 1
+                entry.last = time.monotonic()
         except OSError as exc:
+            temporary.unlink(missing_ok=True)
             self.log(f"series {series}: cannot spool instance {sop}: {exc.strerror}")
             return OUT_OF_RESOURCES
-        with self._lock:
-            entry = self._series.setdefault(series, _Series(series, modality, study))
-            entry.instances += 1
-            entry.last = time.monotonic()
         return SUCCESS
 
     def _unwanted(self, modality: str, has_pixels: bool) -> str | None:
@@ -261,22 +281,26 @@ class DicomNode:
     def _work(self) -> None:
         while not self._stop.wait(0.1):
             now = time.monotonic()
+            taken = []
             with self._lock:
                 ready = [s for s in self._series.values() if now - s.last >= self.settings.settle_s]
                 for series in ready:
+                    # late instances of this series start a new folder, and a new series job
                     del self._series[series.uid]
+                    work = Path(tempfile.mkdtemp(prefix="series-", dir=self.spool / "work"))
+                    os.replace(self.spool / "incoming" / series.uid, work / "series")
+                    taken.append((series, work))
                     self._busy.set()
-            for series in ready:
+            for series, work in taken:
                 try:
-                    self._process(series)
+                    self._process(series, work)
                 except Exception as exc:  # never let one series stop the node
                     self.log(f"series {series.uid}: failed: {exc}")
-            if ready:
+            if taken:
                 self._busy.clear()
 
-    def _process(self, series: _Series) -> None:
+    def _process(self, series: _Series, work: Path) -> None:
         started = time.monotonic()
-        work = Path(tempfile.mkdtemp(prefix=f"{series.uid[:40]}-", dir=self.spool / "work"))
         record: dict[str, Any] = {
             "series": series.uid,
             "study": series.study,
@@ -285,8 +309,6 @@ class DicomNode:
             "settled_s": started - series.last,
         }
         try:
-            # late instances of this series start a new folder, and a new series job
-            os.replace(self.spool / "incoming" / series.uid, work / "series")
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
