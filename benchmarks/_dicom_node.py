@@ -18,8 +18,6 @@ its speed, not its accuracy, is measured).
 from __future__ import annotations
 
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -40,28 +38,13 @@ def measure_node(root: Path, work: Path, run: Path | None, repeats: int = 3) -> 
     files = sorted(p for p in series.iterdir() if p.is_file())
     with orthanc() as pacs:
         from medlens.serve.dicom_node import Peer, send_c_store
-        from medlens.testing.orthanc import free_port
+        from medlens.testing.orthanc import node_process
 
         send_c_store(files, Peer(pacs.aet, "127.0.0.1", pacs.dicom_port), "SCANNER")
         study = pacs.rest("GET", "/studies")[0]
         source = pacs.series_of_study(study)[0]["ID"]
-        port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "medlens.cli.main",
-            "dicom-node",
-            str(run),
-            "--port",
-            str(port),
-            "--send-to",
-            pacs.peer,
-            "--settle-s",
-            str(SETTLE_S),
-        ]
-        node = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-        try:
-            _wait_listening(port, node)
+        options = ("--send-to", pacs.peer, "--settle-s", str(SETTLE_S))
+        with node_process(run, *options) as (node, port):
             pacs.add_modality("medlens", "MEDLENS", port)
             seconds = []
             for i in range(repeats + 1):  # the first, a warm-up
@@ -70,15 +53,12 @@ def measure_node(root: Path, work: Path, run: Path | None, repeats: int = 3) -> 
                 stored = time.perf_counter()
                 while _segs(pacs, study) == before:
                     if node.poll() is not None or time.perf_counter() - stored > 600:
-                        raise RuntimeError(f"no SEG came back: {node.stderr.read()[-2000:]}")
+                        raise RuntimeError("no SEG came back from the node")
                     time.sleep(0.02)
                 took = time.perf_counter() - stored
                 if i:
                     seconds.append(took)
                 log(f"dicom node: SEG back {took:.2f} s after the last instance")
-        finally:
-            node.terminate()
-            node.wait(30)
     offline = _offline(run, series, work / "offline-seg")
     median = statistics.median(seconds)
     return {
@@ -131,22 +111,3 @@ def _train_default(run: Path, series: Path) -> Path:
         log=lambda line: None,
     )
     return run
-
-
-def _wait_listening(port: int, node: subprocess.Popen) -> None:
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
-
-    ae = AE(ae_title="BENCH")
-    ae.add_requested_context(Verification)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if node.poll() is not None:
-            raise RuntimeError(f"medlens dicom-node exited: {node.stderr.read()[-2000:]}")
-        assoc = ae.associate("127.0.0.1", port, ae_title="MEDLENS")
-        if assoc.is_established:
-            assoc.send_c_echo()
-            assoc.release()
-            return
-        time.sleep(0.5)
-    raise RuntimeError("medlens dicom-node did not listen within 300 s")

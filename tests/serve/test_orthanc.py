@@ -77,6 +77,19 @@ def _route(pacs, run: Path, series_ids: list[str], modality_name: str) -> DicomN
     return node
 
 
+def _round_trip(pacs, run: Path, folder: Path, name: str, modality: str):
+    """Store ``folder``'s series in Orthanc, have Orthanc route it to a node for ``run``, and
+    wait for the node's one result (of ``modality``) in the study: ``(result, node)``."""
+    study, series = _store(pacs, folder)
+    old = _series_ids(pacs, study)
+    node = _route(pacs, run, [series], name)
+    try:
+        (result,) = _results(pacs, study, modality, old)
+    finally:
+        node.stop()
+    return result, node
+
+
 def _expected(run: Path, series: Path):
     """What ``medlens predict``'s predictor answers for the series, and the series' image."""
     predictor = load_predictor(run)
@@ -91,13 +104,7 @@ def _instance_uids(image) -> list[str]:
 
 
 def test_mr_series_routed_to_the_node_comes_back_as_a_seg_in_its_study(pacs, mr_segmenter, t1_dir):
-    study, series = _store(pacs, t1_dir)
-    old = _series_ids(pacs, study)
-    node = _route(pacs, mr_segmenter, [series], "medlens-seg")
-    try:
-        (seg,) = _results(pacs, study, "SEG", old)
-    finally:
-        node.stop()
+    seg, node = _round_trip(pacs, mr_segmenter, t1_dir, "medlens-seg", "SEG")
     prediction, image = _expected(mr_segmenter, t1_dir)
     assert prediction.labels.array.any()
     assert seg.StudyInstanceUID == image.meta["study_uid"]
@@ -119,16 +126,11 @@ def test_mr_series_routed_to_the_node_comes_back_as_a_seg_in_its_study(pacs, mr_
 def test_jpeg2000_ct_series_routed_to_the_node_comes_back_as_a_structured_report(
     pacs, volume_classifier, ct_for_pacs
 ):
-    study, series = _store(pacs, ct_for_pacs)
+    report, _ = _round_trip(pacs, volume_classifier, ct_for_pacs, "medlens-sr", "SR")
+    series = pacs.lookup(str(pydicom.dcmread(dicom_files(ct_for_pacs)[0]).SeriesInstanceUID))
     stored = pacs.rest("GET", f"/series/{series}/instances")
     syntax = pacs.rest("GET", f"/instances/{stored[0]['ID']}/metadata/TransferSyntax", raw=True)
     assert syntax.decode().strip() == "1.2.840.10008.1.2.4.90"  # kept as JPEG 2000 lossless
-    old = _series_ids(pacs, study)
-    node = _route(pacs, volume_classifier, [series], "medlens-sr")
-    try:
-        (report,) = _results(pacs, study, "SR", old)
-    finally:
-        node.stop()
     prediction, image = _expected(volume_classifier, ct_for_pacs)
     assert report.StudyInstanceUID == image.meta["study_uid"]
     evidence = report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[0]
@@ -209,47 +211,16 @@ def test_dicomweb_failures_are_one_clear_line(pacs, mr_segmenter, tmp_path, caps
 
 def test_the_node_command_sends_its_seg_by_stow_rs(pacs, mr_segmenter, t1_dir):
     """``medlens dicom-node --dicomweb`` as its own process, as a hospital runs it."""
-    import subprocess
-    import sys
-
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification
-
-    from medlens.testing.orthanc import free_port
+    from medlens.testing.orthanc import node_process
 
     study, series = _store(pacs, t1_dir)
     old = _series_ids(pacs, study)
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "medlens.cli.main",
-        "dicom-node",
-        str(mr_segmenter),
-        "--port",
-        str(port),
-        "--dicomweb",
-        pacs.dicomweb,
-        "--settle-s",
-        "0.5",
-    ]
-    node = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
-    try:
-        ae = AE(ae_title="PROBE")
-        ae.add_requested_context(Verification)
-        deadline = time.monotonic() + 60
-        while not (assoc := ae.associate("127.0.0.1", port, ae_title="MEDLENS")).is_established:
-            assert node.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
-        assert assoc.send_c_echo().Status == 0
-        assoc.release()
+    options = ("--dicomweb", pacs.dicomweb, "--settle-s", "0.5")
+    with node_process(mr_segmenter, *options) as (node, port):
         pacs.add_modality("medlens-stow", "MEDLENS", port)
         pacs.send("medlens-stow", [series])
         (seg,) = _results(pacs, study, "SEG", old)
-    finally:
-        node.terminate()
-        log = node.communicate(timeout=30)[1]
     assert len(pacs.series_of_study(study)) == len(old) + 1
     assert seg.Modality == "SEG"
-    assert "takes MR" in log and "1 SEG sent to http://127.0.0.1" in log
-    assert pacs.password not in log
+    assert "takes MR" in node.log and "1 SEG sent to http://127.0.0.1" in node.log
+    assert pacs.password not in node.log

@@ -1,4 +1,5 @@
-"""A real PACS for tests and benchmarks: Orthanc on loopback, with DICOMweb and authentication.
+"""A real PACS for tests and benchmarks: Orthanc on loopback, with DICOMweb and authentication;
+and ``medlens dicom-node`` as its own process (:func:`node_process`).
 
 :func:`orthanc` starts Debian's ``Orthanc`` (packages ``orthanc`` and ``orthanc-dicomweb``) with
 a generated configuration: free DICOM and HTTP ports, loopback only, HTTP authentication on, its
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Orthanc", "free_port", "orthanc", "orthanc_missing"]
+__all__ = ["Orthanc", "free_port", "node_process", "orthanc", "orthanc_missing"]
 
 BINARY = "Orthanc"
 PLUGIN_GLOBS = (
@@ -184,3 +185,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def node_process(run: str | Path, *options: str, timeout: float = 300.0):
+    """``medlens dicom-node RUN --port P OPTIONS...`` as its own process, as a hospital runs it,
+    once it answers C-ECHO; yields ``(process, port)`` and stops it on exit. Its log (stderr)
+    is ``process.log`` afterwards."""
+    import sys
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "medlens.cli.main",
+        "dicom-node",
+        str(run),
+        "--port",
+        str(port),
+        *options,
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        ae = AE(ae_title="PROBE")
+        ae.add_requested_context(Verification)
+        deadline = time.monotonic() + timeout
+        while not (assoc := ae.associate("127.0.0.1", port, ae_title="MEDLENS")).is_established:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"medlens dicom-node did not start: {process.stderr.read()}")
+            time.sleep(0.2)
+        status = assoc.send_c_echo()
+        assoc.release()
+        if getattr(status, "Status", None) != 0:
+            raise RuntimeError("medlens dicom-node did not answer C-ECHO")
+        yield process, port
+    finally:
+        process.terminate()
+        process.log = process.communicate(timeout=60)[1]  # type: ignore[attr-defined]
