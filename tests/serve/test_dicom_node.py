@@ -233,3 +233,28 @@ def test_series_received_before_a_stop_are_predicted_after_a_restart(
     assert "32 instances left from before, queued" in "\n".join(node.lines)
     assert [h["status"] for h in node.history] == ["sent"]
     assert len(list((tmp_path / "results").glob("*.seg.dcm"))) == 1
+
+
+def test_a_series_is_not_complete_while_its_association_is_still_delivering_it(
+    mr_segmenter, t1_dir, tmp_path
+):
+    """A pause longer than the settle time inside one association does not split the series."""
+    from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
+
+    node = _node(mr_segmenter, tmp_path, settle_s=0.3)
+    files = dicom_files(t1_dir)
+    try:
+        ae = AE(ae_title="SLOWSCANNER")
+        ae.add_requested_context(pydicom.dcmread(files[0]).SOPClassUID, ExplicitVRLittleEndian)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="MEDLENS")
+        assert assoc.is_established
+        for i, f in enumerate(files):
+            assert assoc.send_c_store(pydicom.dcmread(f)).Status == 0
+            if i == 15:
+                time.sleep(1.5)  # five settle times, the association still open
+        assoc.release()
+        assert node.wait_idle(120)
+    finally:
+        node.stop()
+    assert [(h["status"], h["instances"]) for h in node.history] == [("sent", 32)]

@@ -2,10 +2,12 @@
 
 A C-STORE SCP (pynetdicom) accepts instances of every storage class in every transfer syntax
 and spools each to disk as it arrives (``spool/incoming/<series>/<instance>.dcm``, written
-atomically). A series is complete ``settle_s`` seconds after its last instance, as informatics
-gateways decide it; one worker thread then moves it aside, predicts it through the platform's
-predictor (:meth:`medlens.tasks.base.Predictor.dicom_results`, which reads it as ``medlens
-predict`` does), and sends the results (a DICOM SEG or Structured Report in the source's study)
+atomically). A series is complete once the association delivering it has closed and
+``settle_s`` seconds have passed since its last instance, as informatics gateways decide it (or
+after a minute idle, for a sender that keeps its association open). One worker thread then
+moves it aside, predicts it through the platform's predictor
+(:meth:`medlens.tasks.base.Predictor.dicom_results`, which reads it as ``medlens predict``
+does), and sends the results (a DICOM SEG or Structured Report in the source's study)
 to the PACS by C-STORE or, with a DICOMweb address, by STOW-RS.
 
 What the node cannot take is logged and skipped, never fatal: series without pixels (SR, SEG,
@@ -39,6 +41,7 @@ __all__ = ["DicomNode", "NodeSettings", "Peer", "dicom_modalities", "parse_peer"
 logger = logging.getLogger("medlens.dicom_node")
 UID = re.compile(r"^[0-9][0-9.]{0,63}$")
 SUCCESS, CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0x0000, 0xC000, 0xA700
+IDLE_S = 60.0  # a series idle this long is complete even if its association stays open
 #: the DICOM modality of the modality names datasets give (Decathlon's ``"MRI"``, ``"T1"``...)
 MODALITY_OF = {
     "CT": "CT",
@@ -116,6 +119,13 @@ class _Series:
     study: str
     instances: int = 0
     last: float = field(default_factory=time.monotonic)
+    senders: set[int] = field(default_factory=set)  # open associations delivering it
+
+    def complete(self, now: float, settle: float) -> bool:
+        """No association is still delivering it and ``settle`` seconds have passed since the
+        last instance (or since its association closed); or it has been idle for a minute."""
+        idle = now - self.last
+        return (not self.senders and idle >= settle) or idle >= max(settle, IDLE_S)
 
 
 class DicomNode:
@@ -168,7 +178,13 @@ class DicomNode:
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         ae.maximum_pdu_size = 0  # no limit on what the peer sends
-        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, lambda event: SUCCESS),
+            (evt.EVT_RELEASED, self._on_closed),
+            (evt.EVT_ABORTED, self._on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
         try:
             self._server = ae.start_server(
                 (self.settings.host, self.settings.port), block=False, evt_handlers=handlers
@@ -263,11 +279,20 @@ class DicomNode:
                 entry = self._series.setdefault(series, _Series(series, modality, study))
                 entry.instances += 1
                 entry.last = time.monotonic()
+                entry.senders.add(id(event.assoc))
         except OSError as exc:
             temporary.unlink(missing_ok=True)
             self.log(f"series {series}: cannot spool instance {sop}: {exc.strerror}")
             return OUT_OF_RESOURCES
         return SUCCESS
+
+    def _on_closed(self, event) -> None:
+        """An association ended: the series it delivered settle from now."""
+        with self._lock:
+            for entry in self._series.values():
+                if id(event.assoc) in entry.senders:
+                    entry.senders.discard(id(event.assoc))
+                    entry.last = time.monotonic()
 
     def _unwanted(self, modality: str, has_pixels: bool) -> str | None:
         if modality in NO_PIXELS or not has_pixels:
@@ -283,7 +308,9 @@ class DicomNode:
             now = time.monotonic()
             taken = []
             with self._lock:
-                ready = [s for s in self._series.values() if now - s.last >= self.settings.settle_s]
+                ready = [
+                    s for s in self._series.values() if s.complete(now, self.settings.settle_s)
+                ]
                 for series in ready:
                     # late instances of this series start a new folder, and a new series job
                     del self._series[series.uid]
@@ -382,6 +409,7 @@ def send_c_store(files: list[Path], peer: Peer, calling_ae: str = "MEDLENS") -> 
 
     datasets = [pydicom.dcmread(f) for f in files]
     ae = AE(ae_title=calling_ae)
+    ae.dimse_timeout = 120  # a busy PACS (or node) may take its time to answer
     syntaxes: dict[str, set[str]] = {}
     for ds in datasets:  # each instance goes in its own transfer syntax (JPEG 2000 stays so)
         own = syntaxes.setdefault(str(ds.SOPClassUID), set())
