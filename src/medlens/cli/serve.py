@@ -103,7 +103,9 @@ def dicom_node(
         None, "--dicomweb", help="Send results by STOW-RS instead: dicomweb://HOST:PORT/ROOT."
     ),
     settle_s: float = typer.Option(
-        5.0, "--settle-s", help="A series is complete this many seconds after its last image."
+        5.0,
+        "--settle-s",
+        help="A series is complete this many seconds after its last image (sender done).",
     ),
     modality: str | None = typer.Option(
         None, "--modality", help="Modalities to take, e.g. MR,CT (default: the run's)."
@@ -152,7 +154,7 @@ def dicom_node(
     echo(
         f"DICOM node {ae_title} on {host}:{port}: a {predictor.task} run, takes {takes}; "
         f"results to {where}; a series is complete {settle_s:g} s after its last "
-        "image (Ctrl-C stops)"
+        "image once its sender is done (Ctrl-C stops)"
     )
     try:
         node.serve_forever()

@@ -149,8 +149,8 @@ class DicomNode:
     ) -> None:
         if settings.send_to is None and settings.dicomweb is None and settings.keep is None:
             raise MedlensError("the node needs somewhere to send results: --send-to or --dicomweb")
-        if settings.dicomweb is not None:
-            parse_dicomweb(settings.dicomweb)  # a bad address fails now, not at the first series
+        # a bad address fails now, not at the first series
+        self._stow_to = parse_dicomweb(settings.dicomweb) if settings.dicomweb else None
         self.predictor, self.settings, self.log = predictor, settings, log
         self.context = {"model_name": model_name, "model_version": model_version}
         self._own_spool = settings.spool is None
@@ -315,7 +315,12 @@ class DicomNode:
                     # late instances of this series start a new folder, and a new series job
                     del self._series[series.uid]
                     work = Path(tempfile.mkdtemp(prefix="series-", dir=self.spool / "work"))
-                    os.replace(self.spool / "incoming" / series.uid, work / "series")
+                    try:
+                        os.replace(self.spool / "incoming" / series.uid, work / "series")
+                    except OSError as exc:  # its folder gone from the spool: nothing to do
+                        self.log(f"series {series.uid}: skipped, not in the spool ({exc.strerror})")
+                        shutil.rmtree(work, ignore_errors=True)
+                        continue
                     taken.append((series, work))
                     self._busy.set()
             for series, work in taken:
@@ -377,19 +382,20 @@ class DicomNode:
             self.settings.keep.mkdir(parents=True, exist_ok=True)
             for path in results:
                 shutil.copy2(path, self.settings.keep / path.name)
-        if self.settings.dicomweb is None and self.settings.send_to is None:
+        if self._stow_to is None and self.settings.send_to is None:
             return str(self.settings.keep)
         for attempt in range(3):
+            if attempt:
+                time.sleep(0.5 * 2**attempt)
             try:
-                if self.settings.dicomweb is not None:
-                    stow(parse_dicomweb(self.settings.dicomweb), results)
-                    return str(parse_dicomweb(self.settings.dicomweb))
+                if self._stow_to is not None:
+                    stow(self._stow_to, results)
+                    return str(self._stow_to)
                 assert self.settings.send_to is not None
                 send_c_store(results, self.settings.send_to, self.settings.ae_title)
                 return str(self.settings.send_to)
             except MedlensError as exc:
                 self.log(f"series {series.uid}: sending failed (try {attempt + 1} of 3): {exc}")
-                time.sleep(0.5 * 2**attempt)
         kept = self.spool / "unsent" / series.uid
         kept.mkdir(parents=True, exist_ok=True)
         for path in results:
