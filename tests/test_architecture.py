@@ -18,7 +18,7 @@ import medlens
 SRC = Path(medlens.__file__).parent
 LAYERS = {
     0: {"__init__", "errors", "_json", "_atomic", "_progress", "_data_path", "_lazy"},
-    1: {"image", "geometry"},  # the Image model and its grids (they know each other)
+    1: {"image", "geometry", "boxes"},  # the Image model, its grids, boxes on them
     2: {"io", "metrics"},
     3: {"transforms", "preprocessing", "models", "inference", "summary", "synthetic"},
     4: {"measure", "deid"},

@@ -61,3 +61,43 @@ def split(
     dataset = open_dataset(path, **kwargs)
     save_splits(output, kfold_splits(dataset, folds, seed=seed))
     typer.echo(f"{folds} folds of {len(dataset)} samples written to {output}")
+
+
+@app.command("simulate-lesions")
+def simulate_lesions(
+    src: Path = typer.Argument(
+        ..., help="Real volumes: a NIfTI file, a DICOM series folder or a folder tree of them."
+    ),
+    output: Path = typer.Option(
+        ..., "--output", "-o", help="New (or empty) output folder, not inside SRC."
+    ),
+    count: int = typer.Option(..., "--count", "-n", help="Number of volumes to write."),
+    seed: int = typer.Option(0, "--seed", help="Random seed: same seed, same dataset."),
+    lesions_per_volume: str = typer.Option(
+        "0-3",
+        "--lesions-per-volume",
+        help="Lesions per volume, MIN-MAX or N; with MIN 0 some volumes are lesion-free.",
+    ),
+    size: int = typer.Option(128, "--size", help="Crop at most this many voxels per axis."),
+    min_mm: float = typer.Option(3.0, "--min-mm", help="Smallest equivalent diameter (mm)."),
+    max_mm: float = typer.Option(30.0, "--max-mm", help="Largest equivalent diameter (mm)."),
+    negatives: float = typer.Option(
+        0.15, "--negatives", help="Share of lesion-free volumes when MIN is 0."
+    ),
+) -> None:
+    """Insert SIMULATED 3D lesions into crops of real volumes: a detection dataset."""
+    from medlens.data.simulate_lesions import simulate_lesion_dataset
+
+    summary = simulate_lesion_dataset(
+        src,
+        output,
+        count=count,
+        seed=seed,
+        lesions_per_volume=lesions_per_volume,
+        size=size,
+        min_mm=min_mm,
+        max_mm=max_mm,
+        negative_fraction=negatives,
+        progress=True,
+    )
+    typer.echo(json.dumps(summary, default=str))

@@ -1,4 +1,5 @@
-"""Datasets: MedMNIST, CSV folders, Decathlon/nnU-Net, paired folders and HC18, plus splits.
+"""Datasets: MedMNIST, CSV folders, Decathlon/nnU-Net, paired folders, HC18 and detection
+(Pascal VOC, COCO, CSVs of boxes, LUNA16-style folders), plus splits.
 
 Every reader returns a :class:`Dataset` of :class:`Sample`; :func:`open_dataset` picks the reader
 from what is on disk. Heavy dependencies (scikit-learn, SciPy, the image readers) load on first
@@ -10,6 +11,16 @@ from __future__ import annotations
 from medlens.data.csv_folder import CSVFolderDataset
 from medlens.data.dataset import TASKS, Dataset, Sample, as_label_map
 from medlens.data.decathlon import DecathlonDataset, read_dataset_json
+from medlens.data.detection import (
+    BoxCSVDataset,
+    COCODataset,
+    DetectionDataset,
+    LUNA16Dataset,
+    VOCDataset,
+    boxes_index_to_world,
+    boxes_world_to_index,
+    voc_splits,
+)
 from medlens.data.fingerprint import fingerprint
 from medlens.data.hc18 import (
     HC18Dataset,
@@ -32,15 +43,22 @@ from medlens.data.splits import (
 __all__ = [
     "MEDMNIST_INFO",
     "TASKS",
+    "BoxCSVDataset",
+    "COCODataset",
     "CSVFolderDataset",
     "Dataset",
     "DecathlonDataset",
+    "DetectionDataset",
     "HC18Dataset",
+    "LUNA16Dataset",
     "MedMNISTDataset",
     "PairedFolderDataset",
     "Sample",
+    "VOCDataset",
     "as_label_map",
     "available_splits",
+    "boxes_index_to_world",
+    "boxes_world_to_index",
     "convert_hc18",
     "detect_format",
     "ellipse_circumference",
@@ -54,4 +72,5 @@ __all__ = [
     "save_splits",
     "split_indices",
     "train_val_split",
+    "voc_splits",
 ]

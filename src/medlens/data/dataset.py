@@ -1,6 +1,7 @@
 """The dataset model: a :class:`Sample` per case and a :class:`Dataset` sequence of them.
 
-Every format reader (MedMNIST, CSV folders, Decathlon/nnU-Net, paired folders, HC18) returns a
+Every format reader (MedMNIST, CSV folders, Decathlon/nnU-Net, paired folders, HC18, the
+detection formats of :mod:`medlens.data.detection`) returns a
 :class:`Dataset`, so splitting, fingerprinting and training never care where the data came from.
 Folder datasets keep paths and read files only in ``__getitem__``; what splitting needs (ids,
 subjects, labels) is answered without reading any image.
@@ -21,8 +22,9 @@ from medlens.image import Image, Role
 __all__ = ["TASKS", "Dataset", "Entry", "Sample", "as_label_map"]
 
 #: Task types a dataset can declare. ``ordinal`` is classification with ordered classes
-#: (RetinaMNIST grades); ``multilabel`` has one independent binary target per class.
-TASKS = ("classification", "multilabel", "ordinal", "regression", "segmentation")
+#: (RetinaMNIST grades); ``multilabel`` has one independent binary target per class;
+#: ``detection`` has boxes with a class each (see :class:`Sample`).
+TASKS = ("classification", "multilabel", "ordinal", "regression", "segmentation", "detection")
 
 
 @dataclass(eq=False)
@@ -46,6 +48,20 @@ class Sample:
             ``"displacement"``, ``"boxes"``, ``"points"``) where its name does not say
             (see :mod:`medlens.transforms.batch`).
         times: acquisition time of each frame (seconds) when the image is a time series.
+
+    Detection samples (``dataset.task == "detection"``, :mod:`medlens.data.detection`):
+
+    * ``image``: the image (2D RGB keeps its channels; 3D volumes).
+    * ``fields["boxes"]``: float32 ``(N, 2 * ndim)`` ``(x_min, y_min[, z_min], x_max, y_max[,
+      z_max])`` in continuous index coordinates of ``image`` (index order ``x, y, z``, voxel
+      centres at integers: a box covering voxels ``a..b`` spans ``[a - 0.5, b + 0.5]``);
+      ``kinds["boxes"] == "boxes"``.
+    * ``label``: int64 ``(N,)`` class indices into ``dataset.class_names``, aligned with the
+      boxes. No boxes is a valid negative: ``(0, 2 * ndim)`` boxes and ``(0,)`` labels.
+    * ``meta["boxes_world"]``: float64 ``(N, 2 * ndim)`` the same boxes as LPS world corners
+      (mm; pixels for 2D images without geometry), converted with the loaded image's geometry;
+      ``meta["ignore"]``: bool ``(N,)`` (VOC ``difficult``, COCO ``iscrowd``) when the format
+      has it; ``meta["clipped"]``: bool ``(N,)`` boxes cut back to the image.
     """
 
     image: Image

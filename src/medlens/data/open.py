@@ -3,10 +3,16 @@
 Detection, first match wins:
 
 1. a ``.npz`` file with ``*_images`` keys -> MedMNIST;
-2. a ``dataset.json`` file, or a folder holding one -> Decathlon / nnU-Net;
-3. a ``.csv`` file, or a folder with exactly one CSV and no other layout -> CSV folder;
-4. a folder with ``images/``, ``annotations/`` and ``labels.csv`` -> raw HC18;
-5. a folder with ``images/`` and ``masks/`` -> paired image/mask folders.
+2. a folder with ``images/`` (or ``subset*/``) and a CSV of ``seriesuid`` + centre/corner
+   columns, or that CSV -> LUNA16-style detection (before Decathlon: it may hold a
+   ``dataset.json``);
+3. a ``dataset.json`` file, or a folder holding one -> Decathlon / nnU-Net;
+4. a folder with ``Annotations/`` and ``JPEGImages/`` -> Pascal VOC detection;
+5. a ``.csv`` file, or a folder with exactly one CSV and no other layout -> a CSV of boxes
+   (``image,x1,y1,x2,y2`` columns) for detection, else a CSV folder of labels;
+6. a folder with ``images/``, ``annotations/`` and ``labels.csv`` -> raw HC18;
+7. a folder with ``images/`` and ``masks/`` -> paired image/mask folders;
+8. a ``.json`` file other than ``dataset.json``, or a folder with exactly one -> COCO boxes.
 
 HC18 is checked before the single-CSV rule: its folder holds exactly one CSV too.
 """
@@ -23,12 +29,16 @@ __all__ = ["detect_format", "open_dataset"]
 
 _LOOKED_FOR = (
     "a MedMNIST .npz, dataset.json (Decathlon/nnU-Net), images/ + annotations/ + labels.csv "
-    "(HC18), images/ + masks/ (paired folders), or one .csv of labels"
+    "(HC18), images/ + masks/ (paired folders), Annotations/ + JPEGImages/ (Pascal VOC), "
+    "images/ + a seriesuid CSV (LUNA16), one COCO .json, or one .csv of labels or boxes"
 )
 
 
 def detect_format(path: str | Path) -> str:
-    """The format name of ``path``: ``medmnist``, ``decathlon``, ``hc18``, ``paired`` or ``csv``."""
+    """The format name of ``path``: ``medmnist``, ``decathlon``, ``hc18``, ``paired``, ``csv``,
+    or for detection ``voc``, ``coco``, ``boxes`` (a CSV of boxes) or ``luna``."""
+    from medlens.data.detection import detection_format
+
     path = Path(path)
     if not path.exists():
         raise DatasetError("does not exist", path)
@@ -42,14 +52,16 @@ def detect_format(path: str | Path) -> str:
                     return "medmnist"
                 keys = ", ".join(sorted(data.files)) or "none"
             raise DatasetError(f"not a MedMNIST .npz: no *_images keys (keys: {keys})", path)
-        if name == "dataset.json":
-            return "decathlon"
-        if name.endswith(".csv"):
-            return "csv"
+        if name.endswith((".json", ".csv")):
+            found = detection_format(path)
+            return found or ("csv" if name.endswith(".csv") else "decathlon")
         raise DatasetError(f"not a dataset file; expected {_LOOKED_FOR}", path)
     entries = [p for p in path.iterdir() if not p.name.startswith(".")]
     if not entries:
         raise DatasetError("empty folder: no dataset in it", path)
+    found = detection_format(path)  # LUNA16 folders may hold a dataset.json
+    if found is not None:
+        return found
     if (path / "dataset.json").is_file():
         return "decathlon"
     from medlens.data.hc18 import is_hc18_folder
@@ -60,11 +72,14 @@ def detect_format(path: str | Path) -> str:
         return "paired"
     csvs = sorted(p.name for p in entries if p.is_file() and p.name.lower().endswith(".csv"))
     if len(csvs) == 1:
-        return "csv"
+        return detection_format(path / csvs[0]) or "csv"
     if len(csvs) > 1:
         raise DatasetError(
             f"{len(csvs)} CSV files ({', '.join(csvs[:5])}); pass the CSV to open", path
         )
+    jsons = [p for p in entries if p.is_file() and p.name.lower().endswith(".json")]
+    if len(jsons) == 1:
+        return "coco"
     raise DatasetError(f"no known dataset layout; looked for {_LOOKED_FOR}", path)
 
 
@@ -72,10 +87,13 @@ def open_dataset(path: str | Path, **kwargs: Any) -> Dataset:
     """Open the dataset at ``path``; ``kwargs`` go to the detected reader.
 
     Examples: ``open_dataset("breastmnist.npz", split="val")``,
-    ``open_dataset("chexpert/train.csv", uncertain="zeros")``, ``open_dataset("Task04")``.
+    ``open_dataset("chexpert/train.csv", uncertain="zeros")``, ``open_dataset("Task04")``,
+    ``open_dataset("bccd", split="train")``, ``open_dataset("boxes.csv", units="mm")``.
     """
     path = Path(path)
     kind = detect_format(path)
+    if kind in ("voc", "coco", "boxes", "luna"):
+        return _open_detection(kind, path, kwargs)
     if kind == "medmnist":
         from medlens.data.medmnist import MedMNISTDataset
 
@@ -97,3 +115,18 @@ def open_dataset(path: str | Path, **kwargs: Any) -> Dataset:
     if path.is_dir():
         path = next(p for p in sorted(path.iterdir()) if p.name.lower().endswith(".csv"))
     return CSVFolderDataset(path, **kwargs)
+
+
+def _open_detection(kind: str, path: Path, kwargs: dict[str, Any]) -> Dataset:
+    from medlens.data import detection
+
+    if kind == "voc":
+        return detection.VOCDataset(path, **kwargs)
+    if kind == "luna":
+        return detection.LUNA16Dataset(path, **kwargs)
+    if path.is_dir():
+        suffix = ".csv" if kind == "boxes" else ".json"
+        path = next(p for p in sorted(path.iterdir()) if p.name.lower().endswith(suffix))
+    if kind == "coco":
+        return detection.COCODataset(path, **kwargs)
+    return detection.BoxCSVDataset(path, **kwargs)

@@ -12,6 +12,7 @@ GPUs); rank 0 writes checkpoints, logs and the progress bar.
 
 from __future__ import annotations
 
+from medlens.engine._steps import native_bf16
 from medlens.engine._validation import (
     BatchMetrics,
     batch_metrics_for,
@@ -102,6 +103,7 @@ __all__ = [
     "lr_factor_fn",
     "multiclass_accuracy",
     "multilabel_accuracy",
+    "native_bf16",
     "parse_train_args",
     "regression_mae",
     "reported_checkpoint",

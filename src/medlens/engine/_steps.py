@@ -13,7 +13,7 @@ import torch
 
 from medlens.engine.config import TrainConfig
 
-__all__ = ["StepHelpers", "amp_dtype", "resolve_device"]
+__all__ = ["StepHelpers", "amp_dtype", "native_bf16", "resolve_device"]
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -24,6 +24,16 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(
+            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:

@@ -7,6 +7,11 @@ a pixel wide, as partial volume and blurring make real edges) and the image's ow
 inside it (the lesion shifts and scales the local intensities instead of painting a flat disc).
 The rest of the images stay as they were. A classifier trained to tell the two apart must look at
 the lesion, so an attribution map's maximum should fall inside it: the pointing game.
+
+These work in pixels on arrays. For real 3D volumes with their geometry, lesions sized in
+millimetres are rendered by :func:`insert_lesions` (from :mod:`medlens.data.lesion_render`, which
+the simulated-lesion detection datasets of ``medlens datasets simulate-lesions`` use too); the
+random rotation and the soft edge here are that module's.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["simulate_lesions"]
+from medlens.data.lesion_render import insert_lesions, random_rotation, soft_edge
+
+__all__ = ["insert_lesions", "lesion_npz", "simulate_lesions"]
 
 
 def simulate_lesions(
@@ -64,12 +71,12 @@ def simulate_lesions(
         r = rng.uniform(*radius)
         axes = r * rng.uniform(0.75, 1.3, size=len(spatial))
         centre = _centre(image, axes, rng)
-        rotation = _rotation(len(spatial), rng)
+        rotation = random_rotation(len(spatial), rng)
         offset = (grid - centre.reshape(-1, *([1] * len(spatial)))).reshape(len(spatial), -1)
         local = (rotation.T @ offset) / axes[:, None]
         distance = np.sqrt((local**2).sum(0)).reshape(spatial)  # 1 on the ellipse
         # signed distance in pixels, approximately, for the soft edge
-        profile = 1.0 / (1.0 + np.exp((distance - 1.0) * axes.mean() / edge))
+        profile = soft_edge((distance - 1.0) * axes.mean(), edge)
         sign = rng.choice([-1.0, 1.0])
         delta = sign * rng.uniform(*contrast) * span
         texture = 0.85 + 0.3 * (image - low) / span  # keep the image's texture inside
@@ -100,19 +107,6 @@ def _centre(image: np.ndarray, axes: np.ndarray, rng: np.random.Generator) -> np
         if image[tuple(c.astype(int))] > threshold:
             return c
     return c
-
-
-def _rotation(ndim: int, rng: np.random.Generator) -> np.ndarray:
-    """A random rotation matrix (about the centre): any angle in 2D, a random orthogonal basis in
-    3D (QR of a Gaussian matrix, signs fixed so it is a proper rotation)."""
-    if ndim == 2:
-        a = rng.uniform(0, np.pi)
-        return np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
-    q, r = np.linalg.qr(rng.normal(size=(ndim, ndim)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 def lesion_npz(

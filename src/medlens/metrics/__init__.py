@@ -6,6 +6,10 @@ chosen on validation data, calibration error and curve data for reports.
 
 Segmentation: Dice, IoU, HD95, ASSD and normalised surface Dice per class, spacing-aware, with
 empty masks handled as Metrics Reloaded recommends and per-case records for reports.
+
+Detection (:mod:`medlens.metrics.detection`, imported from there): COCO average precision of 2D
+and 3D boxes (pycocotools' rules, with ignore flags and image-bootstrap intervals), FROC and CPM
+by the LUNA16 rules with scan-bootstrap intervals, and count errors for cell counting.
 """
 
 from __future__ import annotations

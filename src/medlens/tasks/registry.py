@@ -24,7 +24,11 @@ __all__ = [
     "task_names",
 ]
 
-_BUILTIN = ("medlens.tasks.classification.task", "medlens.tasks.segmentation.task")
+_BUILTIN = (
+    "medlens.tasks.classification.task",
+    "medlens.tasks.segmentation.task",
+    "medlens.tasks.detection.task",
+)
 _REGISTRY: dict[str, Task] = {}
 T = TypeVar("T", bound=type[Task])
 

@@ -109,10 +109,50 @@ def volume_blobs(root: Path) -> tuple[Path, list[str]]:
     return path, ["batch_size=16"]
 
 
+def squares(root: Path, n: int = 8) -> tuple[Path, list[str]]:
+    """``n`` 64x64 PNGs with one to three bright squares (class ``square``) and dark disks
+    (class ``disk``) in noise, their boxes in a CSV (``image,x1,y1,x2,y2,label``, pixels)."""
+    from PIL import Image as PILImage
+
+    data = root / "squares"
+    (data / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    rows = ["image,x1,y1,x2,y2,label"]
+    for i in range(n):
+        image = rng.normal(110, 12, (64, 64))
+        for k in range(int(rng.integers(1, 4))):
+            side = int(rng.integers(10, 18))
+            x0, y0 = int(rng.integers(0, 64 - side)), int(rng.integers(0, 64 - side))
+            if k % 2 == 0:
+                image[y0 : y0 + side, x0 : x0 + side] += 90
+                label = "square"
+            else:
+                r = side / 2
+                disk = (yy - y0 - r + 0.5) ** 2 + (xx - x0 - r + 0.5) ** 2 <= r * r
+                image[disk] -= 80
+                label = "disk"
+            rows.append(f"images/case{i:02d}.png,{x0},{y0},{x0 + side},{y0 + side},{label}")
+        name = data / "images" / f"case{i:02d}.png"
+        PILImage.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(name)
+    (data / "boxes.csv").write_text("\n".join(rows) + "\n")
+    tiny = [
+        "network.backbone=resnet10",
+        "network.width=8",
+        "network.fpn_channels=16",
+        "patch_size=64,64",
+        "batch_size=2",
+        "train.batches_per_epoch=2",
+        "train.val_every=1",
+    ]
+    return data / "boxes.csv", tiny
+
+
 #: A tiny labelled dataset and fast settings per registered task.
 TINY: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
     "classification": blobs,
     "segmentation": disks,
+    "detection": squares,
 }
 
 

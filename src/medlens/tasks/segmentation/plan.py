@@ -347,14 +347,10 @@ def inference_settings(plan: SegmentationPlan) -> dict[str, Any]:
 
 
 def _native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
-    import torch
+    """Whether this CPU computes bf16 natively (:func:`medlens.engine.native_bf16`)."""
+    from medlens.engine import native_bf16
 
-    try:
-        return bool(torch.backends.mkldnn.is_available()
-                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())  # fmt: skip
-    except (AttributeError, RuntimeError):
-        return False
+    return native_bf16()
 
 
 def _training_range(fp: dict[str, Any]) -> dict[str, Any] | None:

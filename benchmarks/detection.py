@@ -1,0 +1,266 @@
+"""Detection with the defaults: BCCD blood cells (2D) and SIMULATED lesions in real CT and MR (3D).
+
+BCCD: ``medlens train --task detection --data bccd`` (the defaults; trained on VOC's ``train``,
+the best epoch chosen on ``val``), then scored on ``val`` as ``medlens evaluate`` scores it: COCO
+mAP@0.5 and @0.5:0.95 per class (pycocotools' rules) with bootstrap intervals, counting errors
+per class, and ``medlens predict``'s seconds per image end to end. ``val`` chose the best epoch,
+so it is a validation figure; the official test split is held out of the project.
+
+3D: ``medlens datasets simulate-lesions`` inserts SIMULATED lesions (3-30 mm) into crops of the
+real TotalSegmentator CT, MR and CT DICOM series: a training set (seed 0) and a held-out test set
+(seed 1: new lesions in new crops of the same three scans; there are no other licensed volumes).
+The defaults train on the first; the second is scored by the FROC (LUNA16's hit rule, CPM) beside
+a classical baseline, scikit-image's Laplacian-of-Gaussian blob detector, on the same volumes
+with the same rule. Inference seconds per volume are timed on a 128^3 volume on the plan's grid.
+
+Usage::
+
+    python benchmarks/detection.py --workdir /tmp/det      # keeps (and reuses) the runs there
+    python benchmarks/detection.py --skip-3d --workdir W    # BCCD only
+    python benchmarks/detection.py --quick                  # a minute: tiny schedules, no claims
+
+No peer runs here: Ultralytics YOLO and MONAI's RetinaNet need torchvision, which cannot be
+imported beside this CPU torch build (see benchmarks/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import configure_threads, emit_json, environment, log, print_table, require_data
+from medlens._json import read_json
+
+QUICK = ["train.epochs=1", "train.batches_per_epoch=2", "train.val_every=1"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, help="Keep (and reuse) the runs here.")
+    parser.add_argument("--skip-3d", action="store_true")
+    parser.add_argument("--skip-bccd", action="store_true")
+    parser.add_argument("--volumes", type=int, default=80, help="Simulated training volumes.")
+    parser.add_argument("--test-volumes", type=int, default=24)
+    parser.add_argument("--quick", action="store_true", help="Tiny schedules: a smoke run.")
+    args = parser.parse_args(argv)
+    root = require_data("detection", "bccd")
+    threads = configure_threads()
+    figures: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.workdir or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        if not args.skip_bccd:
+            figures.update(bccd(root / "bccd", work / "bccd", args.quick))
+        if not args.skip_3d:
+            figures.update(lesions3d(root / "totalsegmentator", work / "lesions3d", args))
+    report(figures)
+    figures["threads"] = threads
+    figures["peer"] = "not run: YOLO and MONAI RetinaNet need torchvision (a separate venv)"
+    figures["environment"] = environment(["medlens", "torch", "numpy", "scikit-image"])
+    emit_json({"benchmark": "detection", **figures})
+    return 0
+
+
+def train(data: Path, run: Path, quick: bool) -> float:
+    """Train with the defaults into ``run`` (reused when finished); training minutes."""
+    from medlens.tasks.detection.train import train_detection
+
+    if not (run / "run.json").exists() or read_json(run / "run.json")["status"] != "complete":
+        log(f"training the defaults on {data} into {run} ...")
+        train_detection(data, run, overrides=QUICK if quick else (), log=log)
+    return round(read_json(run / "run.json")["train_seconds"] / 60, 2)
+
+
+def bccd(data: Path, run: Path, quick: bool) -> dict:
+    import medlens
+    from medlens.tasks.detection.evaluate import evaluate_detection
+
+    minutes = train(data, run, quick)
+    predictor = medlens.load_predictor(run)
+    log("scoring BCCD val ...")
+    result, _ = evaluate_detection(
+        predictor.trained, data, output=run / "evaluation", progress=False
+    )
+    names = result["class_names"]
+    ap = result["ap"]
+    images = sorted((data / "JPEGImages").glob("*.jpg"))[:20]
+    loaded = [medlens.load_image(p) for p in images]
+    predictor.predict(loaded[:1])  # warm-up
+    started = time.perf_counter()
+    predictor.predict(loaded)
+    per_image = (time.perf_counter() - started) / len(loaded)
+    counts = result["counts"]["per_class"]
+    return {
+        "bccd_map50": ap["map50"],
+        "bccd_map50_95": ap["map50_95"],
+        "bccd_map50_ci": ap["map50_ci"],
+        "bccd_ap50_per_class": {names[int(k)]: v for k, v in ap["ap50_per_class"].items()},
+        "bccd_ap50_95_per_class": {names[int(k)]: v for k, v in ap["ap50_95_per_class"].items()},
+        "bccd_count_mae_per_class": {
+            names[int(k)] if k.isdigit() else k: v["mae"] for k, v in counts.items()
+        },
+        "bccd_train_minutes": minutes,
+        "bccd_seconds_per_image": round(per_image, 3),
+        "bccd_split": "val (87 images; it chose the best epoch: a validation figure)",
+    }
+
+
+def lesions3d(source: Path, work: Path, args) -> dict:
+    import medlens
+    from medlens.data.simulate_lesions import simulate_lesion_dataset
+    from medlens.tasks.detection.evaluate import evaluate_detection
+
+    train_set, test_set = work / "simulated_train", work / "simulated_test"
+    for folder, count, seed in ((train_set, args.volumes, 0), (test_set, args.test_volumes, 1)):
+        if not (folder / "annotations.csv").exists():
+            simulate_lesion_dataset(
+                source, folder, count=4 if args.quick else count, seed=seed, progress=False
+            )
+    run = work / "run"
+    minutes = train(train_set, run, args.quick)
+    predictor = medlens.load_predictor(run)
+    log("scoring the held-out simulated volumes ...")
+    result, _ = evaluate_detection(
+        predictor.trained, test_set, split="all", output=run / "evaluation", progress=False
+    )
+    baseline = log_baseline(test_set, predictor.trained.plan)
+    seconds = time_128(predictor)
+    froc = result["froc"]
+    return {
+        "lesions3d_cpm": froc["cpm"],
+        "lesions3d_cpm_ci": froc["cpm_ci"],
+        "lesions3d_sensitivity_at": froc["sensitivity_at"],
+        "lesions3d_cpm_log_baseline": baseline["cpm"],
+        "lesions3d_log_baseline_sensitivity_at": baseline["sensitivity_at"],
+        "lesions3d_map50": result["ap"]["map50"],
+        "lesions3d_train_minutes": minutes,
+        "lesions3d_test_volumes": result["n_cases"],
+        "lesions3d_test_findings": froc["n_findings"],
+        "seconds_per_volume_128": seconds,
+        "lesions3d_data": "SIMULATED lesions in crops of the real TotalSegmentator CT, MR and "
+        "CT DICOM series; test: seed 1 (new lesions, new crops of the same scans)",
+    }
+
+
+def log_baseline(test_set: Path, plan) -> dict:
+    """FROC of scikit-image's LoG blob detector on the test volumes (on the plan's grid), the
+    same hit rule; a blob's score is its LoG response."""
+    from skimage.feature import blob_log
+
+    from medlens.data import open_dataset
+    from medlens.metrics.detection import froc
+    from medlens.tasks.detection.data import preprocess_case
+
+    dataset = open_dataset(test_set)
+    scans, findings = [], []
+    spacing = np.asarray(plan.target_spacing, float)
+    low, high = 1.5 / spacing.max(), 15.0 / spacing.min()  # radii 1.5-15 mm in voxels
+    for i in range(len(dataset)):
+        case = preprocess_case(dataset[i], plan)
+        volume = case.image[0]
+        found = []
+        for sign in (1.0, -1.0):  # bright and dark lesions
+            v = sign * volume
+            v = (v - v.min()) / max(float(np.ptp(v)), 1e-6)
+            blobs = blob_log(
+                v,
+                min_sigma=low / np.sqrt(3),
+                max_sigma=high / np.sqrt(3),
+                num_sigma=8,
+                threshold=0.02,
+            )
+            found.extend(blobs.tolist())
+        blobs = np.asarray(found).reshape(-1, 4)
+        centres = blobs[:, :3][:, ::-1] * spacing  # array order -> x, y, z; voxels -> mm
+        score = np.array([_response(volume, b) for b in blobs]) if len(blobs) else np.zeros(0)
+        scans.append({"centres": centres, "scores": score})
+        sizes = (case.boxes[:, 3:] - case.boxes[:, :3]) * spacing
+        radii = sizes.min(axis=1) / 2 if len(sizes) else np.zeros(0)
+        diameters = case.meta.get("diameter_mm")
+        if diameters is not None and len(diameters) == len(radii):
+            radii = np.where(np.isfinite(diameters), np.asarray(diameters) / 2, radii)
+        centre = (case.boxes[:, :3] + case.boxes[:, 3:]) / 2 * spacing
+        findings.append({"centres": centre, "radii": np.asarray(radii, float)})
+    return froc(scans, findings, n_boot=200)
+
+
+def _response(volume: np.ndarray, blob) -> float:
+    """Contrast of a blob: |mean inside its radius - mean of the shell around it|."""
+    z, y, x, sigma = blob
+    r = max(1.0, sigma * np.sqrt(3))
+    lo = [max(0, int(c - 2 * r)) for c in (z, y, x)]
+    hi = [min(s, int(c + 2 * r) + 1) for c, s in zip((z, y, x), volume.shape, strict=True)]
+    patch = volume[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+    grid = np.stack(
+        np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi, strict=True)], indexing="ij"), -1
+    )
+    d = np.sqrt(((grid - np.array([z, y, x])) ** 2).sum(-1))
+    inside, shell = patch[d <= r], patch[(d > r) & (d <= 2 * r)]
+    if not inside.size or not shell.size:
+        return 0.0
+    return float(abs(inside.mean() - shell.mean()))
+
+
+def time_128(predictor) -> float:
+    """Seconds to predict one 128^3 volume on the plan's grid (median of three)."""
+    from medlens.image import Image
+
+    plan = predictor.trained.plan
+    rng = np.random.default_rng(0)
+    image = Image(
+        rng.normal(0, 1, (128, 128, 128)).astype(np.float32), spacing=tuple(plan.target_spacing)
+    )
+    predictor.predict([image])
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        predictor.predict([image])
+        times.append(time.perf_counter() - started)
+    return round(float(np.median(times)), 2)
+
+
+def report(f: dict) -> None:
+    if "bccd_map50" in f:
+        rows = [
+            [
+                name,
+                f"{f['bccd_ap50_per_class'][name]:.3f}",
+                f"{f['bccd_ap50_95_per_class'][name]:.3f}",
+                f"{f['bccd_count_mae_per_class'].get(name, float('nan')):.2f}",
+            ]
+            for name in f["bccd_ap50_per_class"]
+        ]
+        rows.append(["mean", f"{f['bccd_map50']:.3f}", f"{f['bccd_map50_95']:.3f}", ""])
+        print_table(
+            "BCCD val (chose the best epoch): AP per class",
+            ["class", "AP@0.5", "AP@0.5:0.95", "count MAE"],
+            rows,
+        )
+        print(f"training {f['bccd_train_minutes']} min; {f['bccd_seconds_per_image']} s per image")
+    if "lesions3d_cpm" in f:
+        rows = [
+            ["medlens (defaults)", f"{f['lesions3d_cpm']:.3f}"]
+            + [f"{v:.2f}" for v in f["lesions3d_sensitivity_at"].values()],
+            ["LoG blobs (scikit-image)", f"{f['lesions3d_cpm_log_baseline']:.3f}"]
+            + [f"{v:.2f}" for v in f["lesions3d_log_baseline_sensitivity_at"].values()],
+        ]
+        print_table(
+            "SIMULATED 3D lesions, held-out volumes: FROC (LUNA16 rule)",
+            ["detector", "CPM", *[f"{k} FP" for k in f["lesions3d_sensitivity_at"]]],
+            rows,
+        )
+        print(
+            f"training {f['lesions3d_train_minutes']} min; "
+            f"{f['seconds_per_volume_128']} s per 128^3 volume"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Detection: FCOS targets, planning from the boxes, geometry of predictions, learning."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import medlens
+from medlens.errors import MedlensError
+from medlens.image import Image
+from medlens.models.fcos import FCOS, fcos_locations
+from medlens.tasks.detection.loss import FCOSLoss, assign_targets, centreness
+from medlens.tasks.detection.predict import _unflip, _windows
+from medlens.tasks.registry import get_task
+from medlens.testing.tiny import squares
+from medlens.transforms import boxes_from_mask
+
+QUIET = {"progress": False, "log": lambda line: None}
+
+
+def test_locations_follow_the_networks_outputs():
+    net = FCOS(
+        2,
+        1,
+        2,
+        backbone="resnet10",
+        levels=(1, 2, 3),
+        fpn_channels=8,
+        backbone_options={"width": 4},
+    )
+    out = net(torch.zeros(1, 1, 64, 96))
+    points, strides = net.locations((64, 96))
+    assert out.shape == (1, points.shape[0], 2 + 4 + 1)
+    assert net.strides == [4, 8, 16] and strides.unique().tolist() == [4.0, 8.0, 16.0]
+    assert points.shape[0] == 16 * 24 + 8 * 12 + 4 * 6
+    # the first location of each level sits at the centre of the pixels it covers
+    assert points[0].tolist() == [1.5, 1.5] and points[1].tolist() == [5.5, 1.5]  # x varies fastest
+    same, _ = fcos_locations([4, 8, 16], (64, 96))
+    assert torch.equal(points, same)
+
+
+def test_every_box_gets_a_location_and_overlaps_learn_the_smaller_box():
+    points, strides = fcos_locations([4, 8], (64, 64))
+    ranges = torch.tensor([[0.0, 32.0], [32.0, 1e8]])[(strides == 8).long()]
+    boxes = torch.tensor(
+        [[8.0, 8.0, 40.0, 40.0], [12.0, 12.0, 20.0, 20.0], [50.0, 50.0, 51.0, 51.0]]
+    )
+    which, distances = assign_targets(points, strides, ranges, boxes)
+    assert set(which[which >= 0].tolist()) == {0, 1, 2}  # even the 1-pixel box
+    inside_small = ((points >= 12) & (points <= 20)).all(1) & (strides == 4)
+    assert (which[inside_small & (which >= 0)] == 1).all()
+    pos = which >= 0
+    assert (distances[pos & (which != 2)] > 0).all()  # the 1-pixel box: its nearest location
+    c = centreness(torch.tensor([[1.0, 1.0, 1.0, 1.0], [1.0, 3.0, 3.0, 1.0]]))
+    assert c.tolist() == pytest.approx([1.0, 1 / 3])
+
+
+def test_the_loss_falls_when_fitting_one_batch():
+    torch.manual_seed(0)
+    net = FCOS(
+        2, 1, 1, backbone="resnet10", levels=(1, 2), fpn_channels=16, backbone_options={"width": 8}
+    )
+    x = torch.randn(2, 1, 64, 64)
+    x[0, :, 10:30, 10:30] += 3
+    x[1, :, 30:50, 20:44] += 3
+    boxes = [torch.tensor([[9.5, 9.5, 29.5, 29.5]]), torch.tensor([[19.5, 29.5, 43.5, 49.5]])]
+    labels = [torch.tensor([0]), torch.tensor([0])]
+    loss_fn = FCOSLoss(1, 2, net.locations, [[0, 32], [32, 1e8]])
+    optimiser = torch.optim.Adam(net.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = loss_fn(net(x), ((64, 64), boxes, labels))
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss))
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
+    empty = loss_fn(net(x), ((64, 64), [torch.zeros(0, 4)] * 2, [torch.zeros(0)] * 2))
+    assert torch.isfinite(empty)  # images without boxes are valid negatives
+
+
+@pytest.mark.parametrize("axes", [(0,), (1,), (0, 1), (2,), (0, 2)])
+def test_unflip_returns_boxes_to_the_unflipped_frame(axes):
+    shape = (20, 24, 28) if max(axes) == 2 else (24, 28)
+    mask = torch.zeros(shape)
+    region = (slice(3, 9), slice(5, 17), slice(2, 11))[: len(shape)]
+    mask[region] = 1
+    flipped = boxes_from_mask(mask.flip(list(axes))).numpy()
+    assert np.allclose(_unflip(flipped, axes, shape), boxes_from_mask(mask).numpy())
+
+
+def test_windows_cover_the_image():
+    assert _windows((100, 120), (96, 96), 0.5) == [([0, 0], [100, 120])]  # within 1.5x
+    windows = _windows((300, 96), (96, 96), 0.5)
+    starts = sorted(w[0][0] for w in windows)
+    assert starts[0] == 0 and starts[-1] == 300 - 96 and all(w[1] == [96, 96] for w in windows)
+
+
+def test_predictions_are_in_the_input_images_pixels(tmp_path, monkeypatch):
+    """A box found on the plan's grid lands on the same anatomy in the input's own pixels,
+    whatever the resampling and the origin."""
+    import medlens.tasks.detection.predict as predicting
+
+    data, settings = squares(tmp_path)
+    task = get_task("detection")
+    plan = task.plan(data, overrides=[*settings, "target_spacing=1.0,1.0"], log=lambda s: None)
+    run = predicting.DetectionRun(tmp_path, {}, plan, [])
+    image = Image(np.zeros((40, 60), np.float32), spacing=(0.5, 0.5), origin=(10.0, -4.0))
+
+    def found(networks, array, the_plan, mirror=None):
+        assert array.shape[1:] == (20, 30)  # the grid: half the pixels
+        return np.array([[4.5, 2.5, 9.5, 7.5]]), np.array([0.9]), np.array([1])
+
+    monkeypatch.setattr(predicting, "detect_array", found)
+    pixels, world, _scores, _labels = predicting.detect_image(run, image)
+    # grid x 4.5..9.5 is world 14.5..19.5 mm: input index (14.5 - 10) / 0.5 = 9 .. 19
+    assert pixels[0].tolist() == pytest.approx([9.0, 5.0, 19.0, 15.0])
+    assert world[0].tolist() == pytest.approx([14.5, -1.5, 19.5, 3.5])
+
+
+def test_a_tiny_detector_learns_and_writes_the_contracted_csv(tmp_path):
+    data, settings = squares(tmp_path, n=12)
+    task = get_task("detection")
+    overrides = [s for s in settings if not s.startswith(("train.batches", "train.val"))]
+    overrides += [
+        "train.batches_per_epoch=12",
+        "train.val_every=20",
+        "batch_size=4",
+        "train.lr=0.003",
+        "network.width=16",
+        "network.fpn_channels=32",
+    ]
+    plan = task.plan(data, overrides=overrides, log=lambda s: None)
+    assert plan.class_names == ["disk", "square"]
+    info = task.train(
+        data, tmp_path / "run", plan=plan.save(tmp_path / "plan.json"), epochs=20, **QUIET
+    )
+    assert info["status"] == "complete"
+    evaluation = task.evaluate(
+        medlens.load_predictor(tmp_path / "run").run,
+        data,
+        split="all",
+        n_boot=50,
+        progress=False,
+        output=tmp_path / "eval",
+    )
+    assert evaluation.metrics["ap"]["map50"] > 0.5, evaluation.lines
+    lo, hi = evaluation.metrics["ap"]["map50_ci"]
+    assert lo <= evaluation.metrics["ap"]["map50"] <= hi
+    predictor = medlens.load_predictor(tmp_path / "run")
+    predictor.predict_path(data.parent / "images", tmp_path / "pred")
+    with (tmp_path / "pred" / "detections.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:7] == ["image", "label", "score", "x1", "y1", "x2", "y2"]
+    truth = list(csv.DictReader(data.open()))
+    first = [r for r in rows if r["image"] == "case00" and float(r["score"]) > 0.3]
+    expected = [r for r in truth if r["image"].endswith("case00.png")]
+    assert len(first) >= 1
+    best = [max(_iou(r, t) for r in first) for t in expected]
+    assert max(best) > 0.5  # the CSV's pixels are the input's pixels (edges, COCO's convention)
+    payload = json.loads((tmp_path / "pred" / "detections.json").read_text())
+    assert payload["images"][0]["detections"][0]["label"] in ("disk", "square")
+
+
+def _iou(a, b) -> float:
+    ax1, ay1, ax2, ay2 = (float(a[k]) for k in ("x1", "y1", "x2", "y2"))
+    bx1, by1, bx2, by2 = (float(b[k]) for k in ("x1", "y1", "x2", "y2"))
+    w, h = max(0.0, min(ax2, bx2) - max(ax1, bx1)), max(0.0, min(ay2, by2) - max(ay1, by1))
+    inter = w * h
+    return inter / ((ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter)
+
+
+def test_wrong_data_is_refused_by_name(tmp_path):
+    from medlens.testing.tiny import disks
+
+    task = get_task("detection")
+    data, _ = disks(tmp_path)
+    with pytest.raises(MedlensError, match=r"not a detection one|segmentation"):
+        task.train(data, tmp_path / "run", **QUIET)
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(np.zeros((32, 32), np.uint8)).save(empty / "images" / "a.png")
+    (empty / "boxes.csv").write_text("image,x1,y1,x2,y2,label\nimages/a.png,,,,,\n")
+    with pytest.raises(MedlensError, match="no boxes"):
+        task.plan(empty / "boxes.csv", log=lambda s: None)
+
+
+def test_bccd_plan(real):
+    task = get_task("detection")
+    plan = task.plan(real("bccd"), log=lambda s: None)
+    assert plan.class_names == ["Platelets", "RBC", "WBC"] and plan.in_channels == 3
+    assert all(p % 32 == 0 for p in plan.patch_size)
+    # platelets (about 37 pixels) keep at least 12 pixels on the grid; levels cover the cells
+    assert 37 / plan.target_spacing[0] >= 12 and plan.strides[0] == 8
+    assert plan.ranges[0][0] == 0 and plan.ranges[-1][1] >= 1e6
+    assert plan.box_sizes_mm["per_class"]["RBC"]["n"] == 3350
