@@ -364,14 +364,15 @@ def test_registered_as_segmentation_models():
     assert list_models(task="segmentation") == ["resunet", "unet"]
     classifiers = list_models(task="classification")
     assert "unet" not in classifiers and "resnet18" in classifiers
-    assert sorted([*classifiers, "resunet", "unet"]) == list_models()
+    assert sorted([*classifiers, "fcos", "resunet", "unet"]) == list_models()
     assert list_models("*unet", task="segmentation") == ["resunet", "unet"]
     assert model_task("unet") == model_task("resunet") == "segmentation"
     assert model_task("resnet18") == "classification"
     with pytest.raises(ValueError, match=r"unknown model 'unte'.*did you mean 'unet'"):
         model_task("unte")
-    with pytest.raises(ValueError, match="no models of task 'detection'"):
-        list_models(task="detection")
+    assert list_models(task="detection") == ["fcos"]
+    with pytest.raises(ValueError, match="no models of task 'registration'"):
+        list_models(task="registration")
     with pytest.raises(ValueError, match=r"did you mean 'segmentation'"):
         list_models(task="segmenation")
 
@@ -412,5 +413,5 @@ def test_register_model_with_a_task(monkeypatch):
         register_model("tinyseg", task="Segmentation")
     # kinds are open: a new task brings models of a new kind, found by that kind only
     register_model("tinydet", task="detection")(tinyunet)
-    assert list_models(task="detection") == ["tinydet"]
+    assert list_models(task="detection") == ["fcos", "tinydet"]
     assert "detection" in registry_module.kinds()

@@ -200,3 +200,54 @@ def test_bccd_plan(real):
     assert 37 / plan.target_spacing[0] >= 12 and plan.strides[0] == 8
     assert plan.ranges[0][0] == 0 and plan.ranges[-1][1] >= 1e6
     assert plan.box_sizes_mm["per_class"]["RBC"]["n"] == 3350
+
+
+def test_a_3d_detector_learns_boxes_not_only_centres(tmp_path):
+    """Bright spheres in noise, boxes in a 3D CSV: after a minute of training the boxes have
+    their size too (a ReLU on the distances once died in 3D: centres right, boxes of size 0)."""
+    from medlens.io import save_image
+
+    data = tmp_path / "spheres"
+    (data / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    zz, yy, xx = np.mgrid[:16, :32, :32]
+    rows = ["image,x1,y1,z1,x2,y2,z2,label"]
+    for i in range(12):
+        volume = rng.normal(0, 1, (16, 32, 32)).astype(np.float32)
+        r = rng.uniform(3, 5)
+        c = [rng.uniform(r + 1, s - r - 1) for s in (16, 32, 32)]
+        volume[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r] += 2.5
+        low = [c[2] - r + 0.5, c[1] - r + 0.5, c[0] - r + 0.5]
+        rows.append(
+            f"images/v{i:02d}.nii.gz,"
+            + ",".join(f"{v:.2f}" for v in low)
+            + ","
+            + ",".join(f"{v + 2 * r:.2f}" for v in low)
+            + ",sphere"
+        )
+        save_image(Image(volume, spacing=(1.0, 1.0, 1.0)), data / "images" / f"v{i:02d}.nii.gz")
+    (data / "boxes.csv").write_text("\n".join(rows) + "\n")
+    task = get_task("detection")
+    settings = [
+        "network.width=8",
+        "network.fpn_channels=16",
+        "train.batches_per_epoch=8",
+        "train.val_every=12",
+        "batch_size=4",
+        "inference.precision=float32",
+    ]
+    plan = task.plan(data / "boxes.csv", overrides=settings, log=lambda s: None)
+    assert plan.spatial_dims == 3 and plan.strides == [4]
+    task.train(
+        data / "boxes.csv",
+        tmp_path / "run",
+        plan=plan.save(tmp_path / "plan.json"),
+        epochs=12,
+        **QUIET,
+    )
+    run = medlens.load_predictor(tmp_path / "run").run
+    evaluation = task.evaluate(
+        run, data / "boxes.csv", split="all", n_boot=20, progress=False, output=tmp_path / "eval"
+    )
+    assert evaluation.metrics["froc"]["cpm"] > 0.6, evaluation.lines
+    assert evaluation.metrics["ap"]["map50"] > 0.4, evaluation.lines

@@ -71,8 +71,15 @@ def test_train_reload_predict_evaluate_explain(trained, tmp_path):
     extra = {"output": tmp_path / "eval"} if name in ("segmentation", "detection") else options
     evaluation = task.evaluate(predictor.run, data, n_boot=20, progress=False, **extra)
     assert evaluation.lines and json.dumps(evaluation.metrics)
-    out = explain_run(run, source, tmp_path / "explain", limit=1, faithfulness=False,
-                      split=options.get("split"), **QUIET)  # fmt: skip
+    out = explain_run(
+        run,
+        source,
+        tmp_path / "explain",
+        limit=1,
+        faithfulness=False,
+        split=options.get("split"),
+        **QUIET,
+    )
     assert (tmp_path / "explain" / "explain.html").is_file() and out["n_images"] >= 1
 
 
@@ -135,12 +142,27 @@ def test_commands_never_branch_on_a_task_name():
 
 def test_options_a_task_does_not_take_are_refused(tmp_path, capsys):
     data, _ = TINY["segmentation"](tmp_path)
-    code = main(["train", "--task", "segmentation", "--data", str(data), "--output",
-                 str(tmp_path / "r"), "--positive-class", "1"])  # fmt: skip
+    code = main(
+        [
+            "train",
+            "--task",
+            "segmentation",
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "r"),
+            "--positive-class",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "--positive-class is not an option of segmentation" in err
-    assert main(["train", "--task", "segmentaton", "--data", str(data), "--output",
-                 str(tmp_path / "r")]) == 1  # fmt: skip
+    assert (
+        main(
+            ["train", "--task", "segmentaton", "--data", str(data), "--output", str(tmp_path / "r")]
+        )
+        == 1
+    )
     assert "did you mean 'segmentation'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
@@ -150,8 +172,19 @@ def test_a_run_of_a_newer_format_is_refused_by_name(tmp_path, capsys, old_runs):
     shutil.copytree(old_runs / "segmentation", run)
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "format": "medlens.segmentation/9"}))
-    assert main(["predict", str(run), "--input", str(old_runs / "inputs" / "seg"),
-                 "--output", str(tmp_path / "m")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                "--input",
+                str(old_runs / "inputs" / "seg"),
+                "--output",
+                str(tmp_path / "m"),
+            ]
+        )
+        == 1
+    )
     assert "written by a newer medlens" in capsys.readouterr().err
 
 
@@ -185,14 +218,21 @@ def test_every_task_exports_to_onnx_and_predicts_the_same_on_onnx_runtime(traine
         )
         assert diff < 1e-4
     elif name == "detection":  # real BCCD blood smears through the tiny detector
-        loaded = [medlens.load_image(real("bccd", "JPEGImages", f"BloodImage_0000{i}.jpg"))
-                  for i in (0, 1)]  # fmt: skip
+        loaded = [
+            medlens.load_image(real("bccd", "JPEGImages", f"BloodImage_0000{i}.jpg"))
+            for i in (0, 1)
+        ]
         loaded = [image.with_array(image.array[..., :96, :128]) for image in loaded]
         a, b = on_torch.predict(loaded), on_onnx.predict(loaded)
-        for x, y in zip(a, b, strict=True):
-            assert x.labels == y.labels
-            np.testing.assert_allclose(x.boxes, y.boxes, atol=1e-2)
-            np.testing.assert_allclose(x.scores, y.scores, atol=1e-4)
+        for x, y in zip(a, b, strict=True):  # the same boxes (near-ties may swap places)
+            keep_x, keep_y = x.scores >= 0.1, y.scores >= 0.1
+            assert keep_x.sum() == keep_y.sum()
+            labels_y = np.asarray(y.labels)[keep_y]
+            for box, score, label in zip(
+                x.boxes[keep_x], x.scores[keep_x], np.asarray(x.labels)[keep_x], strict=True
+            ):
+                gap = np.abs(y.boxes[keep_y] - box).max(axis=1) + (labels_y != label) * 1e9
+                assert gap.min() < 1e-2 and abs(y.scores[keep_y][gap.argmin()] - score) < 1e-4
     else:  # real HC18 ultrasound through the tiny U-Net (a 72x100 crop: a dozen windows)
         warnings.simplefilter("ignore")  # the heads are far larger than the tiny disks
         loaded = [medlens.load_image(real("hc18", "images", f"{i:03d}_HC.png")) for i in (0, 7)]
@@ -219,8 +259,16 @@ def test_onnx_backend_needs_the_runs_own_export(old_runs, tmp_path, capsys):
     )
     with pytest.raises(MedlensError, match="not an export of this run's checkpoints"):
         medlens.load_predictor(run, backend="onnx")
-    args = ["predict", str(run), "--input", str(old_runs / "inputs" / "seg"), "--output",
-            str(tmp_path / "m"), "--backend", "tensorrt"]  # fmt: skip
+    args = [
+        "predict",
+        str(run),
+        "--input",
+        str(old_runs / "inputs" / "seg"),
+        "--output",
+        str(tmp_path / "m"),
+        "--backend",
+        "tensorrt",
+    ]
     assert (
         main(args) == 1
         and "--backend tensorrt: choose torch, onnx, auto" in capsys.readouterr().err

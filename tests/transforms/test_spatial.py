@@ -610,3 +610,24 @@ def test_elastic_needs_two_control_points_and_is_not_invertible():
     )
     with pytest.raises(ValueError, match="cannot be inverted"):
         Compose([]).invert(out)
+
+
+@pytest.mark.parametrize("min_visible, kept", [(0.0, [0, 1]), (0.4, [0, 1]), (0.6, [0])])
+def test_boxes_cut_by_the_output_are_dropped_below_the_visible_fraction(min_visible, kept):
+    """A box half pushed out of the image is kept (clipped) or dropped as
+    ``meta["boxes_min_visible"]`` says; a box wholly inside is always kept."""
+    from medlens.transforms import Affine, Batch, Compose
+
+    batch = Batch(
+        image=torch.zeros(1, 1, 20, 20),
+        boxes=[torch.tensor([[4.5, 4.5, 8.5, 8.5], [10.5, 4.5, 18.5, 8.5]])],
+    )
+    batch.meta["boxes_min_visible"] = min_visible
+    shift = torch.eye(3, dtype=torch.float64)
+    shift[0, 2] = 5.0  # 5 voxels along x: the second box ends at 23.5, the image at 19.5
+    out = Compose([Affine(shift)], seed=0)(batch)
+    assert out.meta["boxes_kept"][0].tolist() == kept
+    boxes = out["boxes"][0]
+    assert torch.allclose(boxes[0], torch.tensor([9.5, 4.5, 13.5, 8.5]))
+    if len(kept) == 2:  # clipped at the image's edge: half of it is left
+        assert torch.allclose(boxes[1], torch.tensor([15.5, 4.5, 19.5, 8.5]))

@@ -9,7 +9,8 @@ location of each level:
 
 - ``K`` class logits (sigmoid, one per class; focal loss in training),
 - ``2n`` distances from the location to the box's low and high faces along ``x, y[, z]``, in
-  units of the level's stride (``relu(scale_l * t)``, one learnt scale per level),
+  units of the level's stride (``softplus(scale_l * t)``, one learnt scale per level: a ReLU
+  here can die, every distance stuck at zero, as it did in 3D),
 - one centre-ness logit (how central the location is in its box; it down-weights off-centre
   predictions at inference).
 
@@ -117,7 +118,7 @@ class FCOS(nn.Module):
         for level, feature in enumerate(self.pyramid(x)):
             cls = self.cls_out(self.cls_tower(feature))
             box_features = self.box_tower(feature)
-            box = F.relu(self.box_out(box_features) * self.scales[level])
+            box = F.softplus(self.box_out(box_features) * self.scales[level])
             ctr = self.ctr_out(box_features)
             out = torch.cat([cls, box, ctr], dim=1)
             outputs.append(out.flatten(2).transpose(1, 2))

@@ -59,7 +59,8 @@ def resample(batch: Batch, stages: list, label_mode: str = "nearest") -> Batch:
     for name in batch.names("points"):
         out[name] = _push_points(stages, batch[name], n)
     for name in batch.names("boxes"):
-        moved, kept = _push_boxes(stages, batch[name], out_shape, has_field)
+        visible = float(batch.meta.get(f"{name}_min_visible", 0.0))
+        moved, kept = _push_boxes(stages, batch[name], out_shape, has_field, visible)
         out[name] = moved
         out.meta[f"{name}_kept"] = kept
     return out
@@ -131,12 +132,14 @@ def _push_points(stages: list, points: list[torch.Tensor], n: int) -> list[torch
 
 
 def _push_boxes(
-    stages: list, boxes: list[torch.Tensor], out_shape, has_field: bool
+    stages: list, boxes: list[torch.Tensor], out_shape, has_field: bool, min_visible: float = 0.0
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Move boxes: the bounding box of their moved corners (a surface lattice under fields).
 
-    Boxes are clipped to the output's extent; those left empty are dropped, and the indices of
-    the boxes kept are returned per sample so their class labels can follow.
+    Boxes are clipped to the output's extent; those left empty, or with less than
+    ``min_visible`` of their moved volume inside (``batch.meta["<name>_min_visible"]``: an
+    object cut by a crop is no longer the object), are dropped, and the indices of the boxes
+    kept are returned per sample so their class labels can follow.
     """
     n = len(out_shape)
     upper = torch.tensor(out_shape[::-1], dtype=torch.float64) - 0.5
@@ -154,9 +157,14 @@ def _push_boxes(
         points = low[:, None, :] + lattice[None] * (high - low)[:, None, :]
         single = [select(stage, b) for stage in stages]
         moved = invert_pull(single, points.reshape(-1, n)).reshape(points.shape)
-        new_low = moved.min(dim=1).values.clamp(min=-0.5).minimum(upper)
-        new_high = moved.max(dim=1).values.clamp(min=-0.5).minimum(upper)
+        whole_low, whole_high = moved.min(dim=1).values, moved.max(dim=1).values
+        new_low = whole_low.clamp(min=-0.5).minimum(upper)
+        new_high = whole_high.clamp(min=-0.5).minimum(upper)
         keep = torch.all(new_high > new_low, dim=1)
+        if min_visible > 0:
+            inside = (new_high - new_low).clamp(min=0).prod(dim=1)
+            whole = (whole_high - whole_low).prod(dim=1).clamp(min=1e-12)
+            keep &= inside / whole >= min_visible
         moved_all.append(torch.cat([new_low, new_high], dim=1)[keep].to(device, torch.float32))
         kept_all.append(torch.nonzero(keep).flatten())
     return moved_all, kept_all

@@ -109,11 +109,13 @@ def detection_augment(
     p: float = 0.5,
     flip: bool = True,
     intensity: float = 0.2,
+    min_visible: float = 0.5,
 ) -> Any:
     """``augment(images, boxes, labels, generator)`` for box batches: flips along every axis,
     scaling (and rotation, off by default: the box of a rotated box is larger than the rotated
-    object's), noise, brightness and contrast; boxes move with the image and their labels
-    follow the boxes kept."""
+    object's), noise, brightness and contrast; boxes move with the image, those with less than
+    ``min_visible`` of themselves left inside are dropped, and their labels follow the boxes
+    kept."""
     from medlens.transforms import (
         Batch,
         Brightness,
@@ -138,6 +140,7 @@ def detection_augment(
 
     def augment(images, boxes, labels, generator):
         batch = Batch(image=images, boxes=list(boxes))
+        batch.meta["boxes_min_visible"] = min_visible
         out = Compose(steps, generator=generator)(batch)
         kept = out.meta.get("boxes_kept")
         if kept is not None:

@@ -11,8 +11,9 @@ by id), on any other dataset (or ``split="all"``) every image; a dataset with it
   ``diameter_mm`` where the reader kept it, else half the box's shortest side), and its CPM;
 * counting errors per class at score 0.5 (cell counts).
 
-The output folder (default ``<run>/evaluation/``) receives ``metrics.json`` and ``per_image.csv``
-(boxes found and true per class, matched at IoU 0.5), atomically.
+The output folder (default ``<run>/evaluation/``) receives ``metrics.json``, ``per_image.csv``
+(boxes found and true per class, matched at IoU 0.5) and ``report.html`` with the overlays of the
+best, median and worst images (:mod:`medlens.tasks.detection.report`), atomically.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ def evaluate_detection(
         preprocess_case(dataset[i], run.plan)
         for i in shown(indices, "preparing cases", enabled=progress)
     ]
-    result = score_cases(run.networks, cases, run.plan, mirror=mirror, n_boot=n_boot)
+    result = score_cases(
+        run.networks, cases, run.plan, mirror=mirror, n_boot=n_boot, keep_detections=True
+    )
+    detections = result.pop("detections")  # boxes per case, for the report
     result.update(
         class_names=run.plan.class_names,
         n_cases=len(cases),
@@ -73,6 +77,9 @@ def evaluate_detection(
         pairs = zip(row["found"], row["true"], strict=True)
         lines.append(row["id"] + "," + ",".join(f"{a},{b}" for a, b in pairs))
     atomic_write_text(folder / "per_image.csv", "\n".join(lines) + "\n")
+    from medlens.tasks.detection.report import write_detection_report
+
+    files["report"] = write_detection_report(folder, result, cases, detections, run)
     return result, files
 
 

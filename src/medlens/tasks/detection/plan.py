@@ -70,6 +70,17 @@ class DetectionPlan(Plan):
     notes: list[str] = field(default_factory=list)
     format: str = PLAN_FORMAT
 
+    def describe(self) -> list[str]:
+        """The plan in a few lines, for ``medlens plan``."""
+        spacing = ", ".join(f"{s:.3g}" for s in self.target_spacing)
+        return [
+            f"{self.dataset}: {self.spatial_dims}D, spacing ({spacing}) mm, patch "
+            f"{'x'.join(map(str, self.patch_size))}, batch {self.batch_size}, FCOS on "
+            f"{self.network['backbone']}, strides {', '.join(map(str, self.strides))}, "
+            f"{len(self.class_names)} classes ({', '.join(self.class_names)})",
+            *(f"  {note}" for note in self.notes),
+        ]
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -188,8 +199,9 @@ def make_plan(fp: dict[str, Any], boxes: dict[str, Any], *, device: str = "cpu")
         "nms_iou": 0.6,
         "max_detections": 100,
         "mirror": n == 2,
-        "fusion_iou": 0.55,
+        "fusion_iou": 0.7,
         "overlap": 0.5,
+        "precision": "bf16" if bf16 else "float32",
     }
     return DetectionPlan(
         dataset=str(fp.get("name", "dataset")),

@@ -29,6 +29,37 @@ class BoxPrediction(Prediction):
     boxes_mm: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # LPS world corners
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     labels: list[str] = field(default_factory=list)
+    series: Path | None = None  # the DICOM file or series folder it was predicted from
+    series_uid: str | None = None  # the series in ``series``, where that folder holds several
+
+    formats = ("sr",)
+    dicom_form = "sr"
+
+    def encode(self, fmt: str, folder: Path, **context: Any) -> Path:
+        """``"sr"``: the boxes as a DICOM Structured Report in the source's study,
+        ``<folder>/<name>.sr.dcm`` (:func:`medlens.io.dicomsr.write_detection_sr`; ``context``:
+        ``name``, ``model_name``, ``model_version``, and ``score_threshold`` to report only the
+        boxes scoring at least that); the input must be DICOM."""
+        from medlens._atomic import safe_name
+        from medlens.io.dicomsr import write_detection_sr
+
+        if fmt not in self.formats:
+            raise MedlensError(f"boxes have no {fmt} form (json, sr)")
+        if self.series is None:
+            raise MedlensError(f"{self.id}: a DICOM Structured Report needs a DICOM input")
+        name = safe_name(context.get("name") or self.id, max_length=120)
+        return write_detection_sr(
+            self.series,
+            Path(folder) / f"{name}.sr.dcm",
+            boxes=self.boxes,
+            boxes_mm=self.boxes_mm,
+            scores=self.scores,
+            labels=self.labels,
+            model_name=context.get("model_name") or "medlens",
+            model_version=context.get("model_version") or "unknown",
+            series_uid=self.series_uid,
+            score_threshold=context.get("score_threshold"),
+        )
 
     @property
     def spatial_dims(self) -> int:
@@ -118,6 +149,10 @@ class DetectionPredictor(Predictor):
         self.trained = load_detection_run(run.path)
         self.mirror = mirror
 
+    @property
+    def answer_formats(self) -> tuple[str, ...]:
+        return BoxPrediction.formats  # a report of boxes on an image or a series: any dims
+
     def input_spec(self) -> dict[str, Any]:
         plan = self.trained.plan
         return {
@@ -131,6 +166,7 @@ class DetectionPredictor(Predictor):
         }
 
     def predict(self, images) -> list[BoxPrediction]:
+        from medlens.io.dicom import is_dicom_file
         from medlens.tasks.detection.predict import detect_image
 
         names = self.trained.plan.class_names
@@ -138,8 +174,19 @@ class DetectionPredictor(Predictor):
         for i, image in enumerate(images):
             name = Path(str(image.meta.get("path", f"image-{i}"))).name
             pixels, world, scores, labels = detect_image(self.trained, image, mirror=self.mirror)
+            # a DICOM series (3D), or a DICOM file (2D: series_uid is None for files)
+            source, uid = image.meta.get("source"), image.meta.get("series_uid")
+            series = source if uid or (source and is_dicom_file(Path(source))) else None
             out.append(
-                BoxPrediction(name, pixels + 0.5, world, scores, [names[int(k)] for k in labels])
+                BoxPrediction(
+                    name,
+                    pixels + 0.5,
+                    world,
+                    scores,
+                    [names[int(k)] for k in labels],
+                    series=Path(series) if series else None,
+                    series_uid=uid,
+                )
             )
         return out
 
@@ -154,8 +201,34 @@ class DetectionPredictor(Predictor):
             self.mirror = mirror
         predictions = self.predict(self.read(Path(source)))
         write_detections(predictions, Path(output))
+        reports = self._structured_reports(predictions, Path(output))
         found = sum(len(p.labels) for p in predictions)
-        return f"{found} boxes in {len(predictions)} images: {Path(output) / 'detections.csv'}"
+        extra = f" and {len(reports)} DICOM SR" if reports else ""
+        return (
+            f"{found} boxes in {len(predictions)} images: {Path(output) / 'detections.csv'}{extra}"
+        )
+
+    def _structured_reports(self, predictions: list[BoxPrediction], output: Path) -> list[Path]:
+        """``<name>.sr.dcm`` beside ``detections.csv`` for each DICOM input (file or series);
+        one that cannot be written is a warning (its rows stand)."""
+        import warnings
+
+        from medlens.io.discover import file_stem
+
+        context = {"model_name": self.run.path.name, "model_version": self.run.algorithm_version()}
+        written = []
+        for prediction in predictions:
+            if prediction.series is None:
+                continue
+            try:
+                written.append(
+                    prediction.encode("sr", output, name=file_stem(prediction.id), **context)
+                )
+            except (MedlensError, ValueError, AttributeError) as exc:
+                warnings.warn(
+                    f"{prediction.series}: no DICOM Structured Report ({exc})", stacklevel=3
+                )
+        return written
 
 
 @register_task

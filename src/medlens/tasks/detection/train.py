@@ -187,10 +187,12 @@ def score_cases(
     *,
     mirror: bool | None = None,
     n_boot: int = 0,
+    keep_detections: bool = False,
 ) -> dict[str, Any]:
     """Detection metrics of ``networks`` on preprocessed cases (the plan's grid): COCO AP (2D
     and 3D), FROC by the LUNA16 rule (centres in millimetres on the grid) and count errors;
-    ``score`` is mAP@0.5 in 2D, CPM in 3D."""
+    ``score`` is mAP@0.5 in 2D, CPM in 3D. ``keep_detections`` adds ``detections``: per case
+    its ``boxes`` (the plan's grid), ``scores`` and ``labels`` as arrays (not JSON)."""
     from medlens.metrics.detection import average_precision, count_error, froc
 
     detections, truths, scans, findings = [], [], [], []
@@ -224,6 +226,8 @@ def score_cases(
     ]
     result["count_threshold"] = threshold
     result["score"] = ap["map50"] if plan.spatial_dims == 2 else result["froc"]["cpm"]
+    if keep_detections:
+        result["detections"] = detections
     return result
 
 
@@ -237,7 +241,22 @@ def _validate(output: Path, plan: DetectionPlan, val: list[DetectionCase], log) 
 
     network = build_network(plan)
     load_weights(network, reported_checkpoint(output / "fold-0"))
-    result = score_cases([network], val, plan, n_boot=1000)
+    plain = score_cases([network], val, plan, mirror=False, n_boot=1000)
+    mirrored = score_cases([network], val, plan, mirror=True, n_boot=1000)
+    # test-time mirroring only where it helps on validation (BCCD: mAP@0.5 0.906 -> 0.903)
+    chosen = bool(mirrored["score"] > plain["score"])
+    plan.inference["mirror"] = chosen
+    plan.save(output / "plan.json")
+    result = mirrored if chosen else plain
+    result["tta"] = {
+        "mirror": chosen,
+        "score_plain": plain["score"],
+        "score_mirrored": mirrored["score"],
+    }
+    log(
+        f"test-time mirroring {'on' if chosen else 'off'}: validation score "
+        f"{mirrored['score']:.4f} mirrored, {plain['score']:.4f} plain"
+    )
     result["class_names"] = plan.class_names
     result["n_cases"] = len(val)
     atomic_write_json(output / "metrics.json", result)
