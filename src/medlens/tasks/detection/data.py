@@ -228,12 +228,8 @@ def patch_of(
             int(rng.integers(min(0, d - p), max(0, d - p) + 1))
             for d, p in zip(shape, patch, strict=True)
         ]
-    image = np.zeros((case.image.shape[0], *patch), dtype=np.float32)
-    src, dst = [], []
-    for begin, size, length in zip(start, patch, shape, strict=True):
-        lo, hi = max(begin, 0), min(begin + size, length)
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - begin, hi - begin))
-    image[(slice(None), *dst)] = case.image[(slice(None), *src)]
+    from medlens.tasks.segmentation.data import padded_crop
+
+    image = padded_crop(case.image, start, tuple(patch), 0.0, np.float32)
     boxes, keep = crop_boxes(case.boxes, start[::-1], tuple(patch)[::-1], min_visible=min_visible)
     return image, np.asarray(boxes, np.float32), case.labels[np.asarray(keep, np.int64)]

@@ -176,17 +176,10 @@ def make_plan(fp: dict[str, Any], boxes: dict[str, Any], *, device: str = "cpu")
         "stem": "large",
         "centre_radius": 1.5,
     }
+    from medlens.tasks.segmentation.plan import normalisation_for
+
     modality = fp.get("modality")
-    intensity = (fp.get("intensity") or [{}])[0]
-    if (modality or "").upper() == "CT" and intensity.get("n_voxels"):
-        normalisation = {
-            "scheme": "ct",
-            "clip": [intensity["p00_5"], intensity["p99_5"]],
-            "mean": intensity["mean"],
-            "std": intensity["std"],
-        }
-    else:
-        normalisation = {"scheme": "zscore"}
+    normalisation = normalisation_for(fp)
     batch = BATCH[n]
     from medlens.engine import native_bf16
 

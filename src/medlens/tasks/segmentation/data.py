@@ -25,7 +25,7 @@ from medlens.tasks.segmentation.plan import SegmentationPlan
 if TYPE_CHECKING:
     from medlens.preprocessing import Preprocessor
 
-__all__ = ["Case", "PatchBatches", "normalise", "normaliser", "preprocess_case"]
+__all__ = ["Case", "PatchBatches", "normalise", "normaliser", "padded_crop", "preprocess_case"]
 
 
 @dataclass
@@ -180,13 +180,19 @@ class PatchBatches:
         else:
             start = [int(rng.integers(min(0, s - p), max(0, s - p) + 1))
                      for s, p in zip(shape, patch, strict=True)]  # fmt: skip
-        image = np.zeros((case.image.shape[0], *patch), dtype=np.float32)
-        label = np.full(patch, self.pad_label, dtype=np.int16)
-        src, dst = [], []
-        for begin, size, length in zip(start, patch, shape, strict=True):
-            lo, hi = max(begin, 0), min(begin + size, length)
-            src.append(slice(lo, hi))
-            dst.append(slice(lo - begin, hi - begin))
-        image[(slice(None), *dst)] = case.image[(slice(None), *src)]
-        label[tuple(dst)] = case.label[tuple(src)]
+        image = padded_crop(case.image, start, patch, 0.0, np.float32)
+        label = padded_crop(case.label, start, patch, self.pad_label, np.int16)
         return image, label
+
+
+def padded_crop(array: np.ndarray, start, size, fill, dtype) -> np.ndarray:
+    """The window ``start .. start + size`` of the last ``len(size)`` axes of ``array``, as
+    ``dtype``, filled with ``fill`` where the window leaves the array (any leading axes kept)."""
+    out = np.full((*array.shape[: array.ndim - len(size)], *size), fill, dtype=dtype)
+    src, dst = [], []
+    for begin, length, side in zip(start, size, array.shape[array.ndim - len(size) :], strict=True):
+        lo, hi = max(begin, 0), min(begin + length, side)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - begin, hi - begin))
+    out[(..., *dst)] = array[(..., *src)]
+    return out

@@ -300,16 +300,7 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
         notes.append("small volumes (a few windows each): predicted mirrored")
     modality = fp.get("modality")
     values = [int(v) for v in fp.get("label_values", [0, 1])]
-    intensity = (fp.get("intensity") or [{}])[0]
-    if (modality or "").upper() == "CT" and intensity.get("n_voxels"):
-        normalisation = {
-            "scheme": "ct",
-            "clip": [intensity["p00_5"], intensity["p99_5"]],
-            "mean": intensity["mean"],
-            "std": intensity["std"],
-        }
-    else:
-        normalisation = {"scheme": "zscore"}
+    normalisation = normalisation_for(fp)
     return SegmentationPlan(
         dataset=str(fp.get("name", "dataset")),
         spatial_dims=n,
@@ -337,6 +328,21 @@ def make_plan(fp: dict[str, Any], *, device: str = "cpu") -> SegmentationPlan:
         training_range=_training_range(fp),
         inference=inference,
     )
+
+
+def normalisation_for(fp: dict[str, Any]) -> dict[str, Any]:
+    """The intensity normalisation of a fingerprint's data, nnU-Net's rule: CT clipped to the
+    (foreground's) 0.5-99.5 percentiles and standardised with the dataset's statistics, any
+    other modality standardised per image (the plans of every task use it)."""
+    intensity = (fp.get("intensity") or [{}])[0]
+    if (fp.get("modality") or "").upper() == "CT" and intensity.get("n_voxels"):
+        return {
+            "scheme": "ct",
+            "clip": [intensity["p00_5"], intensity["p99_5"]],
+            "mean": intensity["mean"],
+            "std": intensity["std"],
+        }
+    return {"scheme": "zscore"}
 
 
 def inference_settings(plan: SegmentationPlan) -> dict[str, Any]:
