@@ -41,7 +41,7 @@ def explain_job(run: Any, input_path: Path, target: str | None, limit: int | Non
     """Per image under ``input_path``, a :class:`BoxScore` of its most confident box."""
     from medlens.io.discover import discover_inputs
     from medlens.tasks.detection.data import channels_first, normalise, to_grid
-    from medlens.tasks.detection.predict import _pad, decode
+    from medlens.tasks.detection.predict import _device, _pad, decode
 
     plan = run.plan
     names = plan.class_names
@@ -60,7 +60,9 @@ def explain_job(run: Any, input_path: Path, target: str | None, limit: int | Non
         x = _pad(normalise(channels_first(to_grid(image, plan)), plan), 32)
         tensor = torch.from_numpy(np.ascontiguousarray(x)).float()
         with torch.no_grad():
-            boxes, scores, labels, where = decode(network(tensor[None])[0], x.shape[1:], plan)
+            boxes, scores, labels, where = decode(
+                network(tensor[None].to(_device(network)))[0], x.shape[1:], plan
+            )
         keep = np.flatnonzero(labels == wanted) if wanted is not None else np.arange(len(labels))
         if not len(keep):
             continue

@@ -89,9 +89,12 @@ def detect_array(
         runs = []
         for network in networks:
             network.eval()
+            device = _device(network)
             for axes in flips:
-                xin = x.flip([2 + a for a in axes]) if axes else x
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                xin = (x.flip([2 + a for a in axes]) if axes else x).to(device)
+                with torch.autocast(
+                    "cpu", dtype=torch.bfloat16, enabled=bf16 and device.type == "cpu"
+                ):
                     raw = network(xin)[0]
                 boxes, scores, labels, _ = decode(raw, padded.shape[1:], plan)
                 if axes:
@@ -143,12 +146,13 @@ def decode(output: torch.Tensor, shape, plan: DetectionPlan):
         candidates = candidates[flat[candidates].topk(1000).indices]
     where, labels = candidates // k, candidates % k
     boxes = decode_boxes(points[where], strides[where], output[where, k : k + 2 * n])
-    upper = torch.tensor(list(shape)[::-1] * 2, dtype=boxes.dtype) - 0.5
+    upper = torch.tensor(list(shape)[::-1] * 2, dtype=boxes.dtype, device=boxes.device) - 0.5
     boxes = torch.maximum(torch.minimum(boxes, upper), torch.full_like(boxes, -0.5))
     scores = flat[candidates]
     keep = batched_nms(boxes, scores, labels, float(settings.get("nms_iou", 0.6)))
     keep = keep[: int(settings.get("max_detections", 100))]
-    return boxes[keep].numpy(), scores[keep].numpy(), labels[keep].numpy(), where[keep].numpy()
+    keep = keep.to(boxes.device)
+    return tuple(t[keep].cpu().numpy() for t in (boxes, scores, labels, where))
 
 
 def detect_image(run: DetectionRun, image: Image, *, mirror: bool | None = None):
@@ -174,6 +178,13 @@ def detect_image(run: DetectionRun, image: Image, *, mirror: bool | None = None)
     pixels = world_to_grid(world, image)
     lo, hi = np.minimum(world[:, :n], world[:, n:]), np.maximum(world[:, :n], world[:, n:])
     return pixels, np.concatenate([lo, hi], axis=1), scores, labels
+
+
+def _device(network) -> torch.device:
+    """Where ``network``'s weights are (the CPU for an ONNX session)."""
+    parameters = getattr(network, "parameters", None)
+    first = next(iter(parameters()), None) if callable(parameters) else None
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _native_bf16() -> bool:
