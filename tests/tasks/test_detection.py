@@ -251,3 +251,28 @@ def test_a_3d_detector_learns_boxes_not_only_centres(tmp_path):
     )
     assert evaluation.metrics["froc"]["cpm"] > 0.6, evaluation.lines
     assert evaluation.metrics["ap"]["map50"] > 0.4, evaluation.lines
+
+
+def test_folds_train_an_ensemble_scored_out_of_fold(tmp_path):
+    data, settings = squares(tmp_path, n=8)
+    task = get_task("detection")
+    plan = task.plan(data, overrides=settings, log=lambda s: None)
+    info = task.train(
+        data, tmp_path / "run", plan=plan.save(tmp_path / "plan.json"), epochs=1, folds=2, **QUIET
+    )
+    assert info["folds"] == 2 and info["evaluation"]["n_cases"] == 8  # every image, out of fold
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["out_of_fold"] and set(metrics["tta"]) == {
+        "mirror",
+        "score_plain",
+        "score_mirrored",
+    }
+    predictor = medlens.load_predictor(tmp_path / "run")
+    assert len(predictor.networks) == 2  # their boxes fused by weighted box fusion
+    assert "boxes in 8 images" in predictor.predict_path(data.parent / "images", tmp_path / "p")
+    one = task.train(
+        data, tmp_path / "one", plan=tmp_path / "plan.json", epochs=1, folds=2, fold=1, **QUIET
+    )
+    assert one["cv_fold"] == [1, 2] and one["folds"] == 1
+    with pytest.raises(MedlensError, match="fold 2"):
+        task.train(data, tmp_path / "bad", epochs=1, folds=2, fold=2, **QUIET)

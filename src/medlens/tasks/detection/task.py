@@ -240,7 +240,11 @@ class DetectionTask(Task):
     plan_type = DetectionPlan
     dataset_kinds = frozenset({"detection"})
     options = MappingProxyType(
-        {"predict": frozenset({"mirror"}), "evaluate": frozenset({"output", "mirror"})}
+        {
+            "train": frozenset({"fold"}),
+            "predict": frozenset({"mirror"}),
+            "evaluate": frozenset({"output", "mirror"}),
+        }
     )
 
     def plan(self, data, *, device="cpu", max_samples=None, overrides=(), log=print):
@@ -268,16 +272,17 @@ class DetectionTask(Task):
         overrides=(),
         progress=True,
         log=print,
+        fold=None,
     ):
         from medlens.tasks.detection.train import train_detection
 
-        if folds not in (None, 1):
-            raise MedlensError("--folds: detection trains one split for now")
         return train_detection(
             data,
             output,
             plan=plan,
             epochs=epochs,
+            folds=folds,
+            fold=fold,
             seed=seed,
             resume=resume,
             overrides=overrides,
