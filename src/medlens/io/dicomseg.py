@@ -241,7 +241,9 @@ def _source_datasets(series_dir: Path, labels: Image) -> tuple[list, np.ndarray]
     return datasets, order
 
 
-def _complete_sop_uids(ds, file: Path) -> None:
+def _complete_sop_uids(ds, file: Path, what: str = "a DICOM SEG") -> None:
+    """SOP UIDs from the file meta where the dataset's are blank (in memory only), so that
+    ``what`` (a SEG, an SR) can reference the image; none at all is a :class:`SeriesError`."""
     meta = getattr(ds, "file_meta", None)
     for name, fallback in (
         ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
@@ -250,7 +252,7 @@ def _complete_sop_uids(ds, file: Path) -> None:
         if not str(ds.get(name, "") or "").strip():
             value = str(meta.get(fallback, "") or "").strip() if meta is not None else ""
             if not value:
-                raise SeriesError(f"the image has no {name}: a DICOM SEG cannot reference it", file)
+                raise SeriesError(f"the image has no {name}: {what} cannot reference it", file)
             setattr(ds, name, value)  # in memory only: the source file is never written
 
 

@@ -403,18 +403,11 @@ def _series_instances(source: Path, series_uid: str | None) -> list:
 
 
 def _complete_uids(ds, file: Path) -> None:
-    """SOP UIDs from the file meta where the dataset's are blank (in memory only); the study's
-    UID is required, since the report joins that study."""
-    meta = getattr(ds, "file_meta", None)
-    for name, fallback in (
-        ("SOPInstanceUID", "MediaStorageSOPInstanceUID"),
-        ("SOPClassUID", "MediaStorageSOPClassUID"),
-    ):
-        if not str(ds.get(name, "") or "").strip():
-            value = str(meta.get(fallback, "") or "").strip() if meta is not None else ""
-            if not value:
-                raise SeriesError(f"the image has no {name}: a report cannot reference it", file)
-            setattr(ds, name, value)
+    """SOP UIDs completed as for a SEG (:func:`medlens.io.dicomseg._complete_sop_uids`); the
+    study's UID is required, since the report joins that study."""
+    from medlens.io.dicomseg import _complete_sop_uids
+
+    _complete_sop_uids(ds, file, "a report")
     if not str(ds.get("StudyInstanceUID", "") or "").strip():
         raise SeriesError("the image has no StudyInstanceUID: a report cannot join its study", file)
 

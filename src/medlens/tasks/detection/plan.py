@@ -1,8 +1,8 @@
 """The detection plan: grid, patch, pyramid levels and size ranges from the boxes in millimetres.
 
-:func:`box_statistics` measures every box of a dataset in millimetres (from the stored world
-corners, so it reads no image); :func:`make_plan` turns that and the dataset's fingerprint into a
-:class:`DetectionPlan`:
+:func:`box_statistics` measures every box of a dataset in millimetres (its world corners, which
+need each image's geometry where boxes were given in pixels); :func:`make_plan` turns that and
+the dataset's fingerprint into a :class:`DetectionPlan`:
 
 - **grid**: the median spacing, coarsened (up to ``MAX_COARSEN`` times) while the smallest boxes
   (5th percentile of their shortest side) keep at least ``MIN_OBJECT_PIXELS`` pixels and the median
@@ -96,7 +96,7 @@ class DetectionPlan(Plan):
 
 def box_statistics(dataset) -> dict[str, Any]:
     """Sizes (mm, index order) of every box of ``dataset``, overall and per class, and boxes
-    per image; from ``meta["boxes_world"]`` where the reader stored it (no image read)."""
+    per image, from each sample's ``meta["boxes_world"]``."""
     sides, labels, per_image = [], [], []
     for i in range(len(dataset)):
         boxes, classes = _boxes_of(dataset, i)
@@ -243,9 +243,6 @@ def _fit(shape: list[int], budget: int) -> list[int]:
 
 
 def _boxes_of(dataset, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """World boxes and labels of one case without reading its image, where the dataset can."""
-    peek = getattr(dataset, "boxes_world", None)
-    if callable(peek):
-        return peek(index)
+    """World boxes and labels of one case (pixel boxes need the image's geometry for mm)."""
     sample = dataset[index]
     return np.asarray(sample.meta["boxes_world"], float), np.asarray(sample.label, int)

@@ -19,7 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from medlens.tasks.segmentation.overlays import PREDICTION_COLOUR, REFERENCE_COLOUR
+from medlens.tasks.segmentation.overlays import (
+    PREDICTION_COLOUR,
+    REFERENCE_COLOUR,
+    finish_overlay,
+)
 
 __all__ = ["detection_figure", "image_scores", "rank_images", "write_detection_report"]
 
@@ -142,10 +146,9 @@ def detection_figure(
         point: index point the 3D planes pass through; default the volume's centre.
         title: the figure's title.
     """
-    from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
 
-    from medlens.report.figures import new_figure, plain, to_png
+    from medlens.report.figures import new_figure, plain
 
     array = np.asarray(image, float)
     shape = array.shape[1:]
@@ -197,18 +200,7 @@ def detection_figure(
         ax.set_yticks([])
         if label:
             ax.set_title(label, fontsize="small")
-    handles = [
-        Line2D([], [], color=REFERENCE_COLOUR, linewidth=2.4, label="ground truth"),
-        Line2D([], [], color=PREDICTION_COLOUR, linewidth=1.6, label="prediction (score ≥ 0.3)"),
-    ]
-    fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize="small")
-    if title:
-        fig.suptitle(plain(title, 80), fontsize="medium")
-    fig.get_layout_engine().set(rect=(0, 0.06, 1, 0.94))
-    try:
-        return to_png(fig)
-    finally:
-        fig.clear()
+    return finish_overlay(fig, title, "ground truth", "prediction (score ≥ 0.3)")
 
 
 def _tag(ax: Any, x: float, y: float, text: str, colour: str, ink: str, origin: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,9 +62,8 @@ def overlay_figure(
     2D images show whole; 3D volumes show the axial, coronal and sagittal slices holding the
     most reference foreground (else prediction foreground, else the middle ones).
     """
-    from matplotlib.lines import Line2D
 
-    from medlens.report.figures import new_figure, plain, to_png
+    from medlens.report.figures import new_figure
 
     ref, pred = np.asarray(reference), np.asarray(prediction)
     array = np.asarray(image)
@@ -128,9 +128,19 @@ def overlay_figure(
         ax.set_yticks([])
         if name:
             ax.set_title(name, fontsize="small")
+    return finish_overlay(fig, title, "reference", "prediction")
+
+
+def finish_overlay(fig: Any, title: str | None, reference: str, prediction: str) -> bytes:
+    """An overlay figure's legend (reference and prediction in their colours) and title, as
+    PNG bytes; every task's overlays end this way."""
+    from matplotlib.lines import Line2D
+
+    from medlens.report.figures import plain, to_png
+
     handles = [
-        Line2D([], [], color=REFERENCE_COLOUR, linewidth=2.4, label="reference"),
-        Line2D([], [], color=PREDICTION_COLOUR, linewidth=1.6, label="prediction"),
+        Line2D([], [], color=REFERENCE_COLOUR, linewidth=2.4, label=reference),
+        Line2D([], [], color=PREDICTION_COLOUR, linewidth=1.6, label=prediction),
     ]
     fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, fontsize="small")
     if title:
