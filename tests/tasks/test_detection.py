@@ -175,11 +175,11 @@ def _iou(a, b) -> float:
 
 
 def test_wrong_data_is_refused_by_name(tmp_path):
-    from medlens.testing.tiny import disks
+    from medlens.testing.tiny import blobs
 
     task = get_task("detection")
-    data, _ = disks(tmp_path)
-    with pytest.raises(MedlensError, match=r"not a detection one|segmentation"):
+    data, _ = blobs(tmp_path)
+    with pytest.raises(MedlensError, match=r"a classification dataset: detection needs boxes"):
         task.train(data, tmp_path / "run", **QUIET)
     empty = tmp_path / "empty"
     (empty / "images").mkdir(parents=True)

@@ -29,6 +29,7 @@ from medlens.data.hc18 import (
     fill_outline,
     hc18_subject,
 )
+from medlens.data.label_boxes import LabelBoxDataset, open_detection
 from medlens.data.medmnist import MEDMNIST_INFO, MedMNISTDataset, available_splits
 from medlens.data.open import detect_format, open_dataset
 from medlens.data.paired import PairedFolderDataset
@@ -51,6 +52,7 @@ __all__ = [
     "DetectionDataset",
     "HC18Dataset",
     "LUNA16Dataset",
+    "LabelBoxDataset",
     "MedMNISTDataset",
     "PairedFolderDataset",
     "Sample",
@@ -68,6 +70,7 @@ __all__ = [
     "kfold_splits",
     "load_splits",
     "open_dataset",
+    "open_detection",
     "read_dataset_json",
     "save_splits",
     "split_indices",

@@ -231,19 +231,25 @@ class DetectionDataset(Dataset):
             if key not in ("boxes", "world", "size"):
                 meta[key] = value.copy() if isinstance(value, (np.ndarray, list, dict)) else value
         meta.update(boxes_world=world_boxes, clipped=clipped)
-        if getattr(self, "split", None):
-            meta["split"] = self.split
         if notes:
             meta["notes"] = notes
+        return self._sample(image, entry, index_boxes, meta)
+
+    def _sample(self, image: Image, entry: Entry, boxes: np.ndarray, meta: dict) -> Sample:
+        """The detection sample of ``entry``: ``boxes`` in ``image``'s index coordinates."""
+        if getattr(self, "split", None):
+            meta["split"] = self.split
+        fields = {"boxes": np.asarray(boxes, dtype=np.float32)}
+        label = entry.label.copy()
         return Sample(
             image,
-            entry.label.copy(),
+            label,
             None,
             entry.id,
             entry.subject,
-            None,
+            entry.study,
             meta,
-            fields={"boxes": index_boxes.astype(np.float32)},
+            fields=fields,
             kinds={"boxes": "boxes"},
         )
 

@@ -22,7 +22,14 @@ import torch
 from medlens.errors import DatasetError
 from medlens.tasks.detection.plan import DetectionPlan
 
-__all__ = ["BoxBatches", "DetectionCase", "detection_augment", "normalise", "preprocess_case"]
+__all__ = [
+    "BoxBatches",
+    "DetectionCase",
+    "detection_augment",
+    "normalise",
+    "open_boxes",
+    "preprocess_case",
+]
 
 
 @dataclass
@@ -35,6 +42,32 @@ class DetectionCase:
     boxes: np.ndarray
     labels: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def open_boxes(
+    data,
+    *,
+    split: str | None = None,
+    plan: DetectionPlan | None = None,
+    overrides=(),
+    progress: bool = False,
+):
+    """The dataset at ``data`` for detection (:func:`medlens.data.label_boxes.open_detection`):
+    its boxes, or boxes from its label maps, one per structure or per connected piece as
+    ``plan.boxes_from_labels`` says, else a ``boxes_from_labels=`` override, else per class.
+    ``split``: a reader's own split; ``"val"``/``"all"`` open everything (the run's splits
+    choose)."""
+    from medlens.data.label_boxes import PER, open_detection
+
+    per = plan.boxes_from_labels if plan is not None else None
+    for item in overrides:
+        key, _, value = str(item).partition("=")
+        if key.strip() == "boxes_from_labels":
+            per = value.strip().strip("'\"")
+    if per not in (None, *PER):
+        raise DatasetError(f"boxes_from_labels={per}: use class or component", data)
+    kwargs = {} if split in (None, "val", "all") else {"split": split}
+    return open_detection(data, per=per or "class", progress=progress, **kwargs)
 
 
 def normalise(array: np.ndarray, plan: DetectionPlan) -> np.ndarray:

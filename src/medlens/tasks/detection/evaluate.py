@@ -41,16 +41,13 @@ def evaluate_detection(
     on the labelled detection data at ``data``; returns the metrics and the files written."""
     from medlens._atomic import atomic_write_json, atomic_write_text, ensure_outside
     from medlens._progress import progress as shown
-    from medlens.data import open_dataset
-    from medlens.tasks.detection.data import preprocess_case
+    from medlens.tasks.detection.data import open_boxes, preprocess_case
     from medlens.tasks.detection.train import score_cases
 
     data = Path(data)
     if not data.exists():
         raise DatasetError("does not exist", data)
-    dataset = _open(open_dataset, data, split)
-    if dataset.task != "detection":
-        raise DatasetError(f"a {dataset.task} dataset, not a detection one", data)
+    dataset = open_boxes(data, split=split, plan=run.plan, progress=progress)
     indices = _indices(run, dataset, data, split)
     cases = [
         preprocess_case(dataset[i], run.plan)
@@ -81,12 +78,6 @@ def evaluate_detection(
 
     files["report"] = write_detection_report(folder, result, cases, detections, run)
     return result, files
-
-
-def _open(open_dataset, data: Path, split: str | None):
-    if split in (None, "val", "all"):
-        return open_dataset(data)
-    return open_dataset(data, split=split)
 
 
 def _indices(run, dataset, data: Path, split: str | None) -> list[int]:

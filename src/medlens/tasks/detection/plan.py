@@ -68,7 +68,14 @@ class DetectionPlan(Plan):
     inference: dict[str, Any] = field(default_factory=dict)
     modality: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: boxes taken from label maps: one per ``"class"`` (organs) or per ``"component"``
+    #: (lesions) of each case; ``None``: the dataset's own boxes
+    boxes_from_labels: str | None = None
     format: str = PLAN_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.boxes_from_labels not in (None, "class", "component"):
+            raise PlanError(f"boxes_from_labels {self.boxes_from_labels!r}: use class or component")
 
     def describe(self) -> list[str]:
         """The plan in a few lines, for ``medlens plan``."""
@@ -135,9 +142,16 @@ def box_statistics(dataset) -> dict[str, Any]:
     }
 
 
-def make_plan(fp: dict[str, Any], boxes: dict[str, Any], *, device: str = "cpu") -> DetectionPlan:
+def make_plan(
+    fp: dict[str, Any],
+    boxes: dict[str, Any],
+    *,
+    device: str = "cpu",
+    boxes_from_labels: str | None = None,
+) -> DetectionPlan:
     """The plan from a fingerprint (:func:`medlens.data.fingerprint`) and
-    :func:`box_statistics`."""
+    :func:`box_statistics`; ``boxes_from_labels`` records how a segmentation dataset's boxes
+    were made (:class:`medlens.data.label_boxes.LabelBoxDataset`)."""
     if fp.get("task") != "detection":
         raise PlanError(f"dataset {fp.get('name')!r} is a {fp.get('task')} dataset")
     n = int(fp["spatial_dims"])
@@ -213,6 +227,7 @@ def make_plan(fp: dict[str, Any], boxes: dict[str, Any], *, device: str = "cpu")
         inference=inference,
         modality=modality,
         notes=notes,
+        boxes_from_labels=boxes_from_labels,
     )
 
 

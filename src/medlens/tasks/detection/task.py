@@ -248,14 +248,16 @@ class DetectionTask(Task):
     )
 
     def plan(self, data, *, device="cpu", max_samples=None, overrides=(), log=print):
-        from medlens.data import fingerprint, open_dataset
+        from medlens.data import fingerprint
+        from medlens.tasks.detection.data import open_boxes
         from medlens.tasks.detection.plan import box_statistics, make_plan
 
-        dataset = open_dataset(data)
+        dataset = open_boxes(data, overrides=overrides, progress=True)
         plan = make_plan(
             fingerprint(dataset, max_samples=max_samples, progress=True),
             box_statistics(dataset),
             device=device,
+            boxes_from_labels=dataset.meta.get("boxes_from_labels"),
         )
         return plan.with_overrides(overrides) if overrides else plan
 
@@ -313,6 +315,10 @@ class DetectionTask(Task):
             f"mAP@0.5 {ap['map50']:.4f}  mAP@0.5:0.95 {ap['map50_95']:.4f}  "
             f"FROC CPM {result['froc']['cpm']:.4f}  ({result['n_cases']} images)"
         ]
+        if "localisation" in result:
+            from medlens.tasks.detection.train import localisation_line
+
+            lines.append(localisation_line(result["localisation"]))
         lines += [f"{k}: {v}" for k, v in files.items()]
         return Evaluation(result, lines, files)
 

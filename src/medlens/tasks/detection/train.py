@@ -25,7 +25,7 @@ import torch
 from medlens import __version__
 from medlens._atomic import atomic_write_json, ensure_outside
 from medlens.errors import DatasetError, MedlensError
-from medlens.tasks.detection.data import BoxBatches, DetectionCase, detection_augment
+from medlens.tasks.detection.data import BoxBatches, DetectionCase, detection_augment, open_boxes
 from medlens.tasks.detection.plan import DetectionPlan, box_statistics, make_plan
 from medlens.tasks.detection.predict import build_network, detect_array
 from medlens.tasks.run_folder import RunFolder, failed_cleanly, run_format
@@ -75,27 +75,28 @@ def train_detection(
 
 
 def _job(data, output, plan, epochs, cv, seed, resume, overrides, progress, log):
-    from medlens.data import fingerprint, kfold_splits, open_dataset, save_splits
+    from medlens.data import fingerprint, kfold_splits, save_splits
 
     if not data.exists():
         raise DatasetError("does not exist", data)
     ensure_outside(output, data)
-    dataset = open_dataset(data)
-    if dataset.task != "detection":
-        raise DatasetError(f"a {dataset.task} dataset, not a detection one", data)
     folds, fold = cv
     started = time.perf_counter()
     if resume:
         the_plan = DetectionPlan.load(output / "plan.json")
+        dataset = open_boxes(data, plan=the_plan, progress=progress)
         splits = json.loads((output / "splits.json").read_text())["folds"]
     else:
         if RunFolder(output).exists():
             raise MedlensError(f"{output}: holds a run already; use --resume or a new folder")
-        if plan is not None:
-            the_plan = DetectionPlan.load(plan)
+        given = DetectionPlan.load(plan) if plan is not None else None
+        dataset = open_boxes(data, plan=given, overrides=overrides, progress=progress)
+        if given is not None:
+            the_plan = given
         else:
             fp = fingerprint(dataset, max_samples=200, progress=progress)
-            the_plan = make_plan(fp, box_statistics(dataset))
+            per = dataset.meta.get("boxes_from_labels")
+            the_plan = make_plan(fp, box_statistics(dataset), boxes_from_labels=per)
         the_plan = the_plan.with_overrides(overrides) if overrides else the_plan
         if epochs is not None:
             the_plan.train = the_plan.train.replace(epochs=int(epochs))
@@ -271,10 +272,36 @@ def score_cases(
         for c, f, t in zip(cases, counted, truth, strict=True)
     ]
     result["count_threshold"] = threshold
+    if getattr(plan, "boxes_from_labels", None) == "class":  # one box each: localisation too
+        from medlens.metrics.localisation import localisation_errors
+
+        mm = [np.tile(np.asarray(c.meta["grid_spacing"], float), 2) for c in cases]
+        result["localisation"] = localisation_errors(
+            [{**d, "boxes": d["boxes"] * s} for d, s in zip(detections, mm, strict=True)],
+            [{**t, "boxes": t["boxes"] * s} for t, s in zip(truths, mm, strict=True)],
+            classes=classes,
+            n_boot=n_boot,
+        )
     result["score"] = ap["map50"] if plan.spatial_dims == 2 else result["froc"]["cpm"]
     if keep_detections:
         result["detections"] = detections
     return result
+
+
+def localisation_line(localisation: dict[str, Any]) -> str:
+    """One line of :func:`~medlens.metrics.localisation.localisation_errors`' means."""
+    a = localisation["all"]
+    if not a.get("n"):
+        return "localisation: no structures to find"
+    distances = (
+        f", centre {a['centre_mm']:.2f} mm, wall {a['wall_mm']:.2f} mm"
+        if a.get("centre_mm") is not None
+        else ""
+    )
+    return (
+        f"localisation ({a['n']} structures): {a['detected']:.1%} found, IoU {a['iou']:.3f}"
+        f"{distances} (means of each structure's best box)"
+    )
 
 
 def _centres(boxes: np.ndarray) -> np.ndarray:
@@ -320,6 +347,8 @@ def _validate(output: Path, plan: DetectionPlan, splits, cases, log) -> dict:
         f"validation ({len(val)} {what}cases): mAP@0.5 {ap['map50']:.4f}, mAP@0.5:0.95 "
         f"{ap['map50_95']:.4f}, FROC CPM {result['froc']['cpm']:.4f}"
     )
+    if "localisation" in result:
+        log(localisation_line(result["localisation"]))
     return {
         "map50": ap["map50"],
         "map50_95": ap["map50_95"],
