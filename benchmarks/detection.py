@@ -13,14 +13,27 @@ The defaults train on the first; the second is scored by the FROC (LUNA16's hit 
 a classical baseline, scikit-image's Laplacian-of-Gaussian blob detector, on the same volumes
 with the same rule. Inference seconds per volume are timed on a 128^3 volume on the plan's grid.
 
+Organ localisation (3D, real labels): the Decathlon hippocampus (``msd_hippocampus``, 200 MRI
+cases) read as detection, one box per structure (anterior and posterior) from its label maps
+(``medlens train --task detection --data msd_hippocampus --folds 5 --fold 0``). Scored on fold
+0's 40 cases, which chose the best epoch and the mirroring (a validation figure): AP and each
+structure's best box against its true box (IoU, centre and wall distances in mm), once on the
+plan's grid as ``medlens evaluate`` scores it and once from ``medlens predict``'s world boxes.
+
 Usage::
 
     python benchmarks/detection.py --workdir /tmp/det      # keeps (and reuses) the runs there
-    python benchmarks/detection.py --skip-3d --workdir W    # BCCD only
+    python benchmarks/detection.py --skip-3d --skip-organs --workdir W    # BCCD only
+    python benchmarks/detection.py --skip-3d --skip-bccd     # hippocampus localisation only
     python benchmarks/detection.py --quick                  # a minute: tiny schedules, no claims
 
-No peer runs here: Ultralytics YOLO and MONAI's RetinaNet need torchvision, which cannot be
-imported beside this CPU torch build (see benchmarks/README.md).
+The peer, with ``--peer-python .venv-peer/bin/python``: Ultralytics YOLO11n from its model YAML
+(random initialisation, as medlens starts), trained on BCCD's ``train`` for medlens's training
+minutes (Ultralytics' ``time`` budget; its own validation on ``val`` keeps its best epoch, as
+medlens's does) by ``benchmarks/_yolo_peer.py`` in its own environment: torchvision, which YOLO
+needs, cannot be imported beside medlens's CPU torch (benchmarks/README.md). Both detectors'
+boxes on ``val`` are then scored by the same COCO AP code against the same boxes, in the images'
+own pixels, each predicting with its own defaults.
 """
 
 from __future__ import annotations
@@ -46,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="Keep (and reuse) the runs here.")
     parser.add_argument("--skip-3d", action="store_true")
     parser.add_argument("--skip-bccd", action="store_true")
+    parser.add_argument("--skip-organs", action="store_true")
+    parser.add_argument("--peer-python", type=Path, help="Python of the YOLO venv (the peer).")
     parser.add_argument("--volumes", type=int, default=80, help="Simulated training volumes.")
     parser.add_argument("--test-volumes", type=int, default=24)
     parser.add_argument("--quick", action="store_true", help="Tiny schedules: a smoke run.")
@@ -58,23 +73,28 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         if not args.skip_bccd:
             figures.update(bccd(root / "bccd", work / "bccd", args.quick))
+            if args.peer_python:
+                figures.update(yolo_peer(root / "bccd", work, figures, args))
         if not args.skip_3d:
             figures.update(lesions3d(root / "totalsegmentator", work / "lesions3d", args))
+        if not args.skip_organs:
+            figures.update(organs(root / "msd_hippocampus", work / "hippocampus", args.quick))
     report(figures)
     figures["threads"] = threads
-    figures["peer"] = "not run: YOLO and MONAI RetinaNet need torchvision (a separate venv)"
+    figures.setdefault("peer", "not run: YOLO needs torchvision, in its own venv (--peer-python)")
     figures["environment"] = environment(["medlens", "torch", "numpy", "scikit-image"])
     emit_json({"benchmark": "detection", **figures})
     return 0
 
 
-def train(data: Path, run: Path, quick: bool) -> float:
-    """Train with the defaults into ``run`` (reused when finished); training minutes."""
+def train(data: Path, run: Path, quick: bool, **cv) -> float:
+    """Train with the defaults into ``run`` (reused when finished; ``cv``: ``folds``, ``fold``);
+    training minutes."""
     from medlens.tasks.detection.train import train_detection
 
     if not (run / "run.json").exists() or read_json(run / "run.json")["status"] != "complete":
         log(f"training the defaults on {data} into {run} ...")
-        train_detection(data, run, overrides=QUICK if quick else (), log=log)
+        train_detection(data, run, overrides=QUICK if quick else (), log=log, **cv)
     return round(read_json(run / "run.json")["train_seconds"] / 60, 2)
 
 
@@ -109,6 +129,62 @@ def bccd(data: Path, run: Path, quick: bool) -> dict:
         "bccd_train_minutes": minutes,
         "bccd_seconds_per_image": round(per_image, 3),
         "bccd_split": "val (87 images; it chose the best epoch: a validation figure)",
+    }
+
+
+def yolo_peer(data: Path, work: Path, figures: dict, args) -> dict:
+    """YOLO trained for medlens's BCCD minutes in its own venv; both scored alike on val."""
+    import json
+    import subprocess
+
+    import medlens
+    from medlens.data import VOCDataset
+    from medlens.metrics.detection import average_precision
+
+    out = work / "yolo"
+    minutes = 0.3 if args.quick else figures["bccd_train_minutes"]
+    if not (out / "predictions.json").exists():
+        log(f"training the peer (YOLO, {minutes} min) with {args.peer_python} ...")
+        script = Path(__file__).resolve().parent / "_yolo_peer.py"
+        command = [str(args.peer_python), str(script), "--data", str(data), "--out", str(out)]
+        subprocess.run([*command, "--minutes", str(minutes)], check=True)
+    peer = json.loads((out / "predictions.json").read_text())
+    val = VOCDataset(data, split="val")
+    if peer["classes"] != val.class_names:
+        raise SystemExit(f"the peer's classes {peer['classes']} are not {val.class_names}")
+    samples = list(val)
+    predictor = medlens.load_predictor(work / "bccd")
+    found = predictor.predict([s.image for s in samples])
+    index = {name: k for k, name in enumerate(val.class_names)}
+    truths, ours, theirs = [], [], []
+    for sample, mine in zip(samples, found, strict=True):
+        ignore = sample.meta.get("ignore")
+        truths.append({"boxes": sample.fields["boxes"], "labels": sample.label, "ignore": ignore})
+        # both write pixels with 0 at the first pixel's outer edge; index coordinates: - 0.5
+        labels = [index[n] for n in mine.labels]
+        ours.append(
+            {"boxes": np.asarray(mine.boxes) - 0.5, "scores": mine.scores, "labels": labels}
+        )
+        q = peer["predictions"][sample.id]
+        boxes = np.asarray(q["boxes"], float).reshape(-1, 4) - 0.5
+        theirs.append({"boxes": boxes, "scores": q["scores"], "labels": q["labels"]})
+    classes = range(len(val.class_names))
+    a = average_precision(ours, truths, classes=classes, n_boot=1000)
+    b = average_precision(theirs, truths, classes=classes, n_boot=1000)
+    return {
+        "peer": f"Ultralytics {peer['ultralytics']} {peer['model']} from scratch (torch "
+        f"{peer['torch']}), {peer['epochs']} epochs in {peer['train_seconds'] / 60:.1f} min",
+        "peer_bccd_map50": b["map50"],
+        "peer_bccd_map50_ci": b["map50_ci"],
+        "peer_bccd_map50_95": b["map50_95"],
+        "peer_bccd_ap50_per_class": {
+            val.class_names[int(k)]: v for k, v in b["ap50_per_class"].items()
+        },
+        "peer_bccd_train_minutes": round(peer["train_seconds"] / 60, 2),
+        "peer_bccd_seconds_per_image": peer["seconds_per_image"],
+        "bccd_map50_same_scoring": a["map50"],
+        "bccd_map50_95_same_scoring": a["map50_95"],
+        "bccd_map50_ratio_vs_peer": round(a["map50"] / b["map50"], 3) if b["map50"] else None,
     }
 
 
@@ -147,6 +223,58 @@ def lesions3d(source: Path, work: Path, args) -> dict:
         "lesions3d_data": "SIMULATED lesions in crops of the real TotalSegmentator CT, MR and "
         "CT DICOM series; test: seed 1 (new lesions, new crops of the same scans)",
     }
+
+
+def organs(data: Path, run: Path, quick: bool) -> dict:
+    import medlens
+    from medlens.data import open_detection
+    from medlens.metrics.localisation import localisation_errors
+    from medlens.tasks.detection.evaluate import evaluate_detection
+
+    if not data.is_dir():
+        return {"hippocampus_status": f"skipped: {data} is missing"}
+    minutes = train(data, run, quick, folds=5, fold=0)
+    predictor = medlens.load_predictor(run)
+    log("scoring fold 0's held-out hippocampus cases ...")
+    result, _ = evaluate_detection(
+        predictor.trained, data, output=run / "evaluation", progress=False
+    )
+    names, ap, grid = result["class_names"], result["ap"], result["localisation"]
+    # the same cases end to end: medlens predict's world boxes against the label maps' boxes
+    dataset = open_detection(data)
+    wanted = set(read_json(run / "splits.json")["folds"][0]["val"])
+    samples = [dataset[i] for i, case in enumerate(dataset.ids()) if case in wanted]
+    started = time.perf_counter()
+    found = predictor.predict([s.image for s in samples])
+    per_case = (time.perf_counter() - started) / len(samples)
+    index = {name: k for k, name in enumerate(names)}
+    detections = [
+        {"boxes": p.boxes_mm, "scores": p.scores, "labels": [index[n] for n in p.labels]}
+        for p in found
+    ]
+    truths = [{"boxes": s.meta["boxes_world"], "labels": s.label} for s in samples]
+    world = localisation_errors(detections, truths, classes=range(len(names)), n_boot=1000)
+    figures = {
+        "hippocampus_map50": ap["map50"],
+        "hippocampus_map50_95": ap["map50_95"],
+        "hippocampus_ap50_95_per_class": {
+            names[int(k)]: v for k, v in ap["ap50_95_per_class"].items()
+        },
+        "hippocampus_train_minutes": minutes,
+        "hippocampus_seconds_per_case": round(per_case, 3),
+        "hippocampus_cases": len(samples),
+        "hippocampus_split": "fold 0 of 5 (40 cases; it chose the best epoch and the mirroring)",
+    }
+    for where, loc in (("", grid), ("_predict_world", world)):
+        for key in ("detected", "iou", "centre_mm", "wall_mm"):
+            figures[f"hippocampus_{key}{where}"] = loc["all"].get(key)
+            if f"{key}_ci" in loc["all"]:
+                figures[f"hippocampus_{key}{where}_ci"] = loc["all"][f"{key}_ci"]
+        figures[f"hippocampus_per_class{where}"] = {
+            names[int(k)]: {m: v.get(m) for m in ("detected", "iou", "centre_mm", "wall_mm")}
+            for k, v in loc["per_class"].items()
+        }
+    return figures
 
 
 def log_baseline(test_set: Path, plan) -> dict:
@@ -260,6 +388,27 @@ def report(f: dict) -> None:
             f"training {f['lesions3d_train_minutes']} min; "
             f"{f['seconds_per_volume_128']} s per 128^3 volume"
         )
+    if "hippocampus_map50" in f:
+        places = (("grid (evaluate)", ""), ("world (predict)", "_predict_world"))
+        rows = [
+            [where, name, *(_f(v[m]) for m in ("detected", "iou", "centre_mm", "wall_mm"))]
+            for where, key in places
+            for name, v in f[f"hippocampus_per_class{key}"].items()
+        ]
+        print_table(
+            "Hippocampus localisation, fold 0 (validation): each structure's best box",
+            ["boxes", "structure", "found", "IoU", "centre mm", "wall mm"],
+            rows,
+        )
+        print(
+            f"mAP@0.5 {f['hippocampus_map50']:.3f}, mAP@0.5:0.95 {f['hippocampus_map50_95']:.3f}; "
+            f"training {f['hippocampus_train_minutes']} min; "
+            f"{f['hippocampus_seconds_per_case']} s per case"
+        )
+
+
+def _f(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 if __name__ == "__main__":
