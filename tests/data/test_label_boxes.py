@@ -175,6 +175,8 @@ def test_detection_trains_on_label_maps_and_records_how(tmp_path):
     saved_plan = plan.save(tmp_path / "plan.json")
     info = task.train(data, run, plan=saved_plan, epochs=1, progress=False, **quiet)
     assert 0.0 <= info["evaluation"]["map50"] <= 1.0
+    metrics = json.loads((run / "metrics.json").read_text())  # the best epoch chosen by IoU
+    assert metrics["score"] == metrics["localisation"]["all"]["iou"]
     saved = json.loads((run / "plan.json").read_text())
     assert saved["boxes_from_labels"] == "class"
     import medlens

@@ -219,7 +219,8 @@ def _curves(run: Any) -> str:
         lambda: plots.learning_curves(history, monitor, mode),
         "Learning curves",
         "Training loss per epoch (left) and the validation score (right: mAP@0.5 in 2D, FROC CPM "
-        "in 3D); the dashed line marks the epoch whose weights were kept.",
+        "in 3D, the mean best-box IoU for boxes from label maps); the dashed line marks the "
+        "epoch whose weights were kept.",
     )
 
 

@@ -232,8 +232,8 @@ def make_plan(
 
 
 def default_train(**settings: Any) -> TrainConfig:
-    """AdamW with a cosine schedule and warm-up; validation mAP (2D) or CPM (3D) picks the
-    best epoch (``val_score``)."""
+    """AdamW with a cosine schedule and warm-up; validation mAP (2D), CPM (3D) or, for boxes
+    from label maps per class, the mean best-box IoU picks the best epoch (``val_score``)."""
     base = {
         "optimizer": "adamw",
         "lr": 2e-3,

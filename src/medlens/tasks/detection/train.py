@@ -236,8 +236,10 @@ def score_cases(
 ) -> dict[str, Any]:
     """Detection metrics of ``networks`` on preprocessed cases (the plan's grid): COCO AP (2D
     and 3D), FROC by the LUNA16 rule (centres in millimetres on the grid) and count errors;
-    ``score`` is mAP@0.5 in 2D, CPM in 3D. ``keep_detections`` adds ``detections``: per case
-    its ``boxes`` (the plan's grid), ``scores`` and ``labels`` as arrays (not JSON).
+    ``score`` is mAP@0.5 in 2D, CPM in 3D, and with one box per structure (boxes from label
+    maps per class) the mean IoU of each structure's best box (0 where missed).
+    ``keep_detections`` adds ``detections``: per case its ``boxes`` (the plan's grid),
+    ``scores`` and ``labels`` as arrays (not JSON).
     ``by_case``: the networks of each case id instead of ``networks`` (out-of-fold scoring)."""
     from medlens.metrics.detection import average_precision, count_error, froc
 
@@ -283,6 +285,8 @@ def score_cases(
             n_boot=n_boot,
         )
     result["score"] = ap["map50"] if plan.spatial_dims == 2 else result["froc"]["cpm"]
+    if "localisation" in result:  # a centre hit is easy for organs: their boxes' overlap
+        result["score"] = result["localisation"]["all"]["iou"]
     if keep_detections:
         result["detections"] = detections
     return result
