@@ -209,7 +209,9 @@ def lesions3d(source: Path, work: Path, args) -> dict:
     baseline = log_baseline(test_set, predictor.trained.plan)
     seconds = time_128(predictor)
     froc = result["froc"]
+    seen = {f"lesions3d_{k}": v for k, v in visibility(test_set, predictor.trained).items()}
     return {
+        **seen,
         "lesions3d_cpm": froc["cpm"],
         "lesions3d_cpm_ci": froc["cpm_ci"],
         "lesions3d_sensitivity_at": froc["sensitivity_at"],
@@ -275,6 +277,59 @@ def organs(data: Path, run: Path, quick: bool) -> dict:
             for k, v in loc["per_class"].items()
         }
     return figures
+
+
+def visibility(folder: Path, trained) -> dict:
+    """Per lesion of a simulated set: its contrast (``lesions.csv``'s delta) in units of the
+    volume's voxel noise (1.4826 x the MAD of the image minus its 3x3x3 median), a Rose-type SNR
+    (that x the root of its voxel count), and the best score of a detection within its radius;
+    plus the scores at 1 and 8 false positives per volume (no mirroring)."""
+    import csv
+
+    from scipy import ndimage
+
+    from medlens.data import open_dataset
+    from medlens.tasks.detection.data import preprocess_case
+    from medlens.tasks.detection.predict import detect_array
+
+    plan, lesions = trained.plan, {}
+    with (folder / "lesions.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            lesions.setdefault(row["seriesuid"], []).append(abs(float(row["delta"])))
+    dataset = open_dataset(folder)
+    cnr, snr, best, false = [], [], [], []
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        array = sample.image.array.astype(np.float64)
+        residual = array - ndimage.median_filter(array, 3)
+        sigma = max(1.4826 * float(np.median(np.abs(residual - np.median(residual)))), 1e-6)
+        case = preprocess_case(sample, plan)
+        boxes, scores, _ = detect_array(trained.networks, case.image, plan, mirror=False)
+        spacing = np.asarray(case.meta["grid_spacing"], float)
+        found = (boxes[:, :3] + boxes[:, 3:]) / 2 * spacing
+        hit = np.zeros(len(scores), bool)
+        voxel = float(np.prod(sample.image.spacing))
+        diameters = np.asarray(case.meta["diameter_mm"], float)
+        centres = (case.boxes[:, :3] + case.boxes[:, 3:]) / 2 * spacing
+        for delta, centre, d in zip(lesions.get(sample.id, []), centres, diameters, strict=True):
+            near = np.linalg.norm(found - centre, axis=1) <= d / 2
+            hit |= near
+            cnr.append(delta / sigma)
+            snr.append(delta / sigma * np.sqrt(np.pi / 6 * d**3 / voxel))
+            best.append(float(scores[near].max()) if near.any() else 0.0)
+        false.append(scores[~hit])
+    others = np.sort(np.concatenate(false))[::-1] if false else np.zeros(0)
+    n = len(dataset)
+    at = {k: float(others[min(len(others) - 1, k * n)]) if len(others) else 0.0 for k in (1, 8)}
+    best = np.asarray(best)
+    return {
+        "noise_cnr_median": round(float(np.median(cnr)), 2),
+        "rose_snr_median": round(float(np.median(snr)), 1),
+        "rose_snr_over_20": float(np.mean(np.asarray(snr) > 20)),
+        "score_at_1fp": round(at[1], 4),
+        "score_at_8fp": round(at[8], 4),
+        "best_score_median": round(float(np.median(best)), 4),
+    }
 
 
 def log_baseline(test_set: Path, plan) -> dict:
