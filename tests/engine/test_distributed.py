@@ -76,12 +76,21 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path, monkeypatch):
         *PLAIN,
     ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    if result.returncode != 0 and GLOO_EXIT_ABORT in result.stdout + result.stderr:
-        # Seen in a clean-clone CI run (2026-11-21): a rank aborted in gloo's teardown (a
-        # C++ thread still joinable at exit). Run again once; a second failure is real.
+
+    def torn_down_after_the_work() -> bool:
+        """gloo's abort at interpreter exit (a C++ thread still joinable) after both ranks
+        saved their final weights, the script's last step: torch's teardown, not the run."""
+        done = all((out / f"final_rank{r}.pt").is_file() for r in (0, 1))
+        return done and GLOO_EXIT_ABORT in result.stdout + result.stderr
+
+    if result.returncode != 0 and not torn_down_after_the_work():
+        # Seen in a clean-clone CI run (2026-11-21): a rank aborted in gloo's teardown. Run
+        # again once; a second failure is real. (2026-12-04: the abort came twice in one run,
+        # both times after every output was written; those runs are checked below.)
         shutil.rmtree(out, ignore_errors=True)
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ok = result.returncode == 0 or torn_down_after_the_work()
+    assert ok, result.stdout[-3000:] + result.stderr[-3000:]
 
     rank0 = torch.load(out / "final_rank0.pt", weights_only=True)
     rank1 = torch.load(out / "final_rank1.pt", weights_only=True)
