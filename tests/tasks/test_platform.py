@@ -167,24 +167,24 @@ def test_options_a_task_does_not_take_are_refused(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def _predict_seg(run, old_runs, output) -> list[str]:
+    """``medlens predict`` of ``run`` on the old runs' segmentation inputs."""
+    return [
+        "predict",
+        str(run),
+        "--input",
+        str(old_runs / "inputs" / "seg"),
+        "--output",
+        str(output),
+    ]
+
+
 def test_a_run_of_a_newer_format_is_refused_by_name(tmp_path, capsys, old_runs):
     run = tmp_path / "run"
     shutil.copytree(old_runs / "segmentation", run)
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "format": "medlens.segmentation/9"}))
-    assert (
-        main(
-            [
-                "predict",
-                str(run),
-                "--input",
-                str(old_runs / "inputs" / "seg"),
-                "--output",
-                str(tmp_path / "m"),
-            ]
-        )
-        == 1
-    )
+    assert main(_predict_seg(run, old_runs, tmp_path / "m")) == 1
     assert "written by a newer medlens" in capsys.readouterr().err
 
 
@@ -259,16 +259,7 @@ def test_onnx_backend_needs_the_runs_own_export(old_runs, tmp_path, capsys):
     )
     with pytest.raises(MedlensError, match="not an export of this run's checkpoints"):
         medlens.load_predictor(run, backend="onnx")
-    args = [
-        "predict",
-        str(run),
-        "--input",
-        str(old_runs / "inputs" / "seg"),
-        "--output",
-        str(tmp_path / "m"),
-        "--backend",
-        "tensorrt",
-    ]
+    args = [*_predict_seg(run, old_runs, tmp_path / "m"), "--backend", "tensorrt"]
     assert (
         main(args) == 1
         and "--backend tensorrt: choose torch, onnx, auto" in capsys.readouterr().err

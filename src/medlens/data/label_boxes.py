@@ -134,7 +134,7 @@ class LabelBoxDataset(DetectionDataset):
         image = sample.image
         world = entry.meta["boxes_world"]
         boxes = boxes_world_to_index(image, world) if len(world) else world.copy()
-        meta = {k: v for k, v in sample.meta.items()}
+        meta = dict(sample.meta)
         meta.update(
             path=meta.get("path") or str(entry.paths[0]),
             annotation=entry.meta["annotation"],

@@ -57,13 +57,14 @@ def open_boxes(
     ``plan.boxes_from_labels`` says, else a ``boxes_from_labels=`` override, else per class.
     ``split``: a reader's own split; ``"val"``/``"all"`` open everything (the run's splits
     choose)."""
+    from medlens._json import parse_override, parse_value
     from medlens.data.label_boxes import PER, open_detection
 
     per = plan.boxes_from_labels if plan is not None else None
-    for item in overrides:
-        key, _, value = str(item).partition("=")
-        if key.strip() == "boxes_from_labels":
-            per = value.strip().strip("'\"")
+    for item in overrides:  # read with the plan's own --set grammar
+        parts, raw = parse_override(item, error=DatasetError)
+        if parts == ["boxes_from_labels"]:
+            per = parse_value(raw)
     if per not in (None, *PER):
         raise DatasetError(f"boxes_from_labels={per}: use class or component", data)
     kwargs = {} if split in (None, "val", "all") else {"split": split}
