@@ -6,10 +6,12 @@ mAP@0.5 and @0.5:0.95 per class (pycocotools' rules) with bootstrap intervals, c
 per class, and ``medlens predict``'s seconds per image end to end. ``val`` chose the best epoch,
 so it is a validation figure; the official test split is held out of the project.
 
-3D: ``medlens datasets simulate-lesions`` inserts SIMULATED lesions (3-30 mm) into crops of the
-real TotalSegmentator CT, MR and CT DICOM series: a training set (seed 0) and a held-out test set
-(seed 1: new lesions in new crops of the same three scans; there are no other licensed volumes).
-The defaults train on the first; the second is scored by the FROC (LUNA16's hit rule, CPM) beside
+3D: ``medlens datasets simulate-lesions`` inserts SIMULATED lesions (3-30 mm, at least two voxels
+wide) into crops of the real TotalSegmentator CT, MR and CT DICOM series and of the Decathlon
+hippocampus MRIs: a training set (seed 0: the three scans and 150 hippocampus subjects) and a
+held-out test set (seed 1: new lesions in new crops of the same three scans and in the other 50
+hippocampus subjects; ``_lesion_sources.py``). The defaults train on the first (their validation
+split grouped by subject); the second is scored by the FROC (LUNA16's hit rule, CPM) beside
 a classical baseline, scikit-image's Laplacian-of-Gaussian blob detector, on the same volumes
 with the same rule. Inference seconds per volume are timed on a 128^3 volume on the plan's grid.
 
@@ -49,6 +51,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import configure_threads, emit_json, environment, log, print_table, require_data
+from _lesion_sources import split_sources
 from medlens._json import read_json
 
 QUICK = ["train.epochs=1", "train.batches_per_epoch=2", "train.val_every=1"]
@@ -61,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-bccd", action="store_true")
     parser.add_argument("--skip-organs", action="store_true")
     parser.add_argument("--peer-python", type=Path, help="Python of the YOLO venv (the peer).")
-    parser.add_argument("--volumes", type=int, default=80, help="Simulated training volumes.")
-    parser.add_argument("--test-volumes", type=int, default=24)
+    parser.add_argument("--volumes", type=int, default=160, help="Simulated training volumes.")
+    parser.add_argument("--test-volumes", type=int, default=48)
     parser.add_argument("--quick", action="store_true", help="Tiny schedules: a smoke run.")
     args = parser.parse_args(argv)
     root = require_data("detection", "bccd")
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.peer_python:
                 figures.update(yolo_peer(root / "bccd", work, figures, args))
         if not args.skip_3d:
-            figures.update(lesions3d(root / "totalsegmentator", work / "lesions3d", args))
+            figures.update(lesions3d(root, work / "lesions3d", args))
         if not args.skip_organs:
             figures.update(organs(root / "msd_hippocampus", work / "hippocampus", args.quick))
     report(figures)
@@ -188,13 +191,18 @@ def yolo_peer(data: Path, work: Path, figures: dict, args) -> dict:
     }
 
 
-def lesions3d(source: Path, work: Path, args) -> dict:
+def lesions3d(root: Path, work: Path, args) -> dict:
     import medlens
     from medlens.data.simulate_lesions import simulate_lesion_dataset
     from medlens.tasks.detection.evaluate import evaluate_detection
 
+    work.mkdir(parents=True, exist_ok=True)
+    train_sources, test_sources = split_sources(root, work)
     train_set, test_set = work / "simulated_train", work / "simulated_test"
-    for folder, count, seed in ((train_set, args.volumes, 0), (test_set, args.test_volumes, 1)):
+    for folder, source, count, seed in (
+        (train_set, train_sources, args.volumes, 0),
+        (test_set, test_sources, args.test_volumes, 1),
+    ):
         if not (folder / "annotations.csv").exists():
             simulate_lesion_dataset(
                 source, folder, count=4 if args.quick else count, seed=seed, progress=False
@@ -223,7 +231,8 @@ def lesions3d(source: Path, work: Path, args) -> dict:
         "lesions3d_test_findings": froc["n_findings"],
         "seconds_per_volume_128": seconds,
         "lesions3d_data": "SIMULATED lesions in crops of the real TotalSegmentator CT, MR and "
-        "CT DICOM series; test: seed 1 (new lesions, new crops of the same scans)",
+        "CT DICOM series and 150 Decathlon hippocampus MRIs; test: seed 1 (new lesions, new "
+        "crops of the same three scans, the other 50 hippocampus subjects)",
     }
 
 

@@ -19,7 +19,8 @@ GPU) are Dice about 0.90 (anterior) and 0.89 (posterior).
 
     python benchmarks/hippocampus.py                       # 5 folds, the defaults
     python benchmarks/hippocampus.py --fold 0              # fold 0 of the 5 only (40 cases)
-    python benchmarks/hippocampus.py --workdir W           # keep (and reuse) W/fold_k runs
+    python benchmarks/hippocampus.py --workdir W           # keep (and reuse) W/fold_k runs;
+                                                           # a fold killed mid-run resumes
     python benchmarks/hippocampus.py --folds 2 --set train.epochs=2 --set train.batches_per_epoch=5
 """
 
@@ -86,6 +87,10 @@ def train_folds(data: Path, work: Path, args) -> list[Path]:
         run = work / f"fold_{fold}"
         if (run / "run.json").is_file() and read_json(run / "run.json").get("train_seconds"):
             log(f"reusing the finished run {run}")
+        elif (run / "run.json").is_file():  # killed: continue from its last checkpoint
+            log(f"resuming fold {fold} of {args.folds} in {run} from its last epoch ...")
+            train_segmentation(data, run, folds=args.folds, fold=fold, overrides=args.set,
+                               progress=False, log=log, resume=True)  # fmt: skip
         else:
             log(f"training fold {fold} of {args.folds} with the defaults into {run} ...")
             train_segmentation(data, run, folds=args.folds, fold=fold, overrides=args.set,

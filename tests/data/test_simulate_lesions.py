@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medlens.data.lesion_render import insert_lesions, otsu_threshold
+from medlens.data.lesion_render import CNR, CT_HU, insert_lesions, otsu_threshold, resolvable_mm
 from medlens.data.simulate_lesions import (
     ANNOTATION_COLUMNS,
     SERIES_COLUMNS,
@@ -203,14 +203,40 @@ def test_insert_lesions_keeps_the_input_and_places_lesions_in_the_body(real):
     assert np.array_equal(image.array, before) and made.same_grid(image)
     assert len(lesions) == 3 and mask.array.max() == 3
     body = image.array > otsu_threshold(image.array)
-    for lesion in lesions:
+    for k, lesion in enumerate(lesions, start=1):
         assert body[lesion.centre[::-1]]
-        assert 6 <= lesion.diameter <= 20 and 20 <= abs(lesion.delta) <= 80
+        assert 6 <= lesion.diameter <= 20
+        if before[mask.array == k].mean() > -400:  # outside the lung: contrast by design
+            assert CT_HU[0] <= abs(lesion.delta) <= CT_HU[1]
+            at_bound = np.isclose(abs(lesion.delta), CT_HU).any()
+            assert at_bound or CNR[0] - 1e-6 <= lesion.cnr <= CNR[1] + 1e-6
     for a in lesions:  # never overlapping
         for b in lesions:
             if a is not b:
                 gap = np.linalg.norm(np.subtract(a.world, b.world))
                 assert gap >= a.radius + b.radius
+
+
+def test_lesions_are_resolved_and_stand_out_of_their_surroundings(real):
+    """Every lesion is at least two voxels wide (6 mm on this 3 mm CT, though 3 mm was asked),
+    and its mean differs from the tissue around it by more than that tissue's spread, measured
+    on the written image: a lesion a reader could see."""
+    from scipy import ndimage
+
+    image = load_image(real("totalsegmentator", "ct_small", "example_ct_sm.nii.gz"))
+    made, mask, lesions = insert_lesions(image, 8, seed=3, min_mm=3, max_mm=20)
+    assert resolvable_mm(image.spacing) == pytest.approx(6.0)
+    assert len(lesions) >= 6 and all(lesion.diameter >= 6 - 1e-6 for lesion in lesions)
+    values, labels = made.array.astype(float), mask.array
+    spacing = np.asarray(image.spacing)[::-1]
+    contrast = []
+    for k, lesion in enumerate(lesions, start=1):
+        inside = labels == k
+        away = ndimage.distance_transform_edt(~inside, sampling=spacing)
+        shell = (away > 1.5) & (away < max(lesion.radius, 6.0)) & (labels == 0)
+        spread = values[shell].std()
+        contrast.append(abs(values[inside].mean() - values[shell].mean()) / spread)
+    assert np.median(contrast) > 1.0 and np.mean(np.asarray(contrast) > 0.5) >= 0.75
 
 
 def test_parse_range():

@@ -13,7 +13,7 @@ import medlens
 from medlens.errors import MedlensError
 from medlens.image import Image
 from medlens.models.fcos import FCOS, fcos_locations
-from medlens.tasks.detection.loss import FCOSLoss, assign_targets, centreness
+from medlens.tasks.detection.loss import FCOSLoss, assign_targets, box_ellipsoids, centreness
 from medlens.tasks.detection.predict import _unflip, _windows
 from medlens.tasks.registry import get_task
 from medlens.testing.tiny import squares
@@ -81,6 +81,62 @@ def test_the_loss_falls_when_fitting_one_batch():
     assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
     empty = loss_fn(net(x), ((64, 64), [torch.zeros(0, 4)] * 2, [torch.zeros(0)] * 2))
     assert torch.isfinite(empty)  # images without boxes are valid negatives
+
+
+def test_box_ellipsoids_match_a_brute_force_oracle():
+    shape = (20, 24, 28)  # z, y, x
+    boxes = torch.tensor(
+        [
+            [6.0, 9.0, 6.0, 14.0, 15.0, 10.0],  # x 6-14, y 9-15, z 6-10
+            [20.2, 3.1, 15.0, 20.4, 3.3, 15.2],  # smaller than a voxel: its nearest voxel
+            [40.0, 40.0, 40.0, 50.0, 50.0, 50.0],  # outside the array
+            [-3.0, 18.0, 12.0, 5.0, 26.0, 22.0],  # cut by the array's edges
+        ]
+    )
+    labels = torch.tensor([1, 0, 0, 1])
+    masks = box_ellipsoids(shape, boxes, labels, 2)
+    z, y, x = np.indices(shape)
+    oracle = np.zeros((2, *shape))
+    for (x1, y1, z1, x2, y2, z2), k in zip(boxes.tolist(), labels.tolist(), strict=True):
+        c, r = (
+            [(x1 + x2) / 2, (y1 + y2) / 2, (z1 + z2) / 2],
+            [(x2 - x1) / 2, (y2 - y1) / 2, (z2 - z1) / 2],
+        )
+        d = ((x - c[0]) / r[0]) ** 2 + ((y - c[1]) / r[1]) ** 2 + ((z - c[2]) / r[2]) ** 2
+        oracle[k] = np.maximum(oracle[k], d <= 1)
+    oracle[0, 15, 3, 20] = 1  # the tiny box's nearest voxel (z, y, x)
+    assert np.array_equal(masks.numpy(), oracle)
+    # the ellipsoid's volume, 4/3 pi a b c, within the discretisation's error
+    first = box_ellipsoids(shape, boxes[:1], labels[:1], 2)[1].sum()
+    assert float(first) == pytest.approx(4 / 3 * np.pi * 4 * 3 * 2, rel=0.15)
+
+
+def test_the_dense_head_trains_beside_the_boxes_and_is_absent_at_inference():
+    torch.manual_seed(0)
+    net = FCOS(
+        3,
+        1,
+        1,
+        backbone="resnet10",
+        levels=(1,),
+        fpn_channels=8,
+        backbone_options={"width": 4},
+        dense_head=True,
+    )
+    x = torch.randn(2, 1, 16, 32, 32)
+    x[0, :, 4:10, 8:14, 8:14] += 3
+    boxes = [torch.tensor([[7.5, 7.5, 3.5, 13.5, 13.5, 9.5]]), torch.zeros(0, 6)]
+    labels = [torch.tensor([0]), torch.zeros(0, dtype=torch.long)]
+    targets = ((16, 32, 32), boxes, labels)
+    detections, dense = net(x)
+    assert dense.shape == (2, 1, 4, 8, 8)  # the finest level, stride 4
+    with_dense = FCOSLoss(1, 3, net.locations, [[0, 1e8]], dense_weight=1.0)
+    without = FCOSLoss(1, 3, net.locations, [[0, 1e8]])
+    assert float(with_dense((detections, dense), targets)) > float(without(detections, targets))
+    with_dense((detections, dense), targets).backward()
+    assert net.dense_out.weight.grad.abs().sum() > 0
+    net.eval()
+    assert isinstance(net(x), torch.Tensor)  # prediction and export see one tensor
 
 
 @pytest.mark.parametrize("axes", [(0,), (1,), (0, 1), (2,), (0, 2)])
@@ -251,6 +307,21 @@ def test_a_3d_detector_learns_boxes_not_only_centres(tmp_path):
     )
     assert evaluation.metrics["froc"]["cpm"] > 0.6, evaluation.lines
     assert evaluation.metrics["ap"]["map50"] > 0.4, evaluation.lines
+
+
+def test_a_run_on_simulated_lesions_says_so(real, tmp_path):
+    from types import SimpleNamespace
+
+    from medlens.data.simulate_lesions import simulate_lesion_dataset
+    from medlens.tasks.detection.data import open_boxes
+    from medlens.tasks.detection.train import _info
+
+    simulate_lesion_dataset(
+        real("totalsegmentator", "ct_small"), tmp_path / "sim", count=1, size=32
+    )
+    plan = SimpleNamespace(class_names=["lesion"])
+    info = _info(plan, open_boxes(tmp_path / "sim"), tmp_path / "sim", 0, "complete")
+    assert info["data"]["simulated"] is True  # run.json records it
 
 
 def test_folds_train_an_ensemble_scored_out_of_fold(tmp_path):

@@ -5,9 +5,16 @@ same volume) is drawn log-uniformly, say 3-30 mm, with a random orientation in w
 anisotropic voxels and oblique grids draw the same physical shape). Its edge is a logistic
 profile about 0.5-1 mm wide, widened by the voxel size (partial volume). The lesion shifts and
 scales the image's own intensities instead of painting a flat blob, so the tissue's texture
-stays inside it, plus a little spatially correlated noise. Contrast is relative to the tissue:
-20-80 HU brighter or darker in CT (a soft-tissue nodule in the lung), 20-50 % of the local
-1-99 % range elsewhere (MR). Some lesions have a brighter rim or a darker (necrotic) core.
+stays inside it, plus a little spatially correlated noise. Contrast is set against the
+lesion's surroundings, so every lesion is one a reader could see and annotate: the shift is 1.5-4
+times the standard deviation of the tissue around it (the shell outside its edge: texture, noise
+and neighbouring structures alike; ``cnr``), kept to 20-250 HU in CT and 10-80 % of the local
+1-99 % range elsewhere (MR); in the lung a lesion is a soft-tissue nodule (-30 to 60 HU). Some
+lesions have a brighter rim or a darker (necrotic) core.
+
+Size: a lesion narrower than two voxels along the grid's coarsest axis is not resolved by the
+image, so the smallest diameter drawn is the larger of ``min_mm`` and that (6 mm on a 3 mm grid;
+:func:`resolvable_mm`).
 
 Placement: centres lie in the body (above the volume's Otsu threshold), away from the border by
 the lesion's radius, far enough from each other that lesions never overlap; where a label map is
@@ -36,11 +43,16 @@ __all__ = [
     "place_lesions",
     "random_rotation",
     "render_lesions",
+    "resolvable_mm",
     "soft_edge",
 ]
 
 PATTERNS = ("solid", "rim", "core")
 _TRUNCATE = 6.0  # the profile is cut to 0 beyond this many edge widths outside the surface
+CNR = (1.5, 4.0)  # the shift in standard deviations of the surrounding tissue
+CT_HU = (20.0, 250.0)  # the shift's bounds in CT (outside the lung)
+MR_SPAN = (0.1, 0.8)  # ... elsewhere, as shares of the local 1-99 % range
+RESOLVED_VOXELS = 2.0  # the smallest diameter, in voxels along the coarsest axis
 
 
 @dataclass
@@ -57,6 +69,8 @@ class Lesion:
         pattern: ``solid``, ``rim`` (brighter rim) or ``core`` (darker centre).
         organ: the label at the centre when placed on an organ's edge, else 0.
         delta: the intensity shift inside (set when rendered).
+        cnr: ``|delta|`` over the standard deviation of the tissue around the lesion (set when
+            rendered; a lung nodule's against the lung).
         bbox: the axis-aligned world box of the ellipsoid ``(x1, y1, z1, x2, y2, z2)`` (mm).
     """
 
@@ -69,6 +83,7 @@ class Lesion:
     pattern: str = "solid"
     organ: int = 0
     delta: float = 0.0
+    cnr: float = 0.0
     bbox: tuple[float, ...] = ()
     appearance: dict[str, float] = field(default_factory=dict, repr=False)
 
@@ -150,8 +165,7 @@ def _appearance(rng: np.random.Generator) -> tuple[str, dict[str, float]]:
     pattern = str(rng.choice(PATTERNS, p=[0.6, 0.2, 0.2]))
     look = {
         "sign": float(rng.choice([-1.0, 1.0])),
-        "hu": float(rng.uniform(20, 80)),
-        "fraction": float(rng.uniform(0.2, 0.5)),
+        "cnr": float(rng.uniform(*CNR)),
         "scale": float(rng.uniform(0.7, 1.1)),
         "noise": float(rng.uniform(0.05, 0.15)),
         "inner": float(rng.uniform(0.55, 0.75)),
@@ -159,6 +173,12 @@ def _appearance(rng: np.random.Generator) -> tuple[str, dict[str, float]]:
         "nodule": float(rng.uniform(-30, 60)),  # HU of a solid lung nodule
     }
     return pattern, look
+
+
+def resolvable_mm(spacing) -> float:
+    """The smallest lesion diameter (mm) the grid of ``spacing`` resolves: two voxels along its
+    coarsest axis."""
+    return RESOLVED_VOXELS * float(np.max(spacing))
 
 
 def _organ_edges(labels: np.ndarray) -> np.ndarray:
@@ -191,7 +211,8 @@ def place_lesions(
     the body instead where the room holds no edge). ``threshold``: the body's intensity
     threshold (default: Otsu's of ``image``; pass the whole volume's for a crop). A lesion that
     finds no room is drawn smaller, up to ``tries`` times, then left out: small crops may hold
-    fewer lesions than asked (but never one below ``min_mm``).
+    fewer lesions than asked (but never one below ``min_mm``, or below :func:`resolvable_mm` of
+    the grid while ``max_mm`` allows).
     """
     from scipy import ndimage
 
@@ -202,6 +223,7 @@ def place_lesions(
         raise ValueError(f"need 0 < min_mm <= max_mm, got {min_mm}, {max_mm}")
     spacing = np.asarray(image.spacing)  # index order (x, y, z)
     spacing_zyx = spacing[::-1]
+    min_mm = min(max(min_mm, resolvable_mm(spacing)), max_mm)
     shape = np.array(array.shape)
     fg = foreground(array) if threshold is None else array > threshold
     depth = ndimage.distance_transform_edt(fg, sampling=spacing_zyx)
@@ -333,15 +355,19 @@ def render_lesions(
         look = lesion.appearance
         scale = look["scale"]
         mean = values[inside].mean()
-        if ct and mean < -400:  # in the lung: a soft-tissue nodule, not a 20-80 HU shift
+        around = values[(radial - ray) > 2 * lesion.edge]  # the tissue outside its edge
+        spread = float(around.std()) if around.size > 1 else 0.0
+        if ct and mean < -400:  # in the lung: a soft-tissue nodule
             delta, scale = look["nodule"] - mean, 0.3
         elif ct:
-            delta = look["sign"] * look["hu"]
+            delta = look["sign"] * float(np.clip(look["cnr"] * spread, *CT_HU))
         else:
             low, high = np.percentile(values, [1, 99])
             span = high - low if high > low else float(np.ptp(source)) or 1.0
-            delta = look["sign"] * look["fraction"] * span
+            bounds = (MR_SPAN[0] * span, MR_SPAN[1] * span)
+            delta = look["sign"] * float(np.clip(look["cnr"] * spread, *bounds))
         lesion.delta = float(delta)
+        lesion.cnr = abs(float(delta)) / max(spread, 1e-12)
         sigma = np.maximum(1.0 / spacing_zyx, 0.5)
         noise = ndimage.gaussian_filter(rng.normal(size=values.shape), sigma, mode="nearest")
         noise *= look["noise"] * abs(delta) / max(float(noise.std()), 1e-12)

@@ -42,7 +42,7 @@ from medlens.image import Image, Role
 __all__ = ["ANNOTATION_COLUMNS", "SERIES_COLUMNS", "parse_range", "simulate_lesion_dataset"]
 
 _ANNOTATION_HEADER = "seriesuid,coordX,coordY,coordZ,diameter_mm,x1,y1,z1,x2,y2,z2,label"
-_LESION_HEADER = "seriesuid,lesion,diameter_mm,semi_axes_mm,pattern,delta,edge_mm,organ"
+_LESION_HEADER = "seriesuid,lesion,diameter_mm,semi_axes_mm,pattern,delta,edge_mm,organ,cnr"
 ANNOTATION_COLUMNS = tuple(_ANNOTATION_HEADER.split(","))
 SERIES_COLUMNS = ("seriesuid", "source", "subject", "lesions", "shape", "spacing")
 LESION_COLUMNS = tuple(_LESION_HEADER.split(","))
@@ -66,7 +66,10 @@ annotations.csv             one row per lesion: centre (coordX, coordY, coordZ) 
 series.csv                  one row per volume: source file or series, subject (group splits by
                             it), number of lesions, shape (z y x voxels), spacing (x y z mm)
 lesions.csv                 per lesion: semi-axes, pattern (solid, rim, core), intensity shift,
-                            edge width, organ label where placed on an organ's edge
+                            edge width, organ label where placed on an organ's edge, and cnr:
+                            the shift over the standard deviation of the tissue around it
+                            (1.5-4 by design, so a reader could see every lesion; lesions are
+                            at least two voxels wide along the coarsest axis)
 
 The images keep their source's licence and attribution (see the source dataset's terms).
 """
@@ -385,6 +388,7 @@ def _lesion_rows(uid: str, lesions: list, annotations: list, details: list) -> N
                 f"{lesion.delta:.4g}",
                 f"{lesion.edge:.3f}",
                 lesion.organ,
+                f"{lesion.cnr:.3f}",
             ]
         )
 

@@ -52,6 +52,10 @@ class FCOS(nn.Module):
         head_convs: 3x3 convolutions (with group norm and ReLU) in each head tower.
         backbone_options: given to :func:`~medlens.models.create_model` (``width``, ``stem``,
             ``norm``).
+        dense_head: add per-pixel class logits on the finest level (Retina U-Net's dense
+            supervision, Jaeger et al. 2018), which :meth:`forward` returns beside the boxes in
+            training mode only: where boxes are few and small, they give the features a signal
+            at every pixel instead of at a handful of positive locations.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class FCOS(nn.Module):
         fpn_channels: int = 128,
         head_convs: int = 2,
         backbone_options: dict[str, Any] | None = None,
+        dense_head: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -88,10 +93,14 @@ class FCOS(nn.Module):
         self.box_out = conv(n, c, 2 * n, 3, bias=True)
         self.ctr_out = conv(n, c, 1, 3, bias=True)
         self.scales = nn.Parameter(torch.ones(len(self.levels)))
-        for layer in (self.cls_out, self.box_out, self.ctr_out):
-            nn.init.normal_(layer.weight, std=0.01)
-            nn.init.zeros_(layer.bias)
-        nn.init.constant_(self.cls_out.bias, -math.log((1 - PRIOR) / PRIOR))
+        self.dense_out = conv(n, c, num_classes, 3, bias=True) if dense_head else None
+        for layer in (self.cls_out, self.box_out, self.ctr_out, self.dense_out):
+            if layer is not None:
+                nn.init.normal_(layer.weight, std=0.01)
+                nn.init.zeros_(layer.bias)
+        for layer in (self.cls_out, self.dense_out):
+            if layer is not None:
+                nn.init.constant_(layer.bias, -math.log((1 - PRIOR) / PRIOR))
 
     @property
     def divisor(self) -> int:
@@ -112,17 +121,22 @@ class FCOS(nn.Module):
             laterals[i] = laterals[i] + up
         return [smooth(f) for smooth, f in zip(self.smooth, laterals, strict=True)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, P, K + 2n + 1)``: class logits, distances (strides), centre-ness logit."""
+    def forward(self, x: torch.Tensor):
+        """``(B, P, K + 2n + 1)``: class logits, distances (strides), centre-ness logit; in
+        training mode with a dense head, also its logits ``(B, K, *finest level)``."""
         outputs = []
-        for level, feature in enumerate(self.pyramid(x)):
+        features = self.pyramid(x)
+        for level, feature in enumerate(features):
             cls = self.cls_out(self.cls_tower(feature))
             box_features = self.box_tower(feature)
             box = F.softplus(self.box_out(box_features) * self.scales[level])
             ctr = self.ctr_out(box_features)
             out = torch.cat([cls, box, ctr], dim=1)
             outputs.append(out.flatten(2).transpose(1, 2))
-        return torch.cat(outputs, dim=1)
+        joined = torch.cat(outputs, dim=1)
+        if self.training and self.dense_out is not None:
+            return joined, self.dense_out(features[0])
+        return joined
 
     def locations(self, shape: Sequence[int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`fcos_locations` of this network's strides."""

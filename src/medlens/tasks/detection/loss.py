@@ -13,10 +13,17 @@ gamma 2) divided by the number of positives, the GIoU loss of the positives' box
 their centre-ness target, and the binary cross-entropy of the centre-ness of the positives.
 Targets come as one dict per image with ``boxes`` ``(G, 2n)`` (index coordinates of the input,
 ``x, y[, z]``) and ``labels`` ``(G,)``.
+
+With a dense head (:class:`~medlens.models.fcos.FCOS` ``dense_head``) and ``dense_weight``, the
+loss adds ``dense_weight`` times the binary cross-entropy plus the batch soft Dice of its per-pixel
+logits, upsampled to the input, against the ellipse (ellipsoid) inscribed in each box
+(:func:`box_ellipsoids`): Retina U-Net's dense supervision (Jaeger et al. 2018), which nnDetection
+uses for the same reason, with boxes standing in for masks as LUNA16's spheres do.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -25,7 +32,7 @@ from torch.nn import functional as F
 
 from medlens.boxes import giou_loss
 
-__all__ = ["FCOSLoss", "assign_targets", "decode_boxes"]
+__all__ = ["FCOSLoss", "assign_targets", "box_ellipsoids", "decode_boxes"]
 
 
 def decode_boxes(points: torch.Tensor, strides: torch.Tensor, distances: torch.Tensor):
@@ -93,6 +100,7 @@ class FCOSLoss(nn.Module):
         locations: a function ``shape -> (points, strides)`` (:meth:`FCOS.locations`).
         ranges: per pyramid level, the ``[lo, hi)`` size range (pixels) it predicts.
         centre_radius: centre sampling radius in strides.
+        dense_weight: weight of the dense head's loss (see the module's notes).
     """
 
     def __init__(
@@ -104,9 +112,11 @@ class FCOSLoss(nn.Module):
         centre_radius: float = 1.5,
         alpha: float = 0.25,
         gamma: float = 2.0,
+        dense_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.num_classes, self.n = num_classes, spatial_dims
+        self.dense_weight = float(dense_weight)
         self.locations = locations
         self.ranges = [(float(lo), float(hi)) for lo, hi in ranges]
         self.centre_radius, self.alpha, self.gamma = centre_radius, alpha, gamma
@@ -124,12 +134,23 @@ class FCOSLoss(nn.Module):
             self._cache = {key: (points, strides, table[level])}
         return self._cache[key]
 
-    def forward(self, outputs: torch.Tensor, targets: tuple) -> torch.Tensor:
-        """``outputs`` ``(B, P, K + 2n + 1)`` of :class:`~medlens.models.fcos.FCOS`;
-        ``targets``: ``(shape, boxes, labels)``: the input's spatial shape and per image the
-        boxes ``(G, 2n)`` and labels ``(G,)``."""
+    def forward(self, outputs, targets: tuple) -> torch.Tensor:
+        """``outputs`` ``(B, P, K + 2n + 1)`` of :class:`~medlens.models.fcos.FCOS` (with a
+        dense head in training: the pair of that and its logits); ``targets``: ``(shape, boxes,
+        labels)``: the input's spatial shape and per image the boxes ``(G, 2n)`` and labels
+        ``(G,)``."""
         shape, all_boxes, all_labels = targets
-        outputs = outputs.float()
+        dense = None
+        if isinstance(outputs, tuple):
+            outputs, dense = outputs
+        total = self._boxes(outputs.float(), shape, all_boxes, all_labels)
+        if dense is not None and self.dense_weight > 0:
+            total = total + self.dense_weight * dense_loss(
+                dense, shape, all_boxes, all_labels, self.num_classes
+            )
+        return total
+
+    def _boxes(self, outputs: torch.Tensor, shape, all_boxes, all_labels) -> torch.Tensor:
         k, n = self.num_classes, self.n
         points, strides, ranges = self._grid(shape, outputs.device)
         cls_t, box_t, which_all = [], [], []
@@ -166,6 +187,58 @@ class FCOSLoss(nn.Module):
             F.binary_cross_entropy_with_logits(ctr_logit, ctr_target, reduction="sum") / n_pos
         )
         return cls_loss + box_loss + ctr_loss
+
+
+def box_ellipsoids(shape, boxes: torch.Tensor, labels: torch.Tensor, num_classes: int):
+    """``(K, *shape)`` float masks: per class, the ellipses (ellipsoids) inscribed in its boxes
+    ``(G, 2n)`` (index coordinates ``x, y[, z]``, pixel centres at integers), clipped to the
+    array; the pixel nearest a box's centre is always in, however small the box."""
+    n = len(shape)
+    masks = torch.zeros((num_classes, *shape), device=boxes.device)
+    for box, label in zip(
+        boxes.reshape(-1, 2 * n).tolist(), labels.reshape(-1).tolist(), strict=True
+    ):
+        centre = [(box[a] + box[n + a]) / 2 for a in range(n)][::-1]  # array order
+        radius = [max((box[n + a] - box[a]) / 2, 1e-3) for a in range(n)][::-1]
+        lo = [max(0, math.floor(c - r)) for c, r in zip(centre, radius, strict=True)]
+        hi = [
+            min(side, math.ceil(c + r) + 1)
+            for c, r, side in zip(centre, radius, shape, strict=True)
+        ]
+        if any(a >= b for a, b in zip(lo, hi, strict=True)):
+            continue  # wholly outside
+        distance = sum(
+            (((torch.arange(a, b, device=boxes.device) - c) / r) ** 2).reshape(
+                [-1 if i == axis else 1 for i in range(n)]
+            )
+            for axis, (a, b, c, r) in enumerate(zip(lo, hi, centre, radius, strict=True))
+        )
+        block = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        masks[int(label)][block] = torch.maximum(masks[int(label)][block], (distance <= 1).float())
+        nearest = [round(c) for c in centre]
+        if all(0 <= i < side for i, side in zip(nearest, shape, strict=True)):
+            masks[(int(label), *nearest)] = 1.0
+    return masks
+
+
+def dense_loss(logits: torch.Tensor, shape, all_boxes, all_labels, num_classes: int):
+    """Binary cross-entropy plus batch soft Dice (per class, nnU-Net's smoothing) of the dense
+    head's logits ``(B, K, *level)``, upsampled to the input's ``shape``, against
+    :func:`box_ellipsoids`."""
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(shape)]
+    logits = F.interpolate(logits.float(), size=tuple(shape), mode=mode, align_corners=False)
+    target = torch.stack(
+        [
+            box_ellipsoids(shape, boxes.to(logits.device, torch.float32), labels, num_classes)
+            for boxes, labels in zip(all_boxes, all_labels, strict=True)
+        ]
+    )
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    axes = [0, *range(2, p.ndim)]
+    overlap, size = (p * target).sum(axes), p.sum(axes) + target.sum(axes)
+    dice = (2 * overlap + 1e-5) / (size + 1e-5)
+    return bce + (1 - dice).mean()
 
 
 def centreness(distances: torch.Tensor) -> torch.Tensor:

@@ -189,6 +189,7 @@ def make_plan(
         "strides": strides,
         "stem": "large",
         "centre_radius": 1.5,
+        "dense_weight": 0.0,
     }
     from medlens.tasks.segmentation.plan import normalisation_for
 

@@ -50,6 +50,7 @@ def build_network(plan: DetectionPlan) -> torch.nn.Module:
         fpn_channels=net["fpn_channels"],
         head_convs=net["head_convs"],
         backbone_options={"width": net["width"], "stem": net["stem"]},
+        dense_head=float(net.get("dense_weight", 0.0)) > 0,
     )
 
 

@@ -205,6 +205,7 @@ def _fit(
         network.locations,
         plan.ranges,
         centre_radius=float(plan.network.get("centre_radius", 1.5)),
+        dense_weight=float(plan.network.get("dense_weight", 0.0)),
     )
 
     def evaluate(model, cases):
@@ -362,7 +363,6 @@ def _validate(output: Path, plan: DetectionPlan, splits, cases, log) -> dict:
 
 
 def _info(plan, dataset, data, seed, status) -> dict[str, Any]:
-    meta = getattr(dataset, "metadata", None) or {}
     return {
         "format": RUN_FORMAT,
         "medlens": __version__,
@@ -372,7 +372,7 @@ def _info(plan, dataset, data, seed, status) -> dict[str, Any]:
             "source": str(Path(data).resolve()),
             "name": dataset.name,
             "cases": len(dataset),
-            "simulated": bool(meta.get("simulated", False)),
+            "simulated": bool(getattr(dataset, "simulated", False)),
         },
         "class_names": list(plan.class_names),
         "seed": seed,
