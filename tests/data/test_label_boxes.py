@@ -167,6 +167,7 @@ def test_detection_trains_on_label_maps_and_records_how(tmp_path):
     ]
     plan = task.plan(data, overrides=settings, **quiet)
     assert plan.boxes_from_labels == "class" and plan.class_names == ["foreground"]
+    assert plan.network["dense_weight"] == 0.0  # one box per organ: its boxes suffice
     pieces = task.plan(data, overrides=[*settings, "boxes_from_labels=component"], **quiet)
     assert pieces.boxes_from_labels == "component"
     with pytest.raises(DatasetError, match="boxes_from_labels=organ"):

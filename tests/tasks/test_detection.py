@@ -256,6 +256,7 @@ def test_bccd_plan(real):
     assert 37 / plan.target_spacing[0] >= 12 and plan.strides[0] == 8
     assert plan.ranges[0][0] == 0 and plan.ranges[-1][1] >= 1e6
     assert plan.box_sizes_mm["per_class"]["RBC"]["n"] == 3350
+    assert plan.network["dense_weight"] == 0.0  # 2D: many boxes per image, no dense head
 
 
 def test_a_3d_detector_learns_boxes_not_only_centres(tmp_path):
@@ -293,7 +294,7 @@ def test_a_3d_detector_learns_boxes_not_only_centres(tmp_path):
         "inference.precision=float32",
     ]
     plan = task.plan(data / "boxes.csv", overrides=settings, log=lambda s: None)
-    assert plan.spatial_dims == 3 and plan.strides == [4]
+    assert plan.spatial_dims == 3 and plan.strides == [4] and plan.network["dense_weight"] == 1.0
     task.train(
         data / "boxes.csv",
         tmp_path / "run",

@@ -15,6 +15,9 @@ the dataset's fingerprint into a :class:`DetectionPlan`:
   distance from a location to a face is in ``[4 * stride, 8 * stride)`` (the first from 0, the
   last to infinity), as FCOS's ranges are;
 - **network**: an FCOS (:mod:`medlens.models.fcos`) on a group-normed ResNet, narrower in 3D;
+  in 3D (except one box per organ) with a dense head (``dense_weight``: per-voxel supervision from
+  the ellipsoids inscribed in the boxes), which lifted the simulated lesions' validation CPM from
+  0.38 to 0.49 at 40 epochs, and 120 epochs instead of 40 (0.63);
 - **normalisation**: CT clipped and standardised with the dataset's statistics, anything else
   standardised per image and channel.
 """
@@ -42,6 +45,8 @@ NETWORK = {
     3: {"backbone": "resnet10", "width": 24, "fpn_channels": 64, "head_convs": 2},
 }
 SCHEDULE = {"epochs": 40, "batches_per_epoch": 25, "val_every": 5}
+#: 3D findings learn slowly: simulated lesions' validation CPM 0.49 at 40 epochs, 0.63 at 120
+FINDINGS_3D = {"epochs": 120, "val_every": 10}
 AUGMENTATION = {"flip": True, "scale": 0.15, "rotate": 180.0, "p": 0.5, "intensity": 0.2}
 
 
@@ -182,6 +187,9 @@ def make_plan(
     ranges = [[4.0 * s, 8.0 * s] for s in strides]
     ranges[0][0], ranges[-1][1] = 0.0, 1e8
     levels = [int(math.log2(s)) - 1 for s in strides]  # ResNet, large stem: stage i at 2^(i+1)
+    dense = 1.0 if n == 3 and boxes_from_labels != "class" else 0.0
+    if dense:
+        notes.append("a dense head beside the boxes (3D findings: few positives per volume)")
     network = {
         "name": "fcos",
         **NETWORK[n],
@@ -189,7 +197,7 @@ def make_plan(
         "strides": strides,
         "stem": "large",
         "centre_radius": 1.5,
-        "dense_weight": 0.0,
+        "dense_weight": dense,
     }
     from medlens.tasks.segmentation.plan import normalisation_for
 
@@ -199,7 +207,8 @@ def make_plan(
     from medlens.engine import native_bf16
 
     bf16 = device == "cpu" and native_bf16()
-    train = default_train(batch_size=batch, amp="on" if bf16 else "auto", **SCHEDULE)
+    schedule = {**SCHEDULE, **(FINDINGS_3D if dense else {})}
+    train = default_train(batch_size=batch, amp="on" if bf16 else "auto", **schedule)
     if bf16:
         notes.append("bf16 mixed precision (this CPU computes bf16 natively)")
     inference = {
