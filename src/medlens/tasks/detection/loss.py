@@ -233,12 +233,10 @@ def dense_loss(logits: torch.Tensor, shape, all_boxes, all_labels, num_classes: 
             for boxes, labels in zip(all_boxes, all_labels, strict=True)
         ]
     )
+    from medlens.tasks.segmentation.losses import soft_dice
+
     bce = F.binary_cross_entropy_with_logits(logits, target)
-    p = torch.sigmoid(logits)
-    axes = [0, *range(2, p.ndim)]
-    overlap, size = (p * target).sum(axes), p.sum(axes) + target.sum(axes)
-    dice = (2 * overlap + 1e-5) / (size + 1e-5)
-    return bce + (1 - dice).mean()
+    return bce + soft_dice(torch.sigmoid(logits), target)
 
 
 def centreness(distances: torch.Tensor) -> torch.Tensor:

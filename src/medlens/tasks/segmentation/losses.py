@@ -21,7 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DeepSupervisionLoss", "DiceCELoss", "deep_supervision_weights", "soft_dice_loss"]
+__all__ = [
+    "DeepSupervisionLoss",
+    "DiceCELoss",
+    "deep_supervision_weights",
+    "soft_dice",
+    "soft_dice_loss",
+]
 
 
 def soft_dice_loss(
@@ -46,10 +52,17 @@ def soft_dice_loss(
         mask = valid.unsqueeze(1).to(probs.dtype)
         probs, onehot = probs * mask, onehot * mask
     start = 0 if include_background or num_classes == 1 else 1
-    probs, onehot = probs[:, start:], onehot[:, start:]
+    return soft_dice(probs[:, start:], onehot[:, start:], batch_dice=batch_dice, smooth=smooth)
+
+
+def soft_dice(
+    probs: torch.Tensor, target: torch.Tensor, *, batch_dice: bool = True, smooth: float = 1e-5
+) -> torch.Tensor:
+    """``1 - mean soft Dice`` of probabilities against targets, both ``(B, K, ...)``, per class
+    (``batch_dice``: the batch pooled into one volume); softmax or sigmoid outputs alike."""
     axes = [0, *range(2, probs.ndim)] if batch_dice else list(range(2, probs.ndim))
-    intersection = (probs * onehot).sum(dim=axes)
-    denominator = probs.sum(dim=axes) + onehot.sum(dim=axes)
+    intersection = (probs * target).sum(dim=axes)
+    denominator = probs.sum(dim=axes) + target.sum(dim=axes)
     dice = (2 * intersection + smooth) / (denominator + smooth).clamp_min(1e-8)
     return 1 - dice.mean()
 
