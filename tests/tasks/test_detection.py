@@ -259,6 +259,25 @@ def test_bccd_plan(real):
     assert plan.network["dense_weight"] == 0.0  # 2D: many boxes per image, no dense head
 
 
+def test_tile_sampling_draws_large_scans_as_often_as_their_patches():
+    from medlens.tasks.detection.data import BoxBatches, DetectionCase, case_weights
+
+    def case(name, shape):
+        box = np.array([[1, 1, 1, 4, 4, 4]], np.float32)
+        return DetectionCase(name, np.zeros((1, *shape), np.float32), box, np.zeros(1, np.int64))
+
+    cases = [case("crop", (20, 30, 30)), case("scan", (32, 100, 70))]  # 1 and 1*4*3 tiles of 32
+    assert np.allclose(case_weights(cases, (32, 32, 32)), [1 / 13, 12 / 13])
+    assert case_weights(cases[:1] * 3, (32, 32, 32)) is None  # all alike: uniform draws
+    drawn = {}
+    for weights in ("tiles", "cases"):
+        batches = BoxBatches(cases, (32, 32, 32), 2, batches_per_epoch=200, weights=weights)
+        rng = np.random.default_rng(0)
+        counts = np.bincount([batches._draw(rng) for _ in range(2600)], minlength=2)
+        drawn[weights] = counts[1] / counts.sum()
+    assert abs(drawn["tiles"] - 12 / 13) < 0.02 and abs(drawn["cases"] - 0.5) < 0.03
+
+
 def test_a_3d_detector_learns_boxes_not_only_centres(tmp_path):
     """Bright spheres in noise, boxes in a 3D CSV: after a minute of training the boxes have
     their size too (a ReLU on the distances once died in 3D: centres right, boxes of size 0)."""
@@ -295,6 +314,7 @@ def test_a_3d_detector_learns_boxes_not_only_centres(tmp_path):
     ]
     plan = task.plan(data / "boxes.csv", overrides=settings, log=lambda s: None)
     assert plan.spatial_dims == 3 and plan.strides == [4] and plan.network["dense_weight"] == 1.0
+    assert plan.sampling == "tiles"
     task.train(
         data / "boxes.csv",
         tmp_path / "run",

@@ -4,7 +4,8 @@
 normalises it as the plan says, and maps the case's world-coordinate boxes onto the new grid
 (:meth:`~medlens.image.Image.world_to_index`), so boxes stay right whatever the resampling.
 :class:`BoxBatches` draws training batches: a patch per slot (the whole padded image when it fits
-the patch), centred on a random box for ``object_share`` of the slots, anywhere otherwise; boxes
+the patch) of a case drawn uniformly or, with ``weights="tiles"``, in proportion to the patches
+that cover it, centred on a random box for ``object_share`` of the slots, anywhere otherwise; boxes
 are cut to the patch (:func:`medlens.boxes.crop_boxes`: kept when at least ``min_visible`` of them
 is inside, clipped to it); the batch is augmented with the transform engine, which moves the
 boxes with the image (flips, scaling) and drops those pushed out. Positions come from a generator
@@ -13,6 +14,7 @@ seeded by ``(seed, epoch)``, so a resumed run draws the same batches.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -201,10 +203,12 @@ class BoxBatches:
         min_visible: float = 0.5,
         seed: int = 0,
         augment: Any = None,
+        weights: str = "cases",
     ) -> None:
         if not cases:
             raise DatasetError("no training cases")
         self.cases = cases
+        self.weights = case_weights(cases, patch_size) if weights == "tiles" else None
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_size = int(batch_size)
         self.batches_per_epoch = int(batches_per_epoch)
@@ -227,7 +231,7 @@ class BoxBatches:
         for _ in range(self.batches_per_epoch):
             images, boxes, labels = [], [], []
             for _slot in range(self.batch_size):
-                case = self.cases[int(rng.integers(len(self.cases)))]
+                case = self.cases[self._draw(rng)]
                 image, box, label = patch_of(
                     case, self.patch_size, rng, self.object_share, self.min_visible
                 )
@@ -238,6 +242,24 @@ class BoxBatches:
             if self.augment is not None:
                 x, boxes, labels = self.augment(x, boxes, labels, generator)
             yield x, (tuple(self.patch_size), boxes, labels)
+
+    def _draw(self, rng: np.random.Generator) -> int:
+        if self.weights is None:
+            return int(rng.integers(len(self.cases)))
+        return int(rng.choice(len(self.cases), p=self.weights))
+
+
+def case_weights(cases: list[DetectionCase], patch_size) -> np.ndarray | None:
+    """Each case's share of the draws, in proportion to the patches that tile it; ``None`` when
+    every case needs as many (uniform draws, which keep the seeded positions of such sets)."""
+    patch = [int(p) for p in patch_size]
+    counts = [
+        math.prod(-(-d // p) for d, p in zip(c.image.shape[1:], patch, strict=True)) for c in cases
+    ]
+    tiles = np.asarray(counts, dtype=np.float64)
+    if np.all(tiles == tiles[0]):
+        return None
+    return tiles / tiles.sum()
 
 
 def patch_of(

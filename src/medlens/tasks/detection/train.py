@@ -198,6 +198,7 @@ def _fit(
         batches_per_epoch=int(plan.train.batches_per_epoch or 40),
         seed=seed,
         augment=detection_augment(plan.spatial_dims, **plan.augmentation),
+        weights=plan.sampling,
     )
     loss = FCOSLoss(
         plan.num_classes,
