@@ -22,6 +22,7 @@ from medlens.cli.info import info
 from medlens.cli.learn import evaluate, predict, train
 from medlens.cli.measure import app as measure_app
 from medlens.cli.plan import plan
+from medlens.cli.register import apply_transform, register
 from medlens.cli.serve import dicom_node, export, serve
 
 app = typer.Typer(
@@ -43,6 +44,8 @@ app.command("export")(export)
 app.command("serve")(serve)
 app.command("dicom-node")(dicom_node)
 app.command("anonymize")(anonymize)
+app.command("register")(register)
+app.command("apply-transform")(apply_transform)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(measure_app, name="measure")
 

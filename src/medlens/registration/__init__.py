@@ -1,0 +1,1 @@
+"""Registration: affine and diffeomorphic instance optimisation on the images' own grids."""
