@@ -113,9 +113,10 @@ def register(
             f"{metrics['labels']['dice_mean']:.3f}"
         )
     if "landmarks" in metrics:
+        unit = "px" if fixed_image.meta.get("spacing_known") is False else "mm"
         line += (
             f"; TRE median {metrics['landmarks_before']['median']:.2f} -> "
-            f"{metrics['landmarks']['median']:.2f} mm"
+            f"{metrics['landmarks']['median']:.2f} {unit}"
         )
     typer.echo(f"{line}; folding {metrics['folding_fraction']:.2%}: {output}")
 

@@ -84,6 +84,12 @@ def affine_params(n: int, centre: np.ndarray):
     return linear, shift, matrix
 
 
+def level_steps(iterations: int, level: int, levels: int) -> int:
+    """Steps at ``level`` (0: coarsest): ``iterations`` there, halved at each finer level down
+    to at least a quarter (fine levels cost up to 8x more per step and start close)."""
+    return max(iterations >> min(level, 2), 1)
+
+
 def affine_stage(
     levels: list[tuple[Grid, Grid, torch.Tensor | None]],
     initial: np.ndarray,
@@ -106,9 +112,10 @@ def affine_stage(
         optimiser = torch.optim.Adam(
             [{"params": [linear], "lr": rigid_lr}, {"params": [shift], "lr": 0.5 * step}]
         )
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, iterations)
+        steps = level_steps(iterations, level, len(levels))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, steps)
         first = last = None
-        for i in range(iterations):
+        for i in range(steps):
             optimiser.zero_grad()
             world = matrix(start)
             coords = moving_coords(fixed, moving, world)
@@ -138,6 +145,7 @@ def deformable_stage(
     regulariser: str = "diffusion",
     iterations: int = 100,
     lr: float = 0.5,
+    smooth: float = 0.0,
     log: Callable[[str], None] = lambda s: None,
 ) -> tuple[torch.Tensor, Stage]:
     """Optimise a stationary velocity (mm) after ``world``; returns the displacement ``u`` in
@@ -162,9 +170,10 @@ def deformable_stage(
         velocity = velocity.detach().requires_grad_(True)
         optimiser = torch.optim.Adam([velocity], lr=lr * float(spacing.mean()))
         first = last = None
-        for i in range(iterations):
+        steps = level_steps(iterations, level, len(levels))
+        for i in range(steps):
             optimiser.zero_grad()
-            u = resize_field(integrate(velocity / spacing), fixed.shape)
+            u = resize_field(integrate(_smoothed(velocity, smooth) / spacing), fixed.shape)
             warped, inside = warp_moving(moving, moving_coords(fixed, moving, world, u))
             mask_i = inside if mask is None else inside * mask
             similarity = loss(fixed.tensor, warped, mask_i)
@@ -181,4 +190,14 @@ def deformable_stage(
         log(f"deformable level {level + 1}/{len(levels)}: similarity {first:.4f} -> {last:.4f}")
     assert velocity is not None
     with torch.no_grad():
-        return resize_field(integrate(velocity / spacing), levels[-1][0].shape), stage
+        u = integrate(_smoothed(velocity, smooth) / spacing)
+        return resize_field(u, levels[-1][0].shape), stage
+
+
+def _smoothed(velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The velocity smoothed by a Gaussian of ``sigma`` control voxels (0: as it is)."""
+    if sigma <= 0:
+        return velocity
+    from medlens.transforms._filters import gaussian_blur
+
+    return gaussian_blur(velocity, torch.full((velocity.shape[0],), float(sigma)), truncate=2.0)

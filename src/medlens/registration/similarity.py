@@ -153,9 +153,8 @@ def mind_descriptors(x: torch.Tensor, *, radius: int = 1, dilation: int = 2) -> 
     window = 2 * radius + 1
     distances = torch.cat([_box((shifted(a) - shifted(b)) ** 2, window) for a, b in pairs], 1)
     variance = distances.mean(dim=1, keepdim=True)
-    low = variance.mean() * 1e-3
-    high = variance.mean() * 1e3
-    variance = variance.clamp(min=float(low), max=float(high))
+    mean = float(variance.detach().mean())
+    variance = variance.clamp(min=mean * 1e-3, max=mean * 1e3)
     descriptors = torch.exp(-distances / variance)
     return descriptors / descriptors.amax(dim=1, keepdim=True).clamp(min=1e-8)
 
