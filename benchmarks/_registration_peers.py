@@ -161,7 +161,10 @@ def elastix(fixed_path, moving_path, labels_path=None) -> dict:
         fixed, moving, parameter_object=parameters, log_to_console=False
     )
     seconds = time.perf_counter() - started
-    field = itk.transformix_deformation_field(moving, result)
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="transformix-")  # it writes its files there, not into cwd
+    field = itk.transformix_deformation_field(moving, result, output_directory=scratch)
     vectors = np.moveaxis(np.asarray(itk.array_from_image(field), dtype=np.float64), -1, 0)
     labels = None
     if labels_path is not None:
@@ -176,7 +179,7 @@ def elastix(fixed_path, moving_path, labels_path=None) -> dict:
         image.SetSpacing(source.GetSpacing())
         n = source.GetDimension()
         image.SetDirection(np.asarray(source.GetDirection()).reshape(n, n))
-        warped = itk.transformix_filter(image, result)
+        warped = itk.transformix_filter(image, result, output_directory=scratch)
         labels = np.rint(np.asarray(itk.array_from_image(warped))).astype(np.int64)
     return {"seconds": seconds, "field": vectors, "labels": labels}
 
