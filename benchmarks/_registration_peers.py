@@ -82,6 +82,14 @@ def _warp_labels(labels_path, fixed, transform):
     return sitk.GetArrayFromImage(out)
 
 
+def _result(seconds: float, transform, fixed, labels_path) -> dict:
+    return {
+        "seconds": seconds,
+        "field": _field(transform, fixed),
+        "labels": _warp_labels(labels_path, fixed, transform),
+    }
+
+
 def sitk_demons(fixed_path, moving_path, labels_path=None) -> dict:
     import SimpleITK as sitk
 
@@ -96,12 +104,7 @@ def sitk_demons(fixed_path, moving_path, labels_path=None) -> dict:
     displacement = demons.Execute(fixed, matched)
     field = sitk.DisplacementFieldTransform(sitk.Cast(displacement, sitk.sitkVectorFloat64))
     total = sitk.CompositeTransform([affine, field])  # affine(field(p))
-    seconds = time.perf_counter() - started
-    return {
-        "seconds": seconds,
-        "field": _field(total, fixed),
-        "labels": _warp_labels(labels_path, fixed, total),
-    }
+    return _result(time.perf_counter() - started, total, fixed, labels_path)
 
 
 def sitk_bspline(fixed_path, moving_path, labels_path=None) -> dict:
@@ -130,12 +133,7 @@ def sitk_bspline(fixed_path, moving_path, labels_path=None) -> dict:
     method.SetInitialTransform(bspline, inPlace=True)
     method.Execute(fixed, moving)
     total = sitk.CompositeTransform([affine, bspline])
-    seconds = time.perf_counter() - started
-    return {
-        "seconds": seconds,
-        "field": _field(total, fixed),
-        "labels": _warp_labels(labels_path, fixed, total),
-    }
+    return _result(time.perf_counter() - started, total, fixed, labels_path)
 
 
 def elastix(fixed_path, moving_path, labels_path=None) -> dict:

@@ -82,49 +82,23 @@ def test_points_go_through_the_inverse_and_chains_compose():
 
 
 def test_the_cli_maps_an_image_points_and_writes_the_chain(tmp_path, capsys):
-    from typer.testing import CliRunner
-
-    from medlens.cli.main import app
+    from medlens.cli.main import main
     from medlens.io import load_image, save_image
 
     fixed, moving = pair()
     f = save_image(fixed, tmp_path / "in" / "f.nii.gz")
     m = save_image(moving, tmp_path / "in" / "m.nii.gz")
     tfm = write_affine(tmp_path / "in" / "a.tfm", known_affine(3))
-    (tmp_path / "in" / "p.csv").write_text(",X,Y,Z\n1,10,12,8\n2,4,5,6\n")
-    run = CliRunner().invoke
+    points = tmp_path / "in" / "p.csv"
+    points.write_text(",X,Y,Z\n1,10,12,8\n2,4,5,6\n")
     out = tmp_path / "out"
-    result = run(
-        app,
-        [
-            "apply-transform",
-            str(tfm),
-            "--reference",
-            str(f),
-            "--input",
-            str(m),
-            "-o",
-            str(out / "w.nii.gz"),
-        ],
-    )
-    assert result.exit_code == 0, result.output
+
+    def apply(*args) -> int:
+        return main(["apply-transform", *map(str, args), "--reference", str(f)])
+
+    assert apply(tfm, "--input", m, "-o", out / "w.nii.gz") == 0, capsys.readouterr().err
     assert load_image(out / "w.nii.gz").same_grid(fixed)
-    result = run(
-        app,
-        [
-            "apply-transform",
-            str(tfm),
-            "--reference",
-            str(f),
-            "--input",
-            str(tmp_path / "in" / "p.csv"),
-            "--moving",
-            str(m),
-            "-o",
-            str(out / "p.csv"),
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    assert apply(tfm, "--input", points, "--moving", m, "-o", out / "p.csv") == 0
     lines = (out / "p.csv").read_text().splitlines()
     assert lines[0] == "id,X,Y,Z" and lines[1].startswith("1,")
     mapped = np.array([[float(v) for v in line.split(",")[1:]] for line in lines[1:]])
@@ -132,26 +106,11 @@ def test_the_cli_maps_an_image_points_and_writes_the_chain(tmp_path, capsys):
         WorldTransform.affine(known_affine(3)).map(fixed.index_to_world(mapped))
     )
     assert np.allclose(back, [[10, 12, 8], [4, 5, 6]], atol=1e-3)
-    result = run(
-        app,
-        [
-            "apply-transform",
-            str(tfm),
-            str(tfm),
-            "--invert",
-            "--reference",
-            str(f),
-            "-o",
-            str(out / "chain.nii.gz"),
-        ],
-    )
-    assert result.exit_code == 0, result.output
+    assert apply(tfm, tfm, "--invert", "-o", out / "chain.nii.gz") == 0
     chain = read_transform(out / "chain.nii.gz")
     p = fixed.index_to_world(np.array([[8.0, 9.0, 10.0]]))
     twice = WorldTransform.affine(np.linalg.inv(known_affine(3) @ known_affine(3)))
     assert np.allclose(chain.map(p), twice.map(p), atol=1e-3)
-    from medlens.cli.main import main
-
-    bad = ["apply-transform", str(tmp_path / "in" / "p.csv"), "--reference", str(f), "-o"]
-    assert main([*bad, str(out / "x.nii.gz")]) == 1
+    capsys.readouterr()
+    assert apply(points, "-o", out / "x.nii.gz") == 1
     assert "p.csv: not a transform" in capsys.readouterr().err

@@ -18,6 +18,7 @@ import torch
 
 from medlens.errors import MedlensError
 from medlens.image import Image
+from medlens.registration.register import on_grid
 from medlens.registration.transform_io import read_affine, read_displacement
 
 __all__ = ["INTERPOLATIONS", "WorldTransform", "read_transform", "resample_through"]
@@ -164,15 +165,7 @@ def resample_through(
     if np.issubdtype(array.dtype, np.integer) or (labels and array.dtype == bool):
         info = np.iinfo(array.dtype) if array.dtype != bool else np.iinfo(np.uint8)
         result = np.clip(np.rint(result), info.min, info.max).astype(array.dtype)
-    return Image(
-        result,
-        spacing=reference.spacing,
-        origin=reference.origin,
-        direction=reference.direction,
-        role=image.role,
-        modality=image.modality,
-        leading=image.leading,
-    )
+    return on_grid(result, reference, image)
 
 
 def _sample(channel: np.ndarray, coords: np.ndarray, inside: np.ndarray, how: str) -> np.ndarray:

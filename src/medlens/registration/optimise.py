@@ -37,6 +37,11 @@ class Stage:
     name: str
     levels: list[dict] = field(default_factory=list)
 
+    def record(self, shape, first, last, what: str, log: Callable[[str], None]) -> None:
+        """Keep (and log) one level's similarity at its first and last step."""
+        self.levels.append({"shape": list(shape), "first": first, "last": last})
+        log(f"{what}: similarity {first:.4f} -> {last:.4f}")
+
 
 def moving_coords(
     fixed: Grid, moving: Grid, world: np.ndarray | torch.Tensor, field_vox=None
@@ -129,8 +134,7 @@ def affine_stage(
             schedule.step()
             first = float(value.detach()) if first is None else first
             last = float(value.detach())
-        stage.levels.append({"shape": list(fixed.shape), "first": first, "last": last})
-        log(f"affine level {level + 1}/{len(levels)}: similarity {first:.4f} -> {last:.4f}")
+        stage.record(fixed.shape, first, last, f"affine level {level + 1}/{len(levels)}", log)
         if float(torch.linalg.norm(shift.detach())) > 2 * extent:
             raise RegistrationError("the affine stage diverged (it moved the image out of view)")
     return matrix(start).detach().numpy(), stage
@@ -186,8 +190,7 @@ def deformable_stage(
             optimiser.step()
             first = float(similarity.detach()) if first is None else first
             last = float(similarity.detach())
-        stage.levels.append({"shape": list(fixed.shape), "first": first, "last": last})
-        log(f"deformable level {level + 1}/{len(levels)}: similarity {first:.4f} -> {last:.4f}")
+        stage.record(fixed.shape, first, last, f"deformable level {level + 1}/{len(levels)}", log)
     assert velocity is not None
     with torch.no_grad():
         u = integrate(_smoothed(velocity, smooth) / spacing)

@@ -81,15 +81,7 @@ class Registration:
             warped = warp_coords(x.float(), coords, padding="zeros")[0].numpy()
             warped = warped.reshape(*array.shape[: array.ndim - len(spatial)], *warped.shape[1:])
             warped = warped.astype(np.float32)
-        return Image(
-            warped,
-            spacing=self.fixed.spacing,
-            origin=self.fixed.origin,
-            direction=self.fixed.direction,
-            role=image.role,
-            modality=image.modality,
-            leading=image.leading,
-        )
+        return on_grid(warped, self.fixed, image)
 
     def displacement_mm(self) -> np.ndarray:
         """``T(p) - p`` in LPS mm ``(n, *fixed)``, channel 0 along world x (ITK's field)."""
@@ -117,6 +109,13 @@ class Registration:
             index = index + u
         mapped = self.fixed.index_to_world(index)
         return mapped @ self.world[:-1, :-1].T + self.world[:-1, -1]
+
+
+def on_grid(array: np.ndarray, grid: Image, like: Image) -> Image:
+    """``array`` on ``grid``'s geometry, with ``like``'s role, modality and leading axes."""
+    return grid.with_array(
+        array, role=like.role, modality=like.modality, leading=like.leading, meta={}
+    )
 
 
 def _grey(image: Image) -> torch.Tensor:
