@@ -234,9 +234,10 @@ def score(task: str, method: str, case: dict) -> dict:
         warped = np.asarray(found["labels"]).reshape(reference.shape)
         spacing = tuple(fixed.spacing)[::-1]
         out["dice"] = float(np.mean([dice(warped, reference, label=k) for k in (1, 2)]))
-        out["hd95"] = float(
-            np.mean([hausdorff95(warped, reference, spacing, label=k) for k in (1, 2)])
-        )
+        distances = [hausdorff95(warped, reference, spacing, label=k) for k in (1, 2)]
+        finite = [d for d in distances if np.isfinite(d)]
+        if finite:
+            out["hd95"] = float(np.mean(finite))
     if case.get("landmarks"):
         out.update(landmark_error(case, fixed, field))
     if case.get("truth_mm") is not None:

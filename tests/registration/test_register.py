@@ -310,3 +310,23 @@ def test_a_histology_stain_pair_lands_its_landmarks(real, tmp_path):
     assert metrics["landmarks_before"]["rtre_median"] > 0.015
     assert metrics["landmarks"]["rtre_median"] < 0.006  # ANHIR's rTRE, median
     assert metrics["folding_fraction"] < 0.001
+
+
+def test_a_label_missing_on_one_side_scores_without_nan(tmp_path):
+    from medlens.registration.outputs import write_registration
+
+    fixed = Image(blobs((20, 22), seed=12))
+    labels = np.zeros((20, 22), np.uint8)
+    labels[5:10, 5:10], labels[12:16, 12:18] = 1, 2
+    moving_labels = np.where(labels == 2, 0, labels).astype(np.uint8)  # label 2 gone
+    files = write_registration(
+        Registration(fixed, fixed, np.eye(3), None),
+        tmp_path / "out",
+        fixed_labels=fixed.with_array(labels),
+        moving_labels=fixed.with_array(moving_labels),
+    )
+    text = files["metrics"].read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    scores = json.loads(text)["labels"]["per_label"]
+    assert scores["1"]["dice"] == 1.0 and scores["2"]["dice"] == 0.0
+    assert scores["2"]["hd95_mm"] is None

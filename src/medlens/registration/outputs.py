@@ -92,9 +92,10 @@ def _label_scores(fixed_labels: Image, warped: np.ndarray) -> dict[str, Any]:
     values = sorted(int(v) for v in np.union1d(np.unique(reference), np.unique(warped)) if v)
     per_label = {}
     for value in values:
+        distance = hausdorff95(warped, reference, spacing, label=value)
         per_label[str(value)] = {
             "dice": dice(warped, reference, label=value),
-            "hd95_mm": hausdorff95(warped, reference, spacing, label=value),
+            "hd95_mm": float(distance) if np.isfinite(distance) else None,  # None: one is empty
         }
     mean = float(np.mean([v["dice"] for v in per_label.values()])) if per_label else None
     return {"per_label": per_label, "dice_mean": mean}
