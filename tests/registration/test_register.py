@@ -255,10 +255,15 @@ def test_the_cli_writes_the_contracted_files_and_refuses_bad_landmarks(tmp_path,
     args = [*base, str(out)]  # ncc: LNCC overfits these images' fine noise texture
     labelled = [*args, "--fixed-labels", str(paths["fl"]), "--moving-labels", str(paths["ml"])]
     assert main(labelled) == 0, capsys.readouterr().err
-    for name in ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "metrics.json"):
+    files = ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "metrics.json")
+    for name in (*files, "affine.tfm", "report.html"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["labels"]["dice_mean"] > metrics["labels_before"]["dice_mean"]
+    report = (out / "report.html").read_text()
+    for heading in ("Checkerboard", "Deformed grid", "Jacobian determinant"):
+        assert heading in report
+    assert report.count("data:image/png;base64") == 4  # every figure was drawn
     assert metrics["folding_fraction"] < 0.001
     landmarks = ["--landmarks", str(inputs / "a.csv"), str(inputs / "b.csv")]
     capsys.readouterr()

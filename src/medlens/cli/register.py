@@ -49,8 +49,8 @@ def register(
     iterations: int = typer.Option(100, "--iterations", help="Steps per pyramid level."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress lines."),
 ) -> None:
-    """Register MOVING to FIXED and write warped.nii.gz, displacement.nii.gz (ITK), affine.tfm
-    and metrics.json (with warped_labels.nii.gz when labels are given)."""
+    """Register MOVING to FIXED and write warped.nii.gz, displacement.nii.gz (ITK), affine.tfm,
+    metrics.json and report.html (with warped_labels.nii.gz when labels are given)."""
     from medlens._atomic import ensure_outside
     from medlens.errors import MedlensError
     from medlens.image import Role
@@ -105,7 +105,10 @@ def register(
     )
     import json
 
+    from medlens.tasks.registration.report import write_registration_report
+
     metrics = json.loads(files["metrics"].read_text())
+    write_registration_report(output, result, metrics)
     line = f"registered in {metrics['seconds']:.1f} s"
     if "labels" in metrics:
         line += (
