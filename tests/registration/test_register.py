@@ -335,3 +335,15 @@ def test_a_label_missing_on_one_side_scores_without_nan(tmp_path):
     scores = json.loads(text)["labels"]["per_label"]
     assert scores["1"]["dice"] == 1.0 and scores["2"]["dice"] == 0.0
     assert scores["2"]["hd95_mm"] is None
+
+
+def test_the_centre_alignment_uses_each_images_own_grid():
+    from medlens.registration.register import centre_alignment
+
+    fixed = Image(blobs((20, 24)), spacing=(1.0, 1.0), origin=(0.0, 0.0))
+    moving = Image(blobs((10, 12)), spacing=(2.0, 2.0), origin=(30.0, -5.0))  # same extent
+    shift = centre_alignment(fixed, moving)[:2, 2]
+    fixed_centre = fixed.index_to_world((np.asarray(fixed.size) - 1) / 2)
+    moving_centre = moving.index_to_world((np.asarray(moving.size) - 1) / 2)
+    assert np.allclose(fixed_centre + shift, moving_centre)
+    assert np.allclose(shift, [29.5, -5.5])  # (41, 4) - (11.5, 9.5)

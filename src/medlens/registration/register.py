@@ -132,7 +132,7 @@ def _grey(image: Image) -> torch.Tensor:
 def centre_alignment(fixed: Image, moving: Image) -> np.ndarray:
     """The translation that puts the moving image's centre on the fixed image's."""
     n = fixed.spatial_dims
-    centre = [fixed.index_to_world((np.asarray(i.size) - 1) / 2) for i in (fixed, moving)]
+    centre = [i.index_to_world((np.asarray(i.size) - 1) / 2) for i in (fixed, moving)]
     out = np.eye(n + 1)
     out[:n, n] = centre[1] - centre[0]
     return out
