@@ -157,7 +157,7 @@ def apply_transform(
     from medlens._atomic import ensure_outside
     from medlens.errors import MedlensError
     from medlens.io import load_image, save_image
-    from medlens.registration.apply import read_transform, resample_through
+    from medlens.registration.apply import index_points, read_transform, resample_through
     from medlens.registration.transform_io import write_displacement
 
     ensure_outside(output, *transforms, reference, *[p for p in (input, moving) if p])
@@ -170,8 +170,7 @@ def apply_transform(
     if input is None:
         if not output.name.lower().endswith((".nii", ".nii.gz")):
             raise MedlensError("a transform is written as a displacement field (.nii.gz)", output)
-        index = fixed_index(fixed)
-        world = fixed.index_to_world(index)
+        world = fixed.index_to_world(index_points(fixed.spatial_shape))
         vectors = (chain.map(world) - world).T.reshape(fixed.spatial_dims, *fixed.spatial_shape)
         write_displacement(output, vectors, fixed)
         typer.echo(f"transform written as a displacement field: {output}")
@@ -198,14 +197,6 @@ def _looks_like_labels(image) -> bool:
         return True
     array = np.asarray(image.array)
     return np.issubdtype(array.dtype, np.integer) and len(np.unique(array[::7])) <= 32
-
-
-def fixed_index(image):
-    """Index coordinates ``(N, n)`` of every voxel, in array (C) order."""
-    import numpy as np
-
-    axes = [np.arange(s) for s in image.spatial_shape]
-    return np.stack(np.meshgrid(*axes, indexing="ij")[::-1], axis=-1).reshape(-1, len(axes))
 
 
 def write_points(chain, source: Path, reference, output: Path, moving=None) -> None:

@@ -21,7 +21,7 @@ from medlens.image import Image
 from medlens.registration.register import on_grid
 from medlens.registration.transform_io import read_affine, read_displacement
 
-__all__ = ["INTERPOLATIONS", "WorldTransform", "read_transform", "resample_through"]
+__all__ = ["INTERPOLATIONS", "WorldTransform", "index_points", "read_transform", "resample_through"]
 
 INTERPOLATIONS = ("linear", "bspline", "nearest", "onehot")
 
@@ -74,11 +74,9 @@ class WorldTransform:
                 steps.append(("affine", np.linalg.inv(value)))
                 continue
             grid = value.grid
-            axes = [np.arange(s) for s in grid.spatial_shape]
-            index = np.stack(np.meshgrid(*axes, indexing="ij")[::-1], -1).reshape(-1, len(axes))
-            world = grid.index_to_world(index)
+            world = grid.index_to_world(index_points(grid.spatial_shape))
             back = WorldTransform([("field", value)]).inverse_map(world)
-            vectors = (back - world).T.reshape(len(axes), *grid.spatial_shape)
+            vectors = (back - world).T.reshape(grid.spatial_dims, *grid.spatial_shape)
             steps.append(("field", _Field(grid, vectors)))
         return WorldTransform(steps)
 
@@ -112,6 +110,13 @@ class WorldTransform:
             index = invert_pull([stage], target).numpy()
             out = value.grid.index_to_world(index)
         return out
+
+
+def index_points(shape) -> np.ndarray:
+    """Index coordinates ``(N, n)`` (x first) of every voxel of an array ``shape``, in the
+    array's (C) order."""
+    axes = [np.arange(s, dtype=np.float64) for s in shape]
+    return np.stack(np.meshgrid(*axes, indexing="ij")[::-1], axis=-1).reshape(-1, len(axes))
 
 
 def read_transform(path) -> WorldTransform:
@@ -152,8 +157,8 @@ def resample_through(
     step = max(1, 2_000_000 // max(1, int(np.prod(shape[1:]))))  # slabs of ~2 M voxels
     for start in range(0, shape[0], step):
         stop = min(shape[0], start + step)
-        axes = [np.arange(start, stop), *[np.arange(s) for s in shape[1:]]]
-        index = np.stack(np.meshgrid(*axes, indexing="ij")[::-1], axis=-1).reshape(-1, n)
+        index = index_points((stop - start, *shape[1:]))
+        index[:, -1] += start  # the slab's first array axis is the last index axis
         moved = image.world_to_index(transform.map(reference.index_to_world(index)))
         inside = np.all((moved > -0.5) & (moved < np.asarray(image.size) - 0.5), axis=1)
         coords = moved[:, ::-1].T  # array order for scipy

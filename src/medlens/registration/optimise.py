@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from medlens.errors import MedlensError
-from medlens.registration.fields import bending_energy, diffusion, integrate, resize_field
+from medlens.registration.fields import (
+    bending_energy,
+    diffusion,
+    identity_grid,
+    integrate,
+    resize_field,
+)
 from medlens.registration.pyramid import Grid
 from medlens.transforms._warp import apply_matrix, warp_coords
 
@@ -53,8 +59,7 @@ def moving_coords(
     to_index = torch.as_tensor(np.linalg.inv(moving.matrix), dtype=torch.float64)
     world = torch.as_tensor(world, dtype=torch.float64) if not torch.is_tensor(world) else world
     pull = to_index @ world.to(torch.float64) @ torch.as_tensor(fixed.matrix, dtype=torch.float64)
-    axes = [torch.arange(s, dtype=torch.float32) for s in fixed.shape]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)[None]
+    grid = identity_grid(fixed.shape)
     if field_vox is not None:
         grid = grid + field_vox.movedim(1, -1)[..., :n]
     return apply_matrix(pull.to(torch.float32)[None], grid)

@@ -18,6 +18,7 @@ import torch
 
 from medlens.errors import MedlensError
 from medlens.image import Image
+from medlens.registration.fields import identity_grid
 from medlens.registration.optimise import (
     RegistrationError,
     Stage,
@@ -87,14 +88,12 @@ class Registration:
         """``T(p) - p`` in LPS mm ``(n, *fixed)``, channel 0 along world x (ITK's field)."""
         n = self.fixed.spatial_dims
         grid = self.fixed_grid
-        axes = [torch.arange(s, dtype=torch.float64) for s in grid.shape]
-        index = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)
-        if self.field is not None:
-            index = index + self.field[0].movedim(0, -1).double()
+        plain = identity_grid(grid.shape, dtype=torch.float64)[0]
+        index = plain if self.field is None else plain + self.field[0].movedim(0, -1).double()
         to_world = torch.as_tensor(self.world @ grid.matrix)
         mapped = index @ to_world[:n, :n].T + to_world[:n, n]
-        plain = torch.stack(torch.meshgrid(*axes, indexing="ij")[::-1], dim=-1)
-        start = plain @ torch.as_tensor(grid.matrix)[:n, :n].T + torch.as_tensor(grid.matrix)[:n, n]
+        matrix = torch.as_tensor(grid.matrix)
+        start = plain @ matrix[:n, :n].T + matrix[:n, n]
         return (mapped - start).movedim(-1, 0).numpy().astype(np.float32)
 
     def map_points(self, world: np.ndarray) -> np.ndarray:
