@@ -66,9 +66,11 @@ def test_train_reload_predict_evaluate_explain(trained, tmp_path):
         name, data / "images"
     )
     options = {"split": "val"} if name == "classification" else {}
-    summary = predictor.predict_path(source, tmp_path / "pred", **options)
+    # a registration registers the images to one of them (--fixed)
+    given = {"fixed": sorted(source.iterdir())[0]} if name == "registration" else options
+    summary = predictor.predict_path(source, tmp_path / "pred", **given)
     assert str(tmp_path / "pred") in summary
-    extra = {"output": tmp_path / "eval"} if name in ("segmentation", "detection") else options
+    extra = {"output": tmp_path / "eval"} if name != "classification" else options
     evaluation = task.evaluate(predictor.run, data, n_boot=20, progress=False, **extra)
     assert evaluation.lines and json.dumps(evaluation.metrics)
     out = explain_run(
@@ -233,6 +235,12 @@ def test_every_task_exports_to_onnx_and_predicts_the_same_on_onnx_runtime(traine
             ):
                 gap = np.abs(y.boxes[keep_y] - box).max(axis=1) + (labels_y != label) * 1e9
                 assert gap.min() < 1e-2 and abs(y.scores[keep_y][gap.argmin()] - score) < 1e-4
+    elif name == "registration":  # two real HC18 ultrasound crops registered by the tiny net
+        loaded = [medlens.load_image(real("hc18", "images", f"{i:03d}_HC.png")) for i in (0, 7)]
+        loaded = [image.with_array(image.array[200:272, 300:400]) for image in loaded]
+        a, b = on_torch.predict(loaded), on_onnx.predict(loaded)
+        for x, y in zip(a, b, strict=True):
+            assert float((x.result.field - y.result.field).abs().max()) < 1e-4
     else:  # real HC18 ultrasound through the tiny U-Net (a 72x100 crop: a dozen windows)
         warnings.simplefilter("ignore")  # the heads are far larger than the tiny disks
         loaded = [medlens.load_image(real("hc18", "images", f"{i:03d}_HC.png")) for i in (0, 7)]

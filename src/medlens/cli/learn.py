@@ -82,12 +82,17 @@ def evaluate(
     json_path: Path | None = typer.Option(None, "--json", help="Write the metrics here as JSON."),
     n_boot: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for the CIs."),
     output: Path | None = typer.Option(
-        None, "--output", help="Segmentation: evaluation folder; default RUN/evaluation."
+        None,
+        "--output",
+        help="Segmentation, detection, registration: evaluation folder; default RUN/evaluation.",
     ),
     mirror: bool | None = typer.Option(None, "--mirror/--no-mirror", help=MIRROR_HELP),
     adapt_prior: bool | None = typer.Option(None, "--adapt-prior", help=ADAPT_HELP),
     tolerance_mm: float | None = typer.Option(
         None, "--tolerance-mm", help="Segmentation: surface Dice tolerance in mm (default 1)."
+    ),
+    refine: int | None = typer.Option(
+        None, "--refine", help="Registration: steps of instance optimisation per pair."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
@@ -98,7 +103,7 @@ def evaluate(
 
     task, folder = task_for_run(run)
     given = {"output": output, "mirror": mirror, "tolerance_mm": tolerance_mm,
-             "adapt_prior": adapt_prior}  # fmt: skip
+             "adapt_prior": adapt_prior, "refine": refine}  # fmt: skip
     options = check_options(task, "evaluate", given)
     result = task.evaluate(folder, data, split=split, n_boot=n_boot, progress=progress, **options)
     for line in result.lines:
@@ -110,11 +115,12 @@ def evaluate(
 
 def predict(
     run: Path = typer.Argument(..., help="Run folder written by medlens train."),
-    input_path: str = typer.Option(
-        ...,
+    input_path: str | None = typer.Option(
+        None,
         "--input",
         help=".npz, image folder, image, DICOM, or a study on a PACS: "
-        "dicomweb://HOST:PORT/ROOT/studies/UID (or .../studies/UID/series/UID).",
+        "dicomweb://HOST:PORT/ROOT/studies/UID (or .../studies/UID/series/UID). Registration: "
+        "a pairs CSV (fixed,moving columns), or images to register to --fixed.",
     ),
     output: str = typer.Option(
         ...,
@@ -130,8 +136,21 @@ def predict(
         "--backend",
         help="torch, onnx (the run's export by medlens export) or auto (the faster, measured).",
     ),
+    fixed: Path | None = typer.Option(
+        None, "--fixed", help="Registration: the image to align to (the output's grid)."
+    ),
+    moving: Path | None = typer.Option(
+        None, "--moving", help="Registration: the image to move (one pair, with --fixed)."
+    ),
+    refine: int | None = typer.Option(
+        None,
+        "--refine",
+        help="Registration: steps of instance optimisation from the network's output "
+        "(default: the plan's).",
+    ),
 ) -> None:
-    """Classification: probabilities per image as CSV. Segmentation: one mask per image."""
+    """Classification: probabilities per image as CSV. Segmentation: one mask per image.
+    Registration: warped images, displacement fields and metrics per pair."""
     import tempfile
 
     from medlens.errors import MedlensError
@@ -141,17 +160,22 @@ def predict(
     from medlens.tasks.registry import task_for_run
 
     task, folder = task_for_run(run)
-    given = {"split": split, "mirror": mirror, "adapt_prior": adapt_prior}
+    given = {"split": split, "mirror": mirror, "adapt_prior": adapt_prior, "fixed": fixed,
+             "moving": moving, "refine": refine}  # fmt: skip
     options = check_options(task, "predict", given)
-    if is_dicomweb(output) and (split is not None or adapt_prior):
-        raise MedlensError("--split and --adapt-prior do not apply to a dicomweb:// output")
+    if input_path is None and moving is None:
+        raise MedlensError("--input is required (or --fixed and --moving for a registration)")
+    if is_dicomweb(output) and (split is not None or adapt_prior or input_path is None):
+        raise MedlensError(
+            "--split, --adapt-prior and pairs without --input do not apply to a dicomweb:// output"
+        )
     chosen = {"mirror": mirror} if options.get("mirror") is not None else {}
     predictor = task.load_predictor(folder, **chosen)  # as predict_path's options would
     echo = lambda line: typer.echo(line, err=True)  # noqa: E731
     use_backend(predictor, backend, log=echo)
     with tempfile.TemporaryDirectory(prefix="medlens-dicomweb-") as scratch:
-        source = Path(input_path)
-        if is_dicomweb(input_path):
+        source = Path(input_path) if input_path is not None else None
+        if input_path is not None and is_dicomweb(input_path):
             source = Path(scratch) / "retrieved"
             retrieve(parse_dicomweb(input_path), source, log=echo)
         if is_dicomweb(output):

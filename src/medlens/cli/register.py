@@ -12,7 +12,10 @@ def register(
     moving: Path = typer.Argument(..., help="The image to move."),
     output: Path = typer.Option(..., "--output", "-o", help="Folder for the results."),
     method: str = typer.Option(
-        "deformable", "--method", help="affine, or deformable (an affine, then a diffeomorphism)."
+        "deformable",
+        "--method",
+        help="affine, deformable (an affine, then a diffeomorphism), or learned:RUN (the "
+        "network of a medlens train --task registration run).",
     ),
     similarity: str = typer.Option(
         "lncc",
@@ -47,6 +50,12 @@ def register(
         None, "--fixed-mask", help="Where the similarity counts (on the fixed grid, > 0)."
     ),
     iterations: int = typer.Option(100, "--iterations", help="Steps per pyramid level."),
+    refine: int | None = typer.Option(
+        None,
+        "--refine",
+        help="learned:RUN only: steps of instance optimisation from the network's output "
+        "(default: the run's plan).",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress lines."),
 ) -> None:
     """Register MOVING to FIXED and write warped.nii.gz, displacement.nii.gz (ITK), affine.tfm,
@@ -58,12 +67,9 @@ def register(
     from medlens.registration.outputs import matched_landmarks, write_registration
     from medlens.registration.register import register as run
 
-    if method.startswith("learned:"):
-        raise MedlensError(
-            "learned registration needs a run of medlens train --task registration, which this "
-            "version cannot train yet; use --method affine or deformable",
-            method.split(":", 1)[1],
-        )
+    learned = Path(method.split(":", 1)[1]) if method.startswith("learned:") else None
+    if learned is None and refine is not None:
+        raise MedlensError("--refine is for --method learned:RUN")
     if (fixed_labels is None) != (moving_labels is None):
         raise MedlensError("give both --fixed-labels and --moving-labels, or neither")
     inputs = [p for p in (fixed, moving, fixed_labels, moving_labels, fixed_mask) if p]
@@ -84,18 +90,24 @@ def register(
             landmarks[0] if landmarks else None,
         )
     log = (lambda s: None) if quiet else (lambda s: typer.echo(s, err=True))
-    result = run(
-        fixed_image,
-        moving_image,
-        method=method,
-        similarity=similarity,
-        initial=initial,
-        weight=weight,
-        regulariser=regulariser,
-        fixed_mask=mask,
-        iterations=iterations,
-        log=log,
-    )
+    if learned is not None:
+        from medlens.tasks.registration.predict import load_registration_run, register_learned
+
+        result = register_learned(load_registration_run(learned), fixed_image, moving_image,
+                                  refine=refine)  # fmt: skip
+    else:
+        result = run(
+            fixed_image,
+            moving_image,
+            method=method,
+            similarity=similarity,
+            initial=initial,
+            weight=weight,
+            regulariser=regulariser,
+            fixed_mask=mask,
+            iterations=iterations,
+            log=log,
+        )
     files = write_registration(
         result,
         output,

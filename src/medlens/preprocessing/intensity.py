@@ -236,6 +236,8 @@ class MinMax(Step):
         out_range: ``(low, high)`` of the output.
         percentiles: ``(low, high)`` percentiles (0-100) used instead of the minimum and maximum;
             values beyond them are clipped, so one hot pixel does not squash the rest.
+        clip: clip to the range (default); ``False`` maps linearly beyond it too (registration
+            compares images scaled so, keeping the contrast of what lies beyond the percentiles).
 
     A constant image maps to ``out_range[0]``.
     """
@@ -244,9 +246,11 @@ class MinMax(Step):
         self,
         out_range: Sequence[float] = (0.0, 1.0),
         percentiles: Sequence[float] | None = None,
+        clip: bool = True,
     ) -> None:
         self.out_range = out_range
         self.percentiles = percentiles
+        self.clip = clip
 
     def transform(self, image: Any) -> Any:
         low, high = (float(v) for v in self.out_range)
@@ -262,7 +266,8 @@ class MinMax(Step):
                 stats.append(_percentiles(rows[g], (p_low, p_high)))
         vmin, vmax = _columns(stats, rows)
         scale = _where(vmax > vmin, (high - low) / _where(vmax > vmin, vmax - vmin, 1.0), 0.0)
-        return restore((_clip(rows, vmin, vmax) - vmin) * scale + low)
+        kept = _clip(rows, vmin, vmax) if self.clip else rows
+        return restore((kept - vmin) * scale + low)
 
 
 # ----------------------------------------------------------------------------- shared helpers

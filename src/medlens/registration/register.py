@@ -18,6 +18,7 @@ import torch
 
 from medlens.errors import MedlensError
 from medlens.image import Image
+from medlens.preprocessing import MinMax
 from medlens.registration.fields import identity_grid
 from medlens.registration.optimise import (
     RegistrationError,
@@ -32,7 +33,7 @@ from medlens.registration.pyramid import Grid, grid_of, pyramid
 from medlens.registration.similarity import similarity as similarity_named
 from medlens.transforms._warp import onehot_linear, warp_coords
 
-__all__ = ["INITIAL", "METHODS", "Registration", "register"]
+__all__ = ["INITIAL", "METHODS", "Registration", "normalised_grey", "register"]
 
 METHODS = ("affine", "deformable")
 INITIAL = ("affine", "center", "none")
@@ -117,15 +118,19 @@ def on_grid(array: np.ndarray, grid: Image, like: Image) -> Image:
     )
 
 
-def _grey(image: Image) -> torch.Tensor:
-    """One float channel scaled by the image's 1st and 99th percentiles, ``(1, 1, *S)``."""
+#: how :func:`normalised_grey` scales the channels' mean (a learned run saves it as its
+#: ``preprocessing.json``)
+GREY_SCALING = MinMax(percentiles=(1, 99), clip=False)
+
+
+def normalised_grey(image: Image) -> torch.Tensor:
+    """One float channel, the mean of the channels scaled linearly so its 1st and 99th
+    percentiles land on 0 and 1 (:data:`GREY_SCALING`), ``(1, 1, *S)``."""
     array = np.asarray(image.array, dtype=np.float32).reshape(-1, *image.spatial_shape)
     grey = array.mean(axis=0)
     if not np.all(np.isfinite(grey)):
         raise MedlensError("the image holds NaN or infinite values")
-    low, high = np.percentile(grey, [1, 99])
-    scaled = (grey - low) / max(float(high - low), 1e-6)
-    return torch.from_numpy(np.ascontiguousarray(scaled, dtype=np.float32))[None, None]
+    return GREY_SCALING.transform(torch.from_numpy(np.ascontiguousarray(grey))[None, None])
 
 
 def centre_alignment(fixed: Image, moving: Image) -> np.ndarray:
@@ -166,7 +171,7 @@ def register(
     loss = similarity_named(similarity)
     started = time.perf_counter()
     try:
-        fixed_grey, moving_grey = _grey(fixed), _grey(moving)
+        fixed_grey, moving_grey = normalised_grey(fixed), normalised_grey(moving)
     except MedlensError as error:
         raise MedlensError(error.problem, fixed.meta.get("path") or "image") from None
     fine_fixed = grid_of(fixed, fixed_grey)

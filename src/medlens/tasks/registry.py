@@ -28,6 +28,7 @@ _BUILTIN = (
     "medlens.tasks.classification.task",
     "medlens.tasks.segmentation.task",
     "medlens.tasks.detection.task",
+    "medlens.tasks.registration.task",
 )
 _REGISTRY: dict[str, Task] = {}
 T = TypeVar("T", bound=type[Task])

@@ -148,11 +148,21 @@ def squares(root: Path, n: int = 8) -> tuple[Path, list[str]]:
     return data / "boxes.csv", tiny
 
 
+def disk_pairs(root: Path) -> tuple[Path, list[str]]:
+    """The disks of :func:`disks` as a registration dataset: random pairs of them, their masks
+    scored (and supervising) as labels."""
+    data, _ = disks(root)
+    tiny = ["network.features=[4,8,8]", "train.batches_per_epoch=3", "batch_size=2",
+            "train.batch_size=2", "val_pairs=4"]  # fmt: skip
+    return data, tiny
+
+
 #: A tiny labelled dataset and fast settings per registered task.
 TINY: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
     "classification": blobs,
     "segmentation": disks,
     "detection": squares,
+    "registration": disk_pairs,
 }
 
 

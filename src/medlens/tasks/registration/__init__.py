@@ -1,1 +1,2 @@
-"""Registration on the platform: the report of a registration (the learned task comes here)."""
+"""Registration on the platform: the learned task (``medlens train --task registration``: plan,
+data, network, pre-alignment, train, predict, evaluate) and the report of a registration."""
