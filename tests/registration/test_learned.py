@@ -103,6 +103,8 @@ def test_predict_and_register_write_what_medlens_register_writes(tiny_run, tmp_p
 
 def test_options_and_missing_inputs_get_one_line_errors(tiny_run, tmp_path, capsys):
     data, run = tiny_run
+    assert main(["plan", str(data), "--task", "registration", "-o", str(tmp_path / "p.json")]) == 0
+    assert "canonical grid 48x48 at 1x1 mm, affine pre-alignment" in capsys.readouterr().out
     assert main(["predict", str(run), "--output", str(tmp_path / "x")]) == 1
     assert "--input is required (or --fixed and --moving" in capsys.readouterr().err
     assert main(["predict", str(run), "--input", str(data / "images"), "--output",

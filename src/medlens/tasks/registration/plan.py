@@ -79,6 +79,19 @@ class RegistrationPlan(Plan):
     def divisor(self) -> int:
         return 2 ** (len(self.network.get("features", [0])) - 1)
 
+    def describe(self) -> list[str]:
+        """The plan in a line, for ``medlens plan`` and the training log."""
+        grid = "x".join(str(s) for s in self.shape)
+        mm = "x".join(f"{s:g}" for s in self.spacing)
+        labels = " + label Dice" if self.num_labels else ""
+        pairs = "random pairs of the images" if self.pairs == "random" else "the listed pairs"
+        return [
+            f"{self.spatial_dims}D U-Net {self.network['features']}, canonical grid {grid} at "
+            f"{mm} mm, {self.prealign} pre-alignment, {self.loss['similarity']} + diffusion "
+            f"{self.loss['weight']:g}{labels}, {self.train.epochs} epochs of "
+            f"{self.train.batches_per_epoch} batches of {self.batch_size} ({pairs})"
+        ]
+
     @property
     def num_labels(self) -> int:
         """Foreground labels the loss scores (0: no label supervision)."""

@@ -274,11 +274,5 @@ def _info(plan, source, seed, status) -> dict[str, Any]:
 
 
 def _describe(plan, source, split) -> str:
-    grid = "x".join(str(s) for s in plan.shape)
-    mm = "x".join(f"{s:g}" for s in plan.spacing)
-    what = "random pairs of" if source.pairs is None else "listed pairs:"
-    sup = " + label Dice" if plan.num_labels and source.labelled else ""
-    return (f"plan: {plan.spatial_dims}D U-Net {plan.network['features']}, canonical grid {grid} "
-            f"at {mm} mm, {plan.loss['similarity']} + diffusion {plan.loss['weight']:g}{sup}, "
-            f"{plan.train.epochs} epochs; {what} {len(split['train'])} training and "
+    return (f"plan: {plan.describe()[0]}; {len(split['train'])} training and "
             f"{len(split['val'])} validation items")  # fmt: skip
