@@ -45,6 +45,8 @@ def trained(request, tmp_path_factory):
     data, settings = TINY[name](root)
     task = get_task(name)
     plan = task.plan(data, overrides=settings, log=lambda line: None)
+    lines = plan.describe()  # what medlens plan prints
+    assert lines and all(isinstance(line, str) for line in lines)
     plan_path = plan.save(root / "plan.json")
     assert type(task.plan_type.load(plan_path)) is task.plan_type
     info = task.train(data, root / "run", plan=plan_path, epochs=1, **QUIET)
