@@ -143,6 +143,13 @@ def test_a_pairs_csv_trains_predicts_and_names_its_bad_lines(tmp_path, capsys):
     summary = (out / "summary.csv").read_text().splitlines()
     assert len(summary) == 7 and "dice" in summary[0].split(",")
     assert (out / "000-s0_t1" / "warped_labels.nii.gz").is_file()
+    # a plain folder of images (no labels): random pairs, trained on the similarity alone
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for k in range(4):
+        (folder / f"s{k}.nii.gz").write_bytes((tmp_path / f"s{k}_t0.nii.gz").read_bytes())
+    info = train_registration(folder, tmp_path / "plain", epochs=1, overrides=TINY, **QUIET)
+    assert info["data"]["images"] == 4 and "dice_mean" not in info["evaluation"]
     bad = tmp_path / "bad.csv"
     bad.write_text("fixed,moving\ns0_t0.nii.gz,s0_t1.nii.gz\ns1_t0.nii.gz,missing.nii.gz\n")
     with pytest.raises(DatasetError, match=r"line 3: missing.nii.gz does not exist"):

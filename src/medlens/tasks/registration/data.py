@@ -1,7 +1,8 @@
 """What a learned registration trains on: images (random inter-subject pairs) or listed pairs.
 
-``--data`` is either a dataset of images, with label maps or without (a Decathlon folder, an
-image folder, paired image and mask folders: :func:`medlens.data.open_dataset`), whose training
+``--data`` is either a dataset of images, with label maps or without (a Decathlon folder, paired
+image and mask folders, any layout of :func:`medlens.data.open_dataset`, or a plain folder of
+images: :func:`medlens.io.discover_inputs`), whose training
 pairs are drawn at random among the training cases each batch (inter-subject, atlas-free), or a
 **pairs CSV** with the columns ``fixed`` and ``moving`` and optionally ``fixed_labels``,
 ``moving_labels`` and ``subject`` (paths relative to the CSV): intra-subject, longitudinal or
@@ -71,7 +72,12 @@ def open_source(data: Path) -> RegistrationSource:
 def _dataset(data: Path) -> RegistrationSource:
     from medlens.data import open_dataset
 
-    dataset = open_dataset(data)
+    try:
+        dataset = open_dataset(data)
+    except DatasetError as error:
+        if data.is_dir() and "no known dataset layout" in str(error):
+            return _image_folder(data)
+        raise
     ids = [str(i) for i in dataset.ids()]
     if len(ids) < 2:
         raise DatasetError(f"{len(ids)} image(s): registration needs at least 2", data)
@@ -95,6 +101,18 @@ def _dataset(data: Path) -> RegistrationSource:
         labelled,
         values,
     )
+
+
+def _image_folder(data: Path) -> RegistrationSource:
+    """A folder of images without labels (:func:`medlens.io.discover_inputs`): random pairs."""
+    from medlens.io.discover import discover_inputs
+
+    items = discover_inputs(data)
+    if len(items) < 2:
+        raise DatasetError(f"{len(items)} image(s): registration needs at least 2", data)
+    ids = [item.name for item in items]
+    loaders = {item.name: (lambda item=item: (item.load(), None)) for item in items}
+    return RegistrationSource(data, ids, loaders, {i: i for i in ids}, None, False, [0])
 
 
 def _pairs_csv(data: Path) -> RegistrationSource:

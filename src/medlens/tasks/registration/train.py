@@ -84,7 +84,13 @@ def _job(data, output, plan, epochs, cv, seed, resume, overrides, progress, log)
             split = kfold_splits(names, folds, groups=groups, stratify=False, seed=seed,
                                  ids=names)[fold]  # fmt: skip
         else:
-            split = train_val_split(names, VAL_FRACTION, groups=groups, stratify=False, seed=seed,
+            fraction = VAL_FRACTION
+            if source.pairs is None:  # random pairs: two images on each side at least
+                if len(names) < 4:
+                    raise DatasetError(f"{len(names)} images: training on random pairs needs "
+                                       "at least 4 (2 to train, 2 to validate)", data)  # fmt: skip
+                fraction = max(fraction, 2 / len(names))
+            split = train_val_split(names, fraction, groups=groups, stratify=False, seed=seed,
                                     ids=names)  # fmt: skip
         if plan is not None:
             the_plan = RegistrationPlan.load(plan)
