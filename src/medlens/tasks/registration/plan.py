@@ -14,7 +14,6 @@ the whole image).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,8 +151,3 @@ def make_plan(images: list[Any], *, labelled: bool, label_values: list[int], pai
         refine={"steps": 0, "lr": 0.05, "weight": 0.25},
         train=train,
     )
-
-
-def plan_summary(plan: RegistrationPlan) -> dict[str, Any]:
-    """The plan's choices in a line's worth of keys (for ``run.json`` and the log)."""
-    return {k: v for k, v in dataclasses.asdict(plan).items() if k in ("shape", "spacing", "loss")}

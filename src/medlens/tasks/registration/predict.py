@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +88,7 @@ def register_learned(trained: RegistrationRun, fixed: Image, moving: Image, *,
                      refine: int | None = None):  # fmt: skip
     """The :class:`~medlens.registration.register.Registration` of ``moving`` to ``fixed`` by the
     run's network (and ``refine`` steps of instance optimisation; default: the plan's)."""
+    from medlens.registration.apply import index_points
     from medlens.registration.optimise import Stage
     from medlens.registration.register import Registration
     from medlens.transforms._warp import warp_coords
@@ -113,7 +113,7 @@ def register_learned(trained: RegistrationRun, fixed: Image, moving: Image, *,
         to_fixed_world = np.asarray(fixed.affine, float)
         # each fixed voxel's canonical index, the canonical field there, into fixed voxels
         to_canonical = np.linalg.inv(grid) @ np.linalg.inv(f.world) @ to_fixed_world
-        index = _index_grid(fixed.spatial_shape)
+        index = index_points(fixed.spatial_shape).astype(np.float64)
         at = index @ to_canonical[:n, :n].T + to_canonical[:n, n]
         coords = torch.from_numpy(at.astype(np.float32)).reshape(1, *fixed.spatial_shape, n)
         sampled = warp_coords(field_c, coords, padding="border")  # (1, n, *fixed)
@@ -124,12 +124,6 @@ def register_learned(trained: RegistrationRun, fixed: Image, moving: Image, *,
     result = Registration(fixed, moving, world, field.contiguous(), stages)
     result.seconds = time.perf_counter() - started
     return result
-
-
-def _index_grid(shape: Sequence[int]) -> np.ndarray:
-    from medlens.registration.apply import index_points
-
-    return index_points(shape).astype(np.float64)
 
 
 def pairs_of(source: Path | None, fixed: Path | None, moving: Path | None):
