@@ -947,31 +947,40 @@ def ours_aggregate(case):
     return M.aggregate_segmentation(_seg_records(case), n_boot=4000, seed=2)["aggregate"]
 
 
+def _summary_of(values: list[float]) -> dict[str, Any]:
+    """Python's ``statistics`` over the defined values, SciPy's percentile bootstrap of the mean."""
+    finite = [v for v in values if not math.isnan(v)]
+    out: dict[str, Any] = {
+        "n": len(finite),
+        "n_nan": len(values) - len(finite),
+        "mean": statistics.fmean(finite),
+        "median": statistics.median(finite),
+        "std": statistics.stdev(finite) if len(finite) > 1 else math.nan,
+    }
+    res = stats.bootstrap(
+        (np.asarray(finite),),
+        np.mean,
+        n_resamples=4000,
+        method="percentile",
+        rng=np.random.default_rng(321),
+    )
+    tol = BOOT_TOL * res.standard_error
+    out["low"] = Near(res.confidence_interval.low, tol)
+    out["high"] = Near(res.confidence_interval.high, tol)
+    return out
+
+
+def _case_means(records) -> dict[str, list[float]]:
+    """Per metric, each case's mean over its classes."""
+    return {
+        m: [_nanmean([e[m] for e in r["per_class"].values()]) for r in records]
+        for m in M.SEGMENTATION_METRICS
+    }
+
+
 def statistics_oracle(case: Mapping[str, Any]) -> dict[str, Any]:
     """Python's ``statistics`` over the defined values, SciPy's percentile bootstrap of the mean."""
     records = _seg_records(case)
-
-    def summary(values: list[float]) -> dict[str, Any]:
-        finite = [v for v in values if not math.isnan(v)]
-        out: dict[str, Any] = {
-            "n": len(finite),
-            "n_nan": len(values) - len(finite),
-            "mean": statistics.fmean(finite),
-            "median": statistics.median(finite),
-            "std": statistics.stdev(finite) if len(finite) > 1 else math.nan,
-        }
-        res = stats.bootstrap(
-            (np.asarray(finite),),
-            np.mean,
-            n_resamples=4000,
-            method="percentile",
-            rng=np.random.default_rng(321),
-        )
-        tol = BOOT_TOL * res.standard_error
-        out["low"] = Near(res.confidence_interval.low, tol)
-        out["high"] = Near(res.confidence_interval.high, tol)
-        return out
-
     names = list(records[0]["per_class"])
     per_class = {}
     for name in names:
@@ -980,13 +989,20 @@ def statistics_oracle(case: Mapping[str, Any]) -> dict[str, Any]:
         per_class[name] = {
             "n_cases": len(entries),
             "empty": {s: states.count(s) for s in ("both", "reference", "prediction")},
-            **{m: summary([e[m] for e in entries]) for m in M.SEGMENTATION_METRICS},
+            **{m: _summary_of([e[m] for e in entries]) for m in M.SEGMENTATION_METRICS},
         }
-    case_means = {
-        m: [_nanmean([e[m] for e in r["per_class"].values()]) for r in records]
-        for m in M.SEGMENTATION_METRICS
-    }
-    return {"per_class": per_class, "mean": {m: summary(v) for m, v in case_means.items()}}
+    case_means = _case_means(records)
+    return {"per_class": per_class, "mean": {m: _summary_of(v) for m, v in case_means.items()}}
+
+
+def ours_mean_summary(case):
+    """``mean_summary`` of each metric's per-case means (NaN where a metric is undefined)."""
+    means = _case_means(_seg_records(case))
+    return {m: M.mean_summary(v, n_boot=4000, seed=2) for m, v in means.items()}
+
+
+def mean_summary_oracle(case):
+    return {m: _summary_of(v) for m, v in _case_means(_seg_records(case)).items()}
 
 
 # ---------------------------------------------------------------------------- segmentation: streams
@@ -1137,6 +1153,10 @@ STATISTICS = Oracle(
     "Python statistics fmean/median/stdev of defined values; scipy.stats.bootstrap(np.mean)",
     statistics_oracle,
 )
+SUMMARY = Oracle(
+    "Python statistics fmean/median/stdev of defined values; scipy.stats.bootstrap(np.mean)",
+    mean_summary_oracle,
+)
 CLS_ORACLES = (SKLEARN_CLS, MONAI_ECE)
 DISTANCES = (MONAI_PAIR, SCIPY_PAIR)
 OVERLAP = (MONAI_PAIR, SKLEARN_OVERLAP)
@@ -1208,6 +1228,13 @@ REGISTRY: dict[str, Entry] = {
         (STATISTICS,),
         stream_segmentation_metric,
         SEG_BATCHES,
+    ),
+    "mean_summary": Entry(
+        batch_case,
+        ("2d-batches", "3d-batches-empty"),
+        ours_mean_summary,
+        (SUMMARY,),
+        no_stream="a summary of numbers given at once (per-case or per-pair values)",
     ),
 }
 

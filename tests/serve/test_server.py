@@ -15,6 +15,8 @@ from PIL import Image as PILImage
 
 import medlens
 
+from .conftest import running
+
 KEY = {"Authorization": "Bearer " + "k" * 32}
 _post = functools.partial(httpx.post, timeout=120)
 _get = functools.partial(httpx.get, timeout=120)
@@ -232,3 +234,49 @@ def test_a_dicom_input_classified_answers_a_structured_report(served, t1_dir):
                 files={"file": ("a.png", _png(_blob(1)), "image/png")})  # fmt: skip
     assert png.status_code == 400
     assert png.json()["error"].startswith("a.png: no DICOM instance")
+
+
+def test_a_registration_run_takes_fixed_and_moving_and_answers_as_predict(tiny_runs, tmp_path):
+    """A learned registration is served like any run: the two images as the multipart fields
+    ``fixed`` and ``moving``, JSON as its prediction's, the warped image and the displacement
+    as NIfTI equal to the predictor's, and a request without ``moving`` refused by name."""
+    from medlens.serve import ServeSettings, create_app, load_models
+
+    run = tiny_runs["registration"]
+    images = sorted((run.parent / "disks" / "images").glob("*.png"))
+    fixed, moving = images[0], images[3]
+    models = load_models([run], names=["aligner"])
+    predictor = models[0].predictor
+    expected = predictor.predict([medlens.load_image(fixed), medlens.load_image(moving)])[0]
+    files = {
+        "fixed": (fixed.name, fixed.read_bytes(), "image/png"),
+        "moving": (moving.name, moving.read_bytes(), "image/png"),
+    }
+    with running(create_app(models, ServeSettings(max_upload_mb=8))) as url:
+        card = _get(f"{url}/v1/models").json()["models"][0]
+        assert card["input_fields"] == ["fixed", "moving"]
+        assert card["answers"] == ["json", "nifti", "displacement"]
+        endpoint = f"{url}/v1/models/aligner/predict"
+        body = _post(endpoint, files=files)
+        assert body.status_code == 200, body.text
+        answer = body.json()
+        assert answer["id"] == moving.stem and answer["model"] == "aligner"
+        assert answer["folding_fraction"] == expected.row()["folding_fraction"]
+        np.testing.assert_allclose(answer["affine_world"], expected.result.world, atol=1e-5)
+        warped = _post(f"{endpoint}?format=nifti", files=files)
+        assert warped.status_code == 200 and warped.headers["content-type"] == "application/gzip"
+        (tmp_path / "w.nii.gz").write_bytes(warped.content)
+        got = medlens.load_image(tmp_path / "w.nii.gz").array
+        np.testing.assert_allclose(got, expected.result.warp().array, atol=1e-3)
+        field = _post(f"{endpoint}?format=displacement", files=files)
+        assert field.status_code == 200
+        assert "displacement.nii.gz" in field.headers["content-disposition"]
+        (tmp_path / "d.nii.gz").write_bytes(field.content)
+        vectors = np.asarray(nib.load(tmp_path / "d.nii.gz").dataobj)
+        assert vectors.shape[:2] == (48, 40)  # x, y of the fixed image
+        one = _post(endpoint, files={"fixed": files["fixed"]})
+        assert one.status_code == 400 and "'moving'" in one.json()["error"]
+        raw = _post(endpoint, content=fixed.read_bytes())
+        assert raw.status_code == 400 and "'fixed' and 'moving'" in raw.json()["error"]
+        # the server stays up
+        assert _post(endpoint, files=files).status_code == 200

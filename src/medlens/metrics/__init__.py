@@ -15,6 +15,7 @@ by the LUNA16 rules with scan-bootstrap intervals, and count errors for cell cou
 from __future__ import annotations
 
 from medlens.metrics._inputs import TASKS as CLASSIFICATION_TASKS
+from medlens.metrics._seg_summary import mean_summary
 from medlens.metrics.classification import (
     HEADLINE,
     ClassificationMetric,
@@ -67,6 +68,7 @@ __all__ = [
     "hausdorff95",
     "hausdorff_distance",
     "iou",
+    "mean_summary",
     "pr_curve_data",
     "roc_curve_data",
     "segmentation_metrics",

@@ -89,6 +89,14 @@ def aggregate_segmentation(
     return _jsonable(out)
 
 
+def mean_summary(values: Sequence[Any], n_boot: int = 0, seed: int = 0,
+                 alpha: float = 0.05) -> dict[str, Any]:  # fmt: skip
+    """``mean``, ``median``, ``std``, ``n``, ``n_nan`` and the percentile bootstrap interval
+    (``low``, ``high``; None for ``n_boot=0``) of the mean of per-case (or per-pair) values;
+    None and NaN are counted, not averaged."""
+    return _Bootstrap(int(n_boot), seed, alpha).stats(values)
+
+
 class _Bootstrap:
     """Summary statistics and a percentile bootstrap interval of the mean over cases."""
 

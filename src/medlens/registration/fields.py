@@ -22,6 +22,7 @@ __all__ = [
     "identity_grid",
     "integrate",
     "resize_field",
+    "smoothed",
     "warp_field",
 ]
 
@@ -54,6 +55,16 @@ def integrate(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     for _ in range(steps):
         field = compose(field, field)
     return field
+
+
+def smoothed(field: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``field`` smoothed by a Gaussian of ``sigma`` voxels of its grid (0: as it is); the
+    kernel reaches two standard deviations, edges repeat."""
+    if sigma <= 0:
+        return field
+    from medlens.transforms._filters import gaussian_blur
+
+    return gaussian_blur(field, torch.full((field.shape[0],), float(sigma)), truncate=2.0)
 
 
 def resize_field(field: torch.Tensor, shape) -> torch.Tensor:

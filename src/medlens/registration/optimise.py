@@ -25,6 +25,7 @@ from medlens.registration.fields import (
     identity_grid,
     integrate,
     resize_field,
+    smoothed,
 )
 from medlens.registration.pyramid import Grid
 from medlens.transforms._warp import apply_matrix, warp_coords
@@ -182,7 +183,7 @@ def deformable_stage(
         steps = level_steps(iterations, level, len(levels))
         for i in range(steps):
             optimiser.zero_grad()
-            u = resize_field(integrate(_smoothed(velocity, smooth) / spacing), fixed.shape)
+            u = resize_field(integrate(smoothed(velocity, smooth) / spacing), fixed.shape)
             warped, inside = warp_moving(moving, moving_coords(fixed, moving, world, u))
             mask_i = inside if mask is None else inside * mask
             similarity = loss(fixed.tensor, warped, mask_i)
@@ -198,14 +199,5 @@ def deformable_stage(
         stage.record(fixed.shape, first, last, f"deformable level {level + 1}/{len(levels)}", log)
     assert velocity is not None
     with torch.no_grad():
-        u = integrate(_smoothed(velocity, smooth) / spacing)
+        u = integrate(smoothed(velocity, smooth) / spacing)
         return resize_field(u, levels[-1][0].shape), stage
-
-
-def _smoothed(velocity: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The velocity smoothed by a Gaussian of ``sigma`` control voxels (0: as it is)."""
-    if sigma <= 0:
-        return velocity
-    from medlens.transforms._filters import gaussian_blur
-
-    return gaussian_blur(velocity, torch.full((velocity.shape[0],), float(sigma)), truncate=2.0)

@@ -2,7 +2,9 @@
 
 Routes: ``GET /health`` (alive), ``GET /ready`` (models loaded, batchers running), ``GET
 /v1/models`` (``{"models": [model card, ...]}``), ``POST /v1/models/{name}/predict`` (one image
-as the multipart field ``file`` or as the body; answers JSON, or the mask as NIfTI/PNG by
+as the multipart field ``file`` or as the body; a model whose predictions take several images,
+a registration, takes them as the multipart fields its card's ``input_fields`` names, ``fixed``
+and ``moving``; answers JSON, or the mask, the warped image or the displacement as NIfTI/PNG by
 ``?format=`` or ``Accept``), ``GET /metrics`` (Prometheus text) and ``GET /openapi.json``.
 
 Every request goes through the platform's predictor (``load_predictor(run).predict``), so a
@@ -28,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from medlens.serve.batching import Batcher, QueueFull
-from medlens.serve.uploads import Limits, UploadError, check_upload, receive_upload
+from medlens.serve.uploads import (
+    Limits,
+    UploadError,
+    check_upload,
+    receive_upload,
+    receive_uploads,
+)
 
 __all__ = ["ServeSettings", "ServedModel", "create_app", "load_models"]
 
@@ -40,6 +48,14 @@ MEDIA = {
     "png": "image/png",
     "sr": "application/dicom",
     "seg": "application/dicom",
+    "displacement": "application/gzip",
+}
+SUFFIX = {
+    "png": ".png",
+    "nifti": ".nii.gz",
+    "sr": ".sr.dcm",
+    "seg": ".seg.dcm",
+    "displacement": ".displacement.nii.gz",
 }
 ACCEPT = {
     "application/json": "json",
@@ -56,15 +72,25 @@ UPLOAD_SCHEMA = {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file"],
                     "properties": {
                         "file": {
                             "type": "string",
                             "format": "binary",
                             "description": "DICOM file, zip of a DICOM series, NIfTI, "
                             "PNG/JPEG/TIFF or .npy",
-                        }
+                        },
+                        "fixed": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "registration models: the image to align to",
+                        },
+                        "moving": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "registration models: the image to align",
+                        },
                     },
+                    "anyOf": [{"required": ["file"]}, {"required": ["fixed", "moving"]}],
                 }
             },
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
@@ -122,9 +148,11 @@ class ServedModel:
     clock: _NetworkClock | None = None
 
     def predict(self, images: list) -> list:
+        """One answer per request; a request of several images (a tuple) is one prediction."""
         assert self.clock is not None
         before = self.clock.total
-        results = self.predictor.predict(images)
+        flat = [x for item in images for x in (item if isinstance(item, tuple) else (item,))]
+        results = self.predictor.predict(flat)
         network = self.clock.total - before
         return [(result, network) for result in results]
 
@@ -316,15 +344,24 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
                 413,
                 f"upload of {int(length) >> 20} MB over the limit of {settings.max_upload_mb} MB",
             )
+        fields = model.predictor.input_fields
+        content_type = request.headers.get("content-type", "")
         with model.batcher.expect():  # the batch being gathered may wait for it
-            upload = await receive_upload(
-                request.stream(),
-                request.headers.get("content-type", ""),
-                folder,
-                settings.limits,
-                filename,
-            )
-            image = await asyncio.to_thread(_read, model, upload, settings.limits)
+            if fields == ("file",):
+                upload = await receive_upload(
+                    request.stream(), content_type, folder, settings.limits, filename
+                )
+                image = await asyncio.to_thread(_read, model, upload, settings.limits)
+            else:  # several images make one prediction: a tuple in the order of the fields
+                uploads = await receive_uploads(
+                    request.stream(), content_type, folder, settings.limits, fields
+                )
+                image = tuple(
+                    [
+                        await asyncio.to_thread(_read, model, uploads[f], settings.limits)
+                        for f in fields
+                    ]
+                )
         read_done = time.perf_counter()
         result, info = await asyncio.wait_for(model.batcher.submit(image), settings.timeout_s)
         prediction, network = result
@@ -334,7 +371,7 @@ def create_app(models: list[ServedModel], settings: ServeSettings | None = None)
         else:
             context = {"model_name": model.name, "model_version": model.card["version"]}
             written = await asyncio.to_thread(prediction.encode, fmt, folder / "answer", **context)
-            suffix = {"png": ".png", "nifti": ".nii.gz", "sr": ".sr.dcm", "seg": ".seg.dcm"}[fmt]
+            suffix = SUFFIX[fmt]
             response = Response(
                 written.read_bytes(),
                 media_type=MEDIA[fmt],

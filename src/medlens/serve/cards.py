@@ -32,6 +32,7 @@ def model_card(name: str, predictor: Any) -> dict[str, Any]:
         "task": info.get("task"),
         "format": info.get("format"),
         "input": predictor.input_spec(),
+        "input_fields": list(predictor.input_fields),
         "classes": info.get("class_names"),
         "positive_class": info.get("positive_class"),
         "decision": info.get("metric_task"),

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Limits", "UploadError", "check_upload", "receive_upload"]
+__all__ = ["Limits", "UploadError", "check_upload", "receive_upload", "receive_uploads"]
 
 _CHUNK = 1 << 20
 
@@ -62,7 +62,7 @@ async def receive_upload(
     (the part with a file name, or the one named ``file``), or a raw body named ``filename``."""
     counted = _Counted(stream, limits.max_bytes)
     if content_type.lower().startswith("multipart/form-data"):
-        return await _multipart(counted, content_type, folder)
+        return (await _multipart(counted, content_type, folder, None))["file"]
     target = folder / safe_name(filename)
     with target.open("wb") as handle:
         async for chunk in counted:
@@ -70,6 +70,22 @@ async def receive_upload(
     if target.stat().st_size == 0:
         raise UploadError(400, "empty body: send one image (multipart field 'file', or the body)")
     return target
+
+
+async def receive_uploads(
+    stream: AsyncIterator[bytes],
+    content_type: str,
+    folder: Path,
+    limits: Limits,
+    fields: tuple[str, ...],
+) -> dict[str, Path]:
+    """Write the file parts named ``fields`` of a ``multipart/form-data`` body, each into its
+    own subfolder of ``folder`` (``fields[0]/NAME``); returns them by field. A body without
+    one of them, or not multipart, is refused (400) naming the fields."""
+    wanted = " and ".join(repr(f) for f in fields)
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise UploadError(400, f"send the images as the multipart fields {wanted}")
+    return await _multipart(_Counted(stream, limits.max_bytes), content_type, folder, fields)
 
 
 class _Counted:
@@ -84,7 +100,11 @@ class _Counted:
             yield chunk
 
 
-async def _multipart(stream: _Counted, content_type: str, folder: Path) -> Path:
+async def _multipart(
+    stream: _Counted, content_type: str, folder: Path, fields: tuple[str, ...] | None
+) -> dict[str, Path]:
+    """The file parts: ``fields`` by name, or (None) the first part with a file name or named
+    ``file``, as ``{"file": path}``."""
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -92,7 +112,7 @@ async def _multipart(stream: _Counted, content_type: str, folder: Path) -> Path:
     boundary = params.get(b"boundary")
     if not boundary:
         raise UploadError(400, "malformed multipart body: no boundary in Content-Type")
-    state: dict = {"header": b"", "value": b"", "headers": {}, "file": None, "done": None}
+    state: dict = {"header": b"", "value": b"", "headers": {}, "file": None, "done": {}}
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         state["header"] += data[start:end]
@@ -108,9 +128,17 @@ async def _multipart(stream: _Counted, content_type: str, folder: Path) -> Path:
         disposition = state["headers"].get(b"content-disposition", b"")
         _, options = parse_options_header(disposition)
         name = options.get(b"filename")
-        if state["done"] is None and (name is not None or options.get(b"name") == b"file"):
+        field = options.get(b"name", b"").decode("utf-8", "replace")
+        if fields is None:
+            take = not state["done"] and (name is not None or field == "file")
+            field, where = "file", folder
+        else:
+            take = field in fields and field not in state["done"]
+            where = folder / field
+        if take:
             decoded = None if name is None else name.decode("utf-8", "replace")
-            state["path"] = folder / safe_name(decoded)
+            where.mkdir(exist_ok=True)
+            state["field"], state["path"] = field, where / safe_name(decoded)
             state["file"] = state["path"].open("wb")
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
@@ -120,7 +148,8 @@ async def _multipart(stream: _Counted, content_type: str, folder: Path) -> Path:
     def on_part_end() -> None:
         if state["file"] is not None:
             state["file"].close()
-            state["file"], state["done"] = None, state["path"]
+            state["file"] = None
+            state["done"][state["field"]] = state["path"]
         state["headers"] = {}
 
     callbacks = {
@@ -141,8 +170,13 @@ async def _multipart(stream: _Counted, content_type: str, folder: Path) -> Path:
     finally:
         if state["file"] is not None:
             state["file"].close()
-    if state["done"] is None:
+    if fields is None and not state["done"]:
         raise UploadError(400, "malformed multipart body: no file part (send it as field 'file')")
+    missing = [f for f in fields or () if f not in state["done"]]
+    if missing:
+        wanted = " and ".join(repr(f) for f in fields or ())
+        raise UploadError(400, f"no file part {missing[0]!r}: send the images as the multipart "
+                          f"fields {wanted}")  # fmt: skip
     return state["done"]
 
 

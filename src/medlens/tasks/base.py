@@ -83,6 +83,9 @@ class Predictor(abc.ABC):
     #: whether :meth:`predict` runs several images through the networks together (a server
     #: then gathers concurrent requests into one call); False: image by image anyway
     batches_images: ClassVar[bool] = False
+    #: the images one prediction takes, by name (what a server's multipart fields are called);
+    #: :meth:`predict` takes them one after another, e.g. ``("fixed", "moving")`` in pairs
+    input_fields: ClassVar[tuple[str, ...]] = ("file",)
 
     def __init__(self, run: RunFolder) -> None:
         self.run = run

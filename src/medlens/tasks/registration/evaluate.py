@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medlens.errors import MedlensError
+from medlens.metrics import mean_summary
 
 __all__ = ["evaluate_registration"]
 
@@ -87,7 +88,7 @@ def evaluate_registration(
                 row[f"dice_label{value}"] = scores["dice"]
         rows.append(row)
     keys = [k for k in rows[0] if k not in ("fixed", "moving")]
-    summary = {k: _mean_ci([r.get(k) for r in rows], n_boot) for k in keys}
+    summary = {k: mean_summary([r.get(k) for r in rows], n_boot) for k in keys}
     result: dict[str, Any] = {"n_pairs": len(rows), "refine_steps": refine, "metrics": summary,
                               "data": str(data), "split": split or "val"}  # fmt: skip
     if output is not None:
@@ -101,22 +102,6 @@ def evaluate_registration(
         result["files"] = {"metrics": str(output / "metrics.json"),
                            "per_pair": str(output / "per_pair.csv")}  # fmt: skip
     return result
-
-
-def _mean_ci(values, n_boot: int) -> dict[str, Any]:
-    """Mean, median and the 95% percentile bootstrap interval of the mean over pairs."""
-    v = np.asarray([np.nan if x is None else float(x) for x in values])
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return {"mean": None, "median": None, "low": None, "high": None, "n": 0}
-    out = {"mean": float(v.mean()), "median": float(np.median(v)), "n": int(v.size)}
-    if n_boot and v.size > 1:
-        rng = np.random.default_rng(0)
-        means = v[rng.integers(0, v.size, size=(int(n_boot), v.size))].mean(axis=1)
-        out["low"], out["high"] = (float(q) for q in np.percentile(means, [2.5, 97.5]))
-    else:
-        out["low"] = out["high"] = None
-    return out
 
 
 def format_table(result: dict[str, Any]) -> str:

@@ -2,8 +2,10 @@
 
 A U-Net takes the fixed and the moving image on the fixed image's canonical grid (two channels)
 and predicts a stationary velocity field in canonical voxels. The velocity is integrated at half
-resolution (averaged 2x2[x2]: smoother and an eighth of the work in 3D) by scaling and squaring
-and the displacement interpolated back to the grid (:func:`displacement`), so the deformation
+resolution (averaged 2x2[x2]: smoother and an eighth of the work in 3D), smoothed there by a
+Gaussian of the plan's ``network["smooth"]`` half-resolution voxels (as ``medlens register``
+smooths its velocity), integrated by scaling and squaring and the displacement interpolated back
+to the grid (:func:`displacement`), so the deformation
 is a diffeomorphism up to interpolation. The loss is the similarity of the fixed image and the
 warped moving one, plus ``weight`` times the diffusion of the velocity in mm, plus, with labels,
 ``label_weight`` times the soft Dice loss of the warped moving labels against the fixed ones
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medlens.registration.fields import diffusion, integrate, resize_field, warp_field
+from medlens.registration.fields import diffusion, integrate, resize_field, smoothed, warp_field
 
 __all__ = ["RegistrationLoss", "build_network", "displacement", "warp_labels"]
 
@@ -44,14 +46,14 @@ def build_network(plan) -> nn.Module:
     return net
 
 
-def displacement(velocity: torch.Tensor, steps: int) -> torch.Tensor:
+def displacement(velocity: torch.Tensor, steps: int, smooth: float = 0.0) -> torch.Tensor:
     """The displacement ``(B, n, *P)`` (canonical voxels) of ``exp(velocity)``, integrated at
-    half resolution."""
+    half resolution after a Gaussian of ``smooth`` half-resolution voxels."""
     n = velocity.ndim - 2
     shape = velocity.shape[2:]
     pool = (F.avg_pool2d, F.avg_pool3d)[n - 2]
     half = pool(velocity, 2) / 2  # half the voxels: half the vectors' length in them
-    return resize_field(integrate(half, steps), shape)
+    return resize_field(integrate(smoothed(half, smooth), steps), shape)
 
 
 def warp_labels(onehot: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
@@ -71,6 +73,7 @@ class RegistrationLoss(nn.Module):
         self.weight = float(plan.loss.get("weight", 1.0))
         self.label_weight = float(plan.loss.get("label_weight", 0.0))
         self.steps = int(plan.integration_steps)
+        self.smooth = plan.smooth
         self.spacing = [float(s) for s in plan.spacing[::-1]]  # index order
         self.last: dict[str, float] = {}
 
@@ -80,7 +83,7 @@ class RegistrationLoss(nn.Module):
 
     def forward(self, velocity: torch.Tensor, targets: dict[str, Any]) -> torch.Tensor:
         velocity = velocity.float()
-        field = displacement(velocity, self.steps)
+        field = displacement(velocity, self.steps, self.smooth)
         warped = warp_field(targets["moving"], field, padding="border")
         similarity = self.similarity(targets["fixed"], warped)
         smooth = diffusion(self.velocity_mm(velocity), self.spacing)

@@ -30,6 +30,8 @@ MAX_VOXELS = {2: 384 * 384, 3: 96 * 112 * 96}
 #: canonical grid: weight 1 Dice 0.785 (SDlogJ 0.24 on the native grids), weight 4 Dice 0.763,
 #: SDlogJ 0.109: the issue's goal is SDlogJ <= 0.1, and the smoother field keeps more of Dice.
 WEIGHT = 4.0
+#: Gaussian smoothing of the velocity before integration (half-resolution voxels)
+SMOOTH = 0.0
 #: the similarities a learned run trains with (:mod:`medlens.registration.similarity`)
 SIMILARITIES = ("mse", "ncc", "lncc", "mind")
 
@@ -84,12 +86,18 @@ class RegistrationPlan(Plan):
         mm = "x".join(f"{s:g}" for s in self.spacing)
         labels = " + label Dice" if self.num_labels else ""
         pairs = "random pairs of the images" if self.pairs == "random" else "the listed pairs"
+        smooth = f" (velocity smoothed by {self.smooth:g} voxels)" if self.smooth else ""
         return [
-            f"{self.spatial_dims}D U-Net {self.network['features']}, canonical grid {grid} at "
-            f"{mm} mm, {self.prealign} pre-alignment, {self.loss['similarity']} + diffusion "
-            f"{self.loss['weight']:g}{labels}, {self.train.epochs} epochs of "
+            f"{self.spatial_dims}D U-Net {self.network['features']}{smooth}, canonical grid "
+            f"{grid} at {mm} mm, {self.prealign} pre-alignment, {self.loss['similarity']} + "
+            f"diffusion {self.loss['weight']:g}{labels}, {self.train.epochs} epochs of "
             f"{self.train.batches_per_epoch} batches of {self.batch_size} ({pairs})"
         ]
+
+    @property
+    def smooth(self) -> float:
+        """The Gaussian (half-resolution voxels) the velocity is smoothed by (0: none)."""
+        return float(self.network.get("smooth", 0.0))
 
     @property
     def num_labels(self) -> int:
@@ -146,7 +154,7 @@ def make_plan(images: list[Any], *, labelled: bool, label_values: list[int], pai
         # listed pairs may cross modalities, which an NCC affine to one reference cannot align
         prealign="affine" if pairs == "random" else "center",
         batch_size=batch,
-        network={"features": features, "norm": "instance"},
+        network={"features": features, "norm": "instance", "smooth": SMOOTH},
         loss={"similarity": "lncc", "weight": WEIGHT, "label_weight": 1.0 if labelled else 0.0},
         refine={"steps": 0, "lr": 0.05, "weight": 0.25},
         train=train,

@@ -107,7 +107,7 @@ def register_learned(trained: RegistrationRun, fixed: Image, moving: Image, *,
         velocity = refined(trained, velocity, f, m, steps)
         stages.append(Stage(f"instance optimisation ({steps} steps)", [{"steps": steps}]))
     with torch.no_grad():
-        field_c = displacement(velocity, plan.integration_steps)  # canonical voxels
+        field_c = displacement(velocity, plan.integration_steps, plan.smooth)  # canonical voxels
         n = plan.spatial_dims
         grid = canonical_matrix(plan, np.zeros(n))
         to_fixed_world = np.asarray(fixed.affine, float)

@@ -25,6 +25,7 @@ class RegistrationPrediction(Prediction):
     """One registered pair: its :class:`~medlens.registration.register.Registration`."""
 
     result: Any = None
+    formats = ("nifti", "displacement")
 
     def row(self) -> dict[str, Any]:
         from medlens.metrics.registration import folding_fraction, sdlogj
@@ -38,12 +39,33 @@ class RegistrationPrediction(Prediction):
 
         return list(write_registration(self.result, Path(folder) / self.id).values())
 
+    def to_json(self) -> dict[str, Any]:
+        """The row, and the affine part: the 4x4 (3x3 in 2D) matrix taking a fixed world point
+        (LPS mm) to the moving world point it is compared with before the displacement."""
+        return {**self.row(), "affine_world": self.result.world.round(6).tolist()}
+
+    def encode(self, fmt: str, folder: Path, **context: Any) -> Path:
+        """``nifti``: the moving image warped onto the fixed grid; ``displacement``: the
+        displacement field in mm as ITK reads it (``medlens register``'s files)."""
+        from medlens.io import save_image
+        from medlens.registration.transform_io import write_displacement
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if fmt == "nifti":
+            return save_image(self.result.warp(), folder / "warped.nii.gz")
+        if fmt == "displacement":
+            field = self.result.displacement_mm()
+            return write_displacement(folder / "displacement.nii.gz", field, self.result.fixed)
+        return super().encode(fmt, folder, **context)
+
 
 class RegistrationPredictor(Predictor):
     """A learned registration run's network(s): :meth:`predict` takes images in pairs
     ``[fixed, moving, fixed, moving, ...]`` and returns one registration per pair."""
 
     task = "registration"
+    input_fields = ("fixed", "moving")
 
     def __init__(self, run: RunFolder, *, refine: int | None = None) -> None:
         from medlens.tasks.registration.predict import load_registration_run
@@ -57,6 +79,10 @@ class RegistrationPredictor(Predictor):
         return {"spatial_dims": plan.spatial_dims, "channels": 2, "pairs": True,
                 "canonical_shape": plan.shape, "canonical_spacing_mm": plan.spacing,
                 "any_size": True}  # fmt: skip
+
+    @property
+    def answer_formats(self) -> tuple[str, ...]:
+        return RegistrationPrediction.formats
 
     def predict(self, images) -> list[Prediction]:
         from medlens.io.discover import file_stem
@@ -213,7 +239,8 @@ class RegistrationTask(Task):
             "normalisation": "each image: mean of its channels, scaled by its own 1st and 99th "
             "percentiles; outside the image 0",
             "output": "stationary velocity field, canonical voxels, channel 0 along x",
-            "integration": f"averaged 2x per axis, scaling and squaring in "
+            "integration": f"averaged 2x per axis, Gaussian smoothing of {plan.smooth:g} "
+            f"voxels there (truncated at 2 sigma, edges repeated), scaling and squaring in "
             f"{plan.integration_steps} steps, interpolated back (linear), vectors doubled",
             "ensemble": "velocities averaged over the folds",
             "refine": dict(plan.refine),

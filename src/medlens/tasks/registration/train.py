@@ -232,7 +232,7 @@ def score_pairs(network, cases, pairs, plan, *, labels: bool) -> dict[str, Any]:
         velocity = network(x).float()
         losses.append(float(loss(velocity, {"fixed": targets["fixed"],
                                             "moving": targets["moving"]})))  # fmt: skip
-        field = displacement(velocity, plan.integration_steps)
+        field = displacement(velocity, plan.integration_steps, plan.smooth)
         folding.append(folding_fraction(field[0].numpy()))
         spread.append(sdlogj(field[0].numpy()))
         if labels and foreground:
