@@ -182,13 +182,20 @@ def register(
         moving_levels.append(moving_levels[-1])
     masks = _mask_levels(fixed_mask, fixed, fixed_levels)
     pairs = list(zip(fixed_levels, moving_levels, masks, strict=True))[::-1]  # coarse first
+    level_loss = loss
+    features = getattr(loss, "features", None)
+    if features is not None:  # each level's features once; the moving ones are warped
+        with torch.no_grad():
+            pairs = [(Grid(features(f.tensor), f.matrix), Grid(features(m.tensor), m.matrix), k)
+                     for f, m, k in pairs]  # fmt: skip
+        level_loss = loss.compare
     world = np.eye(fixed.spatial_dims + 1) if initial == "none" else centre_alignment(fixed, moving)
     start = world
     if overlap(fine_fixed, fine_moving, world) < 0.05:
         raise RegistrationError("the images do not overlap after the initial alignment")
     stages: list[Stage] = []
     if initial == "affine" or method == "affine":
-        affine_loss = similarity_named("ncc") if similarity == "lncc" else loss
+        affine_loss = similarity_named("ncc") if similarity == "lncc" else level_loss
         world, stage = affine_stage(pairs, world, affine_loss, iterations=iterations, log=log)
         stages.append(stage)
         if overlap(fine_fixed, fine_moving, world) < 0.05:
@@ -198,7 +205,7 @@ def register(
         displacement, stage = deformable_stage(
             pairs,
             world,
-            loss,
+            level_loss,
             weight=WEIGHT if weight is None else float(weight),
             smooth=SMOOTH if smooth is None else float(smooth),
             regulariser=regulariser,

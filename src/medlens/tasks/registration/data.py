@@ -127,6 +127,7 @@ def _pairs_csv(data: Path) -> RegistrationSource:
     labelled = all(r.get("fixed_labels") and r.get("moving_labels") for r in rows)
     loaders: dict[str, Any] = {}
     subjects: dict[str, str] = {}
+    label_paths: set[Path] = set()
     pairs = []
     for number, row in enumerate(rows, start=2):
         keys = []
@@ -150,14 +151,16 @@ def _pairs_csv(data: Path) -> RegistrationSource:
                 return image, labels
 
             loaders[key] = load
+            if label_path is not None:
+                label_paths.add(label_path)
             subjects[key] = row.get("subject") or f"pair-{number - 1}"
             keys.append(key)
         pairs.append((keys[0], keys[1]))
     values = [0]
-    if labelled:
+    if labelled:  # the label maps alone (each once), for the values the loss scores
         found = set()
-        for key in loaders:
-            _, labels = loaders[key]()
+        for path in sorted(label_paths):
+            labels = load_image(path, role=Role.LABEL)
             found |= {int(v) for v in np.unique(np.asarray(labels.array))}
         values = sorted(found | {0})
     return RegistrationSource(data, list(loaders), loaders, subjects, pairs, labelled, values)
