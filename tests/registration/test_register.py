@@ -190,6 +190,32 @@ def test_mind_recovers_a_deformation_across_a_remapping_of_intensities():
     assert error < 0.5 * before
 
 
+def test_inverse_consistency_is_zero_for_exact_inverses_and_measures_a_mismatch():
+    """A transform and its exact inverse (an affine, a field and exp(-v)) land every point on
+    itself; the same transform twice misses by the map's own movement."""
+    from medlens.registration.outputs import inverse_consistency
+
+    shape = (28, 30)
+    fixed = Image(blobs(shape, seed=1), **geometry(2))
+    moving = Image(blobs(shape, seed=2), spacing=(1.2, 0.9), origin=(4.0, -3.0))
+    a = known_affine(2)
+    exact = inverse_consistency(
+        Registration(fixed, moving, a, None), Registration(moving, fixed, np.linalg.inv(a), None)
+    )
+    assert exact["mean_mm"] < 1e-6 and exact["fraction"] > 0.5
+    wrong = inverse_consistency(
+        Registration(fixed, moving, a, None), Registration(moving, fixed, a, None)
+    )
+    assert wrong["mean_mm"] > 2.0
+    # a diffeomorphism and its inverse exp(-v), on one grid: small, not zero (interpolation)
+    same = Image(blobs(shape, seed=1), spacing=(1.0, 1.0))
+    velocity = smooth_field(shape, amplitude=2.0, seed=3)
+    there = Registration(same, same, np.eye(3), integrate(velocity))
+    back = Registration(same, same, np.eye(3), integrate(-velocity))
+    assert inverse_consistency(there, back)["mean_mm"] < 0.1
+    assert inverse_consistency(there, there)["mean_mm"] > 0.5
+
+
 def test_written_transforms_warp_as_simpleitk_does(tmp_path):
     sitk = pytest.importorskip("SimpleITK")
     shape = (20, 24, 22)
@@ -289,6 +315,9 @@ def test_the_cli_writes_the_contracted_files_and_refuses_bad_landmarks(tmp_path,
         assert heading in report
     assert report.count("data:image/png;base64") == 4  # every figure was drawn
     assert metrics["folding_fraction"] < 0.001
+    assert main([*base, str(tmp_path / "both"), "--inverse-consistency"]) == 0
+    both = json.loads((tmp_path / "both" / "metrics.json").read_text())["inverse_consistency"]
+    assert 0 < both["mean_mm"] < 0.5 and both["fraction"] > 0.9
     landmarks = ["--landmarks", str(inputs / "a.csv"), str(inputs / "b.csv")]
     capsys.readouterr()
     assert main([*base, str(tmp_path / "o2"), *landmarks]) == 1

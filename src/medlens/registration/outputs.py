@@ -5,7 +5,10 @@ Into the output folder: ``warped.nii.gz`` (the moving image on the fixed grid; 2
 (ITK's displacement field of the whole transform, fixed LPS mm -> moving), ``affine.tfm`` (the
 affine alone, for SimpleITK and 3D Slicer) and ``metrics.json``: the similarity before and after,
 with labels the Dice and HD95 per label before (the images' own world alignment) and after, with
-landmarks the target registration error, and the deformation's folding fraction and SDlogJ.
+landmarks the target registration error, and the deformation's folding fraction and SDlogJ;
+given the registration the other way as well (``medlens register --inverse-consistency``), the
+inverse consistency: how far each fixed voxel's point lands from itself through the forward
+transform and then the backward one (mm).
 
 Landmark files are CSVs of index coordinates (pixels or voxels from 0, as ANHIR's are): a header
 naming ``X``, ``Y`` (and ``Z``) columns, and optionally a first column of landmark numbers; two
@@ -26,7 +29,7 @@ from medlens.image import Image
 from medlens.registration.register import Registration
 from medlens.registration.transform_io import write_affine, write_displacement
 
-__all__ = ["read_landmarks", "registration_metrics", "write_registration"]
+__all__ = ["inverse_consistency", "read_landmarks", "registration_metrics", "write_registration"]
 
 
 def read_landmarks(path) -> tuple[list[str] | None, np.ndarray]:
@@ -101,12 +104,38 @@ def _label_scores(fixed_labels: Image, warped: np.ndarray) -> dict[str, Any]:
     return {"per_label": per_label, "dice_mean": mean}
 
 
+def inverse_consistency(forward: Registration, backward: Registration) -> dict[str, Any]:
+    """``|T_back(T_forward(p)) - p|`` in mm over the fixed voxels ``p`` whose forward point lies
+    inside the moving image (``backward`` registers the fixed image to the moving one): mean,
+    median, 95th percentile and maximum, and the fraction of voxels counted."""
+    from medlens.registration.apply import index_points
+
+    fixed = forward.fixed
+    points = fixed.index_to_world(index_points(fixed.spatial_shape))
+    there = forward.map_points(points)
+    index = forward.moving.world_to_index(there)
+    shape = np.asarray(forward.moving.spatial_shape[::-1], float)
+    inside = np.all((index > -0.5) & (index < shape - 0.5), axis=1)
+    if not inside.any():
+        return {"mean_mm": None, "median_mm": None, "p95_mm": None, "max_mm": None,
+                "fraction": 0.0}  # fmt: skip
+    error = np.linalg.norm(backward.map_points(there[inside]) - points[inside], axis=1)
+    return {
+        "mean_mm": float(error.mean()),
+        "median_mm": float(np.median(error)),
+        "p95_mm": float(np.percentile(error, 95)),
+        "max_mm": float(error.max()),
+        "fraction": float(inside.mean()),
+    }
+
+
 def registration_metrics(
     result: Registration,
     *,
     fixed_labels: Image | None = None,
     moving_labels: Image | None = None,
     landmarks: tuple[np.ndarray, np.ndarray] | None = None,
+    backward: Registration | None = None,
 ) -> dict[str, Any]:
     """The figures of ``metrics.json`` (see the module's notes)."""
     from medlens.metrics.registration import (
@@ -144,6 +173,8 @@ def registration_metrics(
         before = result.fixed.index_to_world(fixed_points)
         out["landmarks"] = target_registration_error(mapped, target, diagonal=diagonal)
         out["landmarks_before"] = target_registration_error(before, target, diagonal=diagonal)
+    if backward is not None:
+        out["inverse_consistency"] = inverse_consistency(result, backward)
     return out
 
 
@@ -154,8 +185,10 @@ def write_registration(
     fixed_labels: Image | None = None,
     moving_labels: Image | None = None,
     landmarks: tuple[np.ndarray, np.ndarray] | None = None,
+    backward: Registration | None = None,
 ) -> dict[str, Path]:
-    """Write the outputs (see the module's notes) into ``output``; returns them by name."""
+    """Write the outputs (see the module's notes) into ``output``; returns them by name.
+    ``backward``: the fixed image registered to the moving one, for the inverse consistency."""
     from medlens.io import save_image
 
     output = Path(output)
@@ -172,7 +205,11 @@ def write_registration(
     )
     files["affine"] = write_affine(output / "affine.tfm", result.world)
     metrics = registration_metrics(
-        result, fixed_labels=fixed_labels, moving_labels=moving_labels, landmarks=landmarks
+        result,
+        fixed_labels=fixed_labels,
+        moving_labels=moving_labels,
+        landmarks=landmarks,
+        backward=backward,
     )
     files["metrics"] = output / "metrics.json"
     atomic_write_json(files["metrics"], metrics)
