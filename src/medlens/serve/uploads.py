@@ -80,7 +80,7 @@ async def receive_uploads(
     fields: tuple[str, ...],
 ) -> dict[str, Path]:
     """Write the file parts named ``fields`` of a ``multipart/form-data`` body, each into its
-    own subfolder of ``folder`` (``fields[0]/NAME``); returns them by field. A body without
+    own subfolder of ``folder`` (``FIELD/NAME``); returns them by field. A body without
     one of them, or not multipart, is refused (400) naming the fields."""
     wanted = " and ".join(repr(f) for f in fields)
     if not content_type.lower().startswith("multipart/form-data"):
