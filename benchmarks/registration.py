@@ -48,7 +48,8 @@ METHODS = ("medlens", *LEARNED, *peers.PEERS)
 #: instance optimisation after the network for medlens_learned_io: steps, and the plan's
 #: defaults (Adam 0.05, diffusion weight 0.25), chosen on 16 validation pairs of the run's own
 #: first 100 cases: network 0.808 Dice / SDlogJ 0.135; 30 steps at weight 1: 0.807 / 0.23;
-#: at 0.25: 0.816 / 0.32; 20-50 steps at the training weight 4: 0.790-0.795
+#: at 0.25: 0.816 / 0.32; 20-50 steps at the training weight 4: 0.790-0.795. Again after the
+#: weight-8 network (0.796 / 0.089): weight 8 0.777 / 0.088, 2 0.797 / 0.175, 0.25 0.812 / 0.300
 REFINE_STEPS = 30
 REFINE = {"lr": 0.05, "weight": 0.25}
 
