@@ -1,11 +1,12 @@
 """Common tests over every public metric, each checked against the field's reference implementation.
 
 ``REGISTRY`` maps every metric in ``medlens.metrics.__all__`` to its oracles (scikit-learn for
-classification, MONAI and SciPy for segmentation, SciPy for bootstrap intervals, Python's
-``statistics`` for summaries over cases); ``NOT_METRICS`` lists the public names that are not
-metrics, each with a reason. Adding a public name without an entry in one of the two fails
-:func:`test_every_public_name_is_registered`. Every registered metric is then checked the same way
-(timm's one-test-per-registered-model, scikit-learn's ``parametrize_with_checks``):
+classification, MONAI and SciPy for segmentation, fastMRI and scikit-image for reconstruction,
+SciPy for bootstrap intervals, Python's ``statistics`` for summaries over cases); ``NOT_METRICS``
+lists the public names that are not metrics, each with a reason. Adding a public name without an
+entry in one of the two fails :func:`test_every_public_name_is_registered`. Every registered
+metric is then checked the same way (timm's one-test-per-registered-model, scikit-learn's
+``parametrize_with_checks``):
 
 * agreement with each oracle on seeded random inputs (binary / multi-class / multi-label / ordinal;
   2D and 3D masks with anisotropic spacing, label maps, one-hot arrays and the empty-mask cases,
@@ -36,6 +37,7 @@ import pytest
 import torch
 from scipy import ndimage, stats
 from scipy.spatial.distance import directed_hausdorff
+from skimage.metrics import structural_similarity
 from sklearn import metrics as skm
 from sklearn.calibration import calibration_curve
 from sklearn.preprocessing import label_binarize
@@ -1049,6 +1051,75 @@ def stream_pair(key: str, fn: Callable[..., float]) -> Callable[[Mapping[str, An
     return check
 
 
+# ---------------------------------------------------------------------------- reconstruction
+
+RECON_CASES = ("random-volume", "structured-volume")
+RECON_METRICS = ("psnr", "ssim", "nmse")
+
+
+def recon_case(name: str) -> dict[str, Any]:
+    """A float64 magnitude volume and a degraded copy; per-case records of two methods."""
+    rng = np.random.default_rng(sum(map(ord, name)))
+    case: dict[str, Any] = {"name": name}
+    if name == "random-volume":
+        target = rng.random((3, 24, 28))
+        case.update(target=target, output=np.abs(target + 0.1 * rng.standard_normal(target.shape)))
+    elif name == "structured-volume":  # piecewise-constant regions, blurred and noisy
+        target = 0.1 + 0.3 * _label_map((3, 32, 30), rng, 3).astype(np.float64)
+        output = ndimage.gaussian_filter(target, (0, 1.0, 1.0))
+        case.update(target=target, output=np.abs(output + 0.02 * rng.standard_normal(output.shape)))
+    else:  # "cases": method a beats method b by ~3 dB; one SSIM undefined
+        ids = [f"c{i}" for i in range(24)]
+        rows_a = [
+            {"id": i, "psnr": rng.normal(32, 2), "ssim": rng.normal(0.85, 0.04),
+             "nmse": rng.gamma(2.0, 0.01)}
+            for i in ids
+        ]  # fmt: skip
+        rows_b = [{"id": r["id"], "psnr": r["psnr"] - rng.normal(3, 1)} for r in rows_a]
+        rows_a[3]["ssim"] = None
+        case.update(rows_a=rows_a, rows_b=rows_b[::-1])  # paired by id, not by position
+    return case
+
+
+def fastmri_oracle(case: Mapping[str, Any]) -> dict[str, float]:
+    """fastMRI's ``fastmri.evaluate`` on the float64 volumes."""
+    fm = pytest.importorskip("fastmri.evaluate")
+    t, o = case["target"], case["output"]
+    return {"nmse": fm.nmse(t, o), "psnr": fm.psnr(t, o), "ssim": fm.ssim(t, o)[0]}
+
+
+def formula_oracle(case: Mapping[str, Any]) -> dict[str, float]:
+    """The formulas in NumPy, and scikit-image's SSIM per slice with the volume's maximum."""
+    t, o = case["target"], case["output"]
+    per_slice = [structural_similarity(a, b, data_range=t.max()) for a, b in zip(t, o, strict=True)]
+    return {
+        "nmse": np.sum((t - o) ** 2) / np.sum(t**2),
+        "psnr": 10 * np.log10(t.max() ** 2 / np.mean((t - o) ** 2)),
+        "ssim": statistics.fmean(per_slice),
+    }
+
+
+def recon_summary_oracle(case: Mapping[str, Any]) -> dict[str, Any]:
+    return {m: _summary_of([_number(r[m]) for r in case["rows_a"]]) for m in RECON_METRICS}
+
+
+def paired_difference_oracle(case: Mapping[str, Any]) -> dict[str, Any]:
+    b = {r["id"]: r["psnr"] for r in case["rows_b"]}
+    return {"key": "psnr", **_summary_of([r["psnr"] - b[r["id"]] for r in case["rows_a"]])}
+
+
+def ours_recon(name: str) -> Callable[[Mapping[str, Any]], dict[str, float]]:
+    return lambda case: {name: getattr(M, name)(case["target"], case["output"])}
+
+
+def ours_recon_summary(case):
+    return M.reconstruction_summary(case["rows_a"], n_boot=4000, seed=2)
+
+
+def ours_paired_difference(case):
+    return M.paired_difference(case["rows_a"], case["rows_b"], "psnr", n_boot=4000, seed=2)
+
+
 # ---------------------------------------------------------------------------- the registry
 
 
@@ -1157,6 +1228,23 @@ SUMMARY = Oracle(
     "Python statistics fmean/median/stdev of defined values; scipy.stats.bootstrap(np.mean)",
     mean_summary_oracle,
 )
+FASTMRI = Oracle("fastMRI fastmri.evaluate nmse / psnr / ssim", fastmri_oracle, 1e-9, 1e-12)
+RECON_FORMULAS = Oracle(
+    "NumPy ||t - o||^2 / ||t||^2 and 10 log10(max^2 / MSE); scikit-image structural_similarity "
+    "per slice, data_range the volume's maximum",
+    formula_oracle,
+    1e-9,
+    1e-12,
+)
+RECON_SUMMARY = Oracle(
+    "Python statistics fmean/median/stdev per metric; scipy.stats.bootstrap(np.mean)",
+    recon_summary_oracle,
+)
+PAIRED = Oracle(
+    "Python statistics of the per-id differences; scipy.stats.bootstrap(np.mean)",
+    paired_difference_oracle,
+)
+NO_RECON = "values of one volume pair (or of cases given at once); per-case values are summarised"
 CLS_ORACLES = (SKLEARN_CLS, MONAI_ECE)
 DISTANCES = (MONAI_PAIR, SCIPY_PAIR)
 OVERLAP = (MONAI_PAIR, SKLEARN_OVERLAP)
@@ -1235,6 +1323,19 @@ REGISTRY: dict[str, Entry] = {
         ours_mean_summary,
         (SUMMARY,),
         no_stream="a summary of numbers given at once (per-case or per-pair values)",
+    ),
+    # reconstruction
+    **{
+        name: Entry(
+            recon_case, RECON_CASES, ours_recon(name), (FASTMRI, RECON_FORMULAS), no_stream=NO_RECON
+        )
+        for name in RECON_METRICS
+    },
+    "reconstruction_summary": Entry(
+        recon_case, ("cases",), ours_recon_summary, (RECON_SUMMARY,), no_stream=NO_RECON
+    ),
+    "paired_difference": Entry(
+        recon_case, ("cases",), ours_paired_difference, (PAIRED,), no_stream=NO_RECON
     ),
 }
 

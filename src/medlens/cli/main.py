@@ -24,6 +24,7 @@ from medlens.cli.measure import app as measure_app
 from medlens.cli.plan import plan
 from medlens.cli.register import apply_transform, register
 from medlens.cli.serve import dicom_node, export, serve
+from medlens.cli.simulate import app as simulate_app
 
 app = typer.Typer(
     name="medlens",
@@ -48,6 +49,7 @@ app.command("register")(register)
 app.command("apply-transform")(apply_transform)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(measure_app, name="measure")
+app.add_typer(simulate_app, name="simulate")
 
 _STATE = {"debug": False}
 

@@ -10,6 +10,9 @@ empty masks handled as Metrics Reloaded recommends and per-case records for repo
 Detection (:mod:`medlens.metrics.detection`, imported from there): COCO average precision of 2D
 and 3D boxes (pycocotools' rules, with ignore flags and image-bootstrap intervals), FROC and CPM
 by the LUNA16 rules with scan-bootstrap intervals, and count errors for cell counting.
+
+Reconstruction: NMSE, PSNR and SSIM of magnitude images as fastMRI defines them, summaries over
+cases and paired differences between two methods with bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ from medlens.metrics.classification import (
     pr_curve_data,
     roc_curve_data,
     youden_threshold,
+)
+from medlens.metrics.reconstruction import (
+    nmse,
+    paired_difference,
+    psnr,
+    reconstruction_summary,
+    ssim,
 )
 from medlens.metrics.segmentation import (
     EMPTY_STATES,
@@ -69,9 +79,14 @@ __all__ = [
     "hausdorff_distance",
     "iou",
     "mean_summary",
+    "nmse",
+    "paired_difference",
     "pr_curve_data",
+    "psnr",
+    "reconstruction_summary",
     "roc_curve_data",
     "segmentation_metrics",
+    "ssim",
     "surface_dice",
     "youden_threshold",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from medlens.models.base import Backbone, count_parameters
 from medlens.models.densenet import DenseNet, densenet121
+from medlens.models.edsr import EDSR
 from medlens.models.fcos import FCOS
 from medlens.models.registry import TASKS, create_model, list_models, model_task, register_model
 from medlens.models.resnet import (
@@ -35,6 +36,7 @@ from medlens.models.small_cnn import SmallCNN, smallcnn
 from medlens.models.unet import UNet, deep_supervision_weights, downsample_targets, stage_features
 
 __all__ = [
+    "EDSR",
     "FCOS",
     "TASKS",
     "Backbone",

@@ -129,7 +129,7 @@ def _parity(network, path: Path, example: torch.Tensor, spec, ort) -> dict:
         grow = [int(d) for d in (spec.spatial_divisor or [1] * (example.dim() - 2))]
         shape = [n + g for n, g in zip(example.shape[2:], grow, strict=True)]
         inputs.append(torch.randn((1, example.shape[1], *shape), generator=generator))
-    worst = 0.0
+    worst = scale = 0.0
     for x in inputs:
         with torch.no_grad():
             expected = network(x).float().numpy()
@@ -137,7 +137,11 @@ def _parity(network, path: Path, example: torch.Tensor, spec, ort) -> dict:
         if got.shape != expected.shape:
             raise MedlensError(f"export gives shape {got.shape}, torch {expected.shape}", path)
         worst = max(worst, float(np.abs(got - expected).max()))
-    return {"max_abs_diff": worst, "inputs": [list(map(int, x.shape)) for x in inputs]}
+        scale = max(scale, float(np.abs(expected).max()))
+    # outputs that are not probabilities (images in the measurements' units) compare relatively
+    relative = worst / scale if scale > 0 else worst
+    return {"max_abs_diff": worst, "max_rel_diff": relative,
+            "inputs": [list(map(int, x.shape)) for x in inputs]}  # fmt: skip
 
 
 def _valid_export(folder) -> tuple[Path, dict]:

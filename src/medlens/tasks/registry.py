@@ -29,6 +29,7 @@ _BUILTIN = (
     "medlens.tasks.segmentation.task",
     "medlens.tasks.detection.task",
     "medlens.tasks.registration.task",
+    "medlens.tasks.reconstruction.task",
 )
 _REGISTRY: dict[str, Task] = {}
 T = TypeVar("T", bound=type[Task])

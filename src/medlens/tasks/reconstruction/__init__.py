@@ -1,0 +1,1 @@
+"""Reconstruction on the task platform: undersampled MRI (and super-resolution)."""
