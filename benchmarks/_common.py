@@ -35,6 +35,7 @@ __all__ = [
     "fmt_rate",
     "fmt_ratio",
     "limit_threads",
+    "link",
     "log",
     "print_table",
     "require_data",
@@ -274,3 +275,16 @@ def emit_json(payload: dict[str, Any]) -> None:
     """Print ``payload`` as one JSON line: the last line a benchmark writes to stdout."""
     sys.stderr.flush()
     print(json.dumps(payload, default=_json_default, allow_nan=False), flush=True)
+
+
+def link(source: Path, target: Path) -> None:
+    """A symbolic link ``target`` to ``source`` (kept if there); a folder is linked file by
+    file, because folder links are not followed when a folder tree is searched."""
+    if source.is_dir():
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and not path.name.startswith("."):
+                link(path, target / path.relative_to(source))
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        os.symlink(source.resolve(), target)

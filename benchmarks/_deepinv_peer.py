@@ -199,7 +199,7 @@ def self_check(train: list[Path]) -> int:
         out = build_model(2, (8, 16))(got.float(), physics)
         assert out.shape == (2, 2, h, w), out.shape
     if train:
-        data = load(sorted(train[0].glob("*.npz"))[0])
+        data = load(sorted(train[0].rglob("*.npz"))[0])
         if data["target"] is not None:
             s = data["kspace"].shape[0]
             ones = np.ones((s, data["kspace"].shape[-1]), bool)
@@ -335,7 +335,7 @@ def main() -> int:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    files = [load(p) for folder in args.train for p in sorted(folder.glob("*.npz"))]
+    files = [load(p) for folder in args.train for p in sorted(folder.rglob("*.npz"))]
     if not files:
         raise SystemExit(f"no .npz files in {', '.join(map(str, args.train))}")
     model = build_model(args.cascades, tuple(args.channels))
@@ -354,7 +354,7 @@ def main() -> int:
     for folder in args.test:
         (args.out / folder.name).mkdir(parents=True, exist_ok=True)
         written[folder.name] = []
-        for path in sorted(folder.glob("*.npz")):
+        for path in sorted(folder.rglob("*.npz")):
             data = load(path)
             if not warm:  # the first call pays for allocations: not timed
                 reconstruct(model, {**data, "kspace": data["kspace"][:1]})

@@ -12,8 +12,9 @@ hippocampus's edge); nothing is copied.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from _common import link
 
 TEST_EVERY = 4
 
@@ -26,25 +27,13 @@ def split_sources(root: Path, work: Path) -> tuple[Path, Path]:
     if marker.exists():
         return train, test
     for folder in (train, test):
-        _link_tree(root / "totalsegmentator", folder / "totalsegmentator")
+        link(root / "totalsegmentator", folder / "totalsegmentator")
     hippocampus = root / "msd_hippocampus"
     cases = sorted(p.name for p in (hippocampus / "imagesTr").glob("*.nii.gz"))
     for i, name in enumerate(cases):
         folder = test if i % TEST_EVERY == 0 else train
         for sub in ("imagesTr", "labelsTr"):
             if (hippocampus / sub / name).is_file():
-                _link(hippocampus / sub / name, folder / "msd_hippocampus" / sub / name)
+                link(hippocampus / sub / name, folder / "msd_hippocampus" / sub / name)
     marker.touch()
     return train, test
-
-
-def _link_tree(source: Path, target: Path) -> None:
-    for path in sorted(source.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
-            _link(path, target / path.relative_to(source))
-
-
-def _link(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        os.symlink(source.resolve(), target)

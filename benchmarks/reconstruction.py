@@ -4,8 +4,9 @@ compressed sensing (L1-wavelet, total variation) and deepinv's VarNet, side by s
 Data (``medlens simulate kspace``: real magnitude images, synthetic smooth phase, birdcage coils,
 complex noise of 1% of the maximum, fastMRI random masks; every figure is on SIMULATED k-space):
 
-- training: Sunnybrook cine MRI of patients SC-HF-I-1 and SC-HF-I-4 (folders SCD0000101,
-  SCD0000301) and the Decathlon hippocampus MRIs whose sorted index is not a multiple of 4;
+- training (at most 96 slices per series): Sunnybrook cine MRI of patients SC-HF-I-1 and
+  SC-HF-I-4 (folders SCD0000101, SCD0000301) and the Decathlon hippocampus MRIs whose sorted
+  index is not a multiple of 4;
 - held out, each reported on its own and pooled: the third Sunnybrook patient (SCD0000401),
   every 8th hippocampus subject (none of them trained), the T1 brain series and the
   TotalSegmentator MR (anatomy no training image shows); each at 4x and 8x (the same k-space, two
@@ -44,7 +45,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import configure_threads, emit_json, environment, log, print_table, require_data
+from _common import (
+    configure_threads,
+    emit_json,
+    environment,
+    link,
+    log,
+    print_table,
+    require_data,
+)
 
 ACCELERATIONS = (4, 8)
 TEST_SETS = ("sunnybrook", "hippocampus", "brain_t1", "ts_mr")
@@ -59,27 +68,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=40, help="Batches per epoch.")
     parser.add_argument("--peer-python", type=Path, help="Python of the deepinv venv.")
     parser.add_argument("--skip-cs", action="store_true", help="No compressed sensing (slow).")
+    parser.add_argument("--skip-mri", action="store_true")
+    parser.add_argument("--skip-sr", action="store_true")
+    parser.add_argument("--sr-epochs", type=int, default=24, help="2D super-resolution epochs.")
     parser.add_argument("--quick", action="store_true", help="Tiny schedules: a smoke run.")
     args = parser.parse_args(argv)
     root = require_data("reconstruction", "sunnybrook", "msd_hippocampus", "dicom/mr_t1_brain")
     threads = configure_threads()
+    figures: dict = {"benchmark": "reconstruction"}
     with tempfile.TemporaryDirectory() as tmp:
-        work = (args.workdir or Path(tmp)) / f"coils{args.coils}"
-        work.mkdir(parents=True, exist_ok=True)
-        train_set, tests = make_data(root, work, args)
-        run = work / "run"
-        minutes = train(train_set, run, args)
-        peer = run_peer(train_set, tests, work, minutes, args) if args.peer_python else None
-        figures = score(run, tests, peer, args)
+        base = args.workdir or Path(tmp)
+        if not args.skip_mri:
+            work = base / f"coils{args.coils}"
+            work.mkdir(parents=True, exist_ok=True)
+            train_set, tests = make_data(root, work, args)
+            run = work / "run"
+            minutes = train(train_set, run, args)
+            peer = run_peer(train_set, tests, work, minutes, args) if args.peer_python else None
+            figures.update(score(run, tests, peer, args), coils=args.coils,
+                           mri_train_minutes=minutes)  # fmt: skip
+        if not args.skip_sr:
+            from _superres_bench import superres
+
+            figures.update(superres(root, base / "superres", args))
     figures.update(
-        benchmark="reconstruction",
-        coils=args.coils,
-        mri_train_minutes=minutes,
-        data="SIMULATED k-space from real magnitude images (synthetic phase, birdcage coils, "
-        "1% noise, fastMRI random masks); test sets hold out subjects and whole anatomies",
-        sr_psnr_gain_vs_bicubic_x4=None,
-        sr_psnr_gain_through_plane=None,
-        sr_status="super-resolution is not built yet (issue 23 stays open)",
+        data="MRI: SIMULATED k-space from real magnitude images (synthetic phase, birdcage "
+        "coils, 1% noise, fastMRI random masks); test sets hold out subjects and whole "
+        "anatomies. Super-resolution: real images degraded by block averages (simulated "
+        "low resolution), held-out images and subjects",
         threads=threads,
         environment=environment(["medlens", "torch", "numpy", "scikit-image", "sigpy"]),
     )
@@ -89,12 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------ data
-def _link(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        os.symlink(source.resolve(), target)
-
-
 def sources(root: Path, work: Path) -> dict[str, Path]:
     """Folders of links to the real images: ``train`` and one per test set (made once)."""
     out = {name: work / "sources" / name for name in ("train", *TEST_SETS)}
@@ -102,18 +112,18 @@ def sources(root: Path, work: Path) -> dict[str, Path]:
         return out
     sunny = root / "sunnybrook" / "dicoms"
     for patient in ("SCD0000101", "SCD0000301"):
-        _link(sunny / patient, out["train"] / patient)
-    _link(sunny / "SCD0000401", out["sunnybrook"] / "SCD0000401")
+        link(sunny / patient, out["train"] / patient)
+    link(sunny / "SCD0000401", out["sunnybrook"] / "SCD0000401")
     cases = sorted((root / "msd_hippocampus" / "imagesTr").glob("*.nii.gz"))
     for i, case in enumerate(cases):
         if i % 4:
-            _link(case, out["train"] / "hippocampus" / case.name)
+            link(case, out["train"] / "hippocampus" / case.name)
         elif i % 8 == 0:
-            _link(case, out["hippocampus"] / case.name)
-    _link(root / "dicom" / "mr_t1_brain", out["brain_t1"] / "mr_t1_brain")
+            link(case, out["hippocampus"] / case.name)
+    link(root / "dicom" / "mr_t1_brain", out["brain_t1"] / "mr_t1_brain")
     mr = root / "totalsegmentator" / "mr_small" / "example_mr_sm.nii.gz"
     if mr.exists():
-        _link(mr, out["ts_mr"] / mr.name)
+        link(mr, out["ts_mr"] / mr.name)
     (work / "sources" / ".done").touch()
     return out
 
@@ -127,7 +137,7 @@ def make_data(root: Path, work: Path, args) -> tuple[Path, dict[tuple[str, int],
     if not (train_set / "dataset.json").exists():
         log("simulating the training k-space ...")
         simulate_kspace_dataset(found["train"], train_set, coils=args.coils, acceleration=4,
-                                seed=0, max_slices=quick or 32, progress=False)  # fmt: skip
+                                seed=0, max_slices=quick or 96, progress=False)  # fmt: skip
     tests = {}
     for name in TEST_SETS:
         if not found[name].exists():
@@ -282,6 +292,23 @@ def score(run: Path, tests: dict, peer: Path | None, args) -> dict:
 
 
 def report(figures: dict) -> None:
+    if "per_method" in figures:
+        report_mri(figures)
+    if "sr_x4_per_set" in figures:
+        rows = [[f"x4 {name}", s["n"], f"{s['psnr']:.2f}", f"{s['cubic_psnr']:.2f}",
+                 f"{s['nearest_psnr']:.2f}", f"{s['gain']['mean']:+.2f}"]
+                for name, s in figures["sr_x4_per_set"].items()]  # fmt: skip
+        rows += [[f"through-plane {name}", s["n"], f"{s['psnr']:.2f}", f"{s['cubic_psnr']:.2f}",
+                  f"{s['nearest_psnr']:.2f}", f"{s['gain']['mean']:+.2f}"]
+                 for name, s in figures["sr_through_plane"].items()]  # fmt: skip
+        print_table(
+            "Super-resolution, held-out images (PSNR dB against the originals)",
+            ["set", "images", "medlens", "cubic", "nearest", "gain vs cubic"],
+            rows,
+        )
+
+
+def report_mri(figures: dict) -> None:
     rows = []
     for key, summary in figures["per_method"].items():
         p, s = summary["psnr"], summary["ssim"]

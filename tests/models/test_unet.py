@@ -364,7 +364,7 @@ def test_registered_as_segmentation_models():
     assert list_models(task="segmentation") == ["resunet", "unet"]
     classifiers = list_models(task="classification")
     assert "unet" not in classifiers and "resnet18" in classifiers
-    assert sorted([*classifiers, "fcos", "resunet", "unet"]) == list_models()
+    assert sorted([*classifiers, "edsr", "fcos", "resunet", "unet"]) == list_models()
     assert list_models("*unet", task="segmentation") == ["resunet", "unet"]
     assert model_task("unet") == model_task("resunet") == "segmentation"
     assert model_task("resnet18") == "classification"

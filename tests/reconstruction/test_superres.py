@@ -3,6 +3,7 @@ in-plane and through-plane (SMORE), geometry of the outputs, evaluation and bad 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,22 @@ def test_superres_refuses_what_it_cannot_do(tmp_path):
         plan.with_overrides(["factors=[1,1]"])
     thick = make_superres_plan({"spatial_dims": 3, "slice_ratio": 4.4})
     assert thick.factors == [4, 1, 1] and thick.through_plane
+
+
+def test_one_thick_volume_trains_on_its_own_slices(tmp_path):
+    """SMORE's setting: a single thick-slice volume, split by its in-plane slices."""
+    from medlens.image import Image
+    from medlens.io import save_image
+    from medlens.tasks.reconstruction.train import train_reconstruction
+
+    rng = np.random.default_rng(2)
+    (tmp_path / "one").mkdir()
+    save_image(Image(rng.random((6, 40, 40)).astype(np.float32), (1.0, 1.0, 3.0)),
+               tmp_path / "one" / "thick.nii.gz")  # fmt: skip
+    info = train_reconstruction(tmp_path / "one", tmp_path / "run", epochs=1, progress=False,
+                                overrides=["patch_size=30", "train.batches_per_epoch=2",
+                                           "network.width=8", "network.blocks=1"],
+                                log=lambda _: None)  # fmt: skip
+    assert info["status"] == "complete" and info["data"]["planes"] == 6
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert plan["factors"] == [3, 1, 1]

@@ -280,3 +280,39 @@ def test_a_registration_run_takes_fixed_and_moving_and_answers_as_predict(tiny_r
         assert raw.status_code == 400 and "'fixed' and 'moving'" in raw.json()["error"]
         # the server stays up
         assert _post(endpoint, files=files).status_code == 200
+
+
+def test_a_reconstruction_run_is_served_kspace_in_volume_out(tiny_runs, tmp_path):
+    """k-space uploaded as the simulation writes it (``.npz``): JSON with the figures against
+    its reference, the magnitude volume as NIfTI equal to the predictor's; an image upload, a
+    corrupt file and NaN k-space are refused by name, and the server stays up."""
+    from medlens.serve import ServeSettings, create_app, load_models
+
+    run = tiny_runs["reconstruction"]
+    upload = sorted((run.parent / "kspace").glob("*.npz"))[0]
+    models = load_models([run], names=["recon"])
+    expected = models[0].predictor.predict(models[0].predictor.read(upload))[0]
+    files = {"file": (upload.name, upload.read_bytes(), "application/octet-stream")}
+    with running(create_app(models, ServeSettings(max_upload_mb=8))) as url:
+        endpoint = f"{url}/v1/models/recon/predict"
+        body = _post(endpoint, files=files)
+        assert body.status_code == 200, body.text
+        assert body.json()["psnr"] == expected.row()["psnr"]
+        volume = _post(f"{endpoint}?format=nifti", files=files)
+        assert volume.status_code == 200
+        (tmp_path / "v.nii.gz").write_bytes(volume.content)
+        got = medlens.load_image(tmp_path / "v.nii.gz").array
+        np.testing.assert_allclose(got, expected.image.array, rtol=1e-4, atol=1e-4)
+        with np.load(upload) as stored:
+            arrays = dict(stored)
+        arrays["kspace"][0, 0, 0, 0] = np.nan
+        np.savez(tmp_path / "nan.npz", **arrays)
+        nan = _post(endpoint, files={"file": ("nan.npz", (tmp_path / "nan.npz").read_bytes())})
+        assert nan.status_code == 400 and "NaN" in nan.json()["error"], nan.text
+        broken = _post(endpoint, files={"file": ("k.npz", b"PK\x03\x04 not a zip", "x/y")})
+        assert broken.status_code == 400
+        picture = io.BytesIO()
+        PILImage.fromarray(np.zeros((8, 8), np.uint8)).save(picture, format="PNG")
+        png = _post(endpoint, files={"file": ("a.png", picture.getvalue(), "image/png")})
+        assert png.status_code == 400, png.text
+        assert _post(endpoint, files=files).status_code == 200

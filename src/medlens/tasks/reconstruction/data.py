@@ -151,10 +151,23 @@ def stack(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([i[k] for i in items]) for k in items[0]}
 
 
-class SliceBatches:
-    """Training batches ``(inputs, {"target": (B, H, W)})`` with new masks per slice."""
+class EpochBatches:
+    """Batches drawn at random, ``batches_per_epoch`` an epoch, seeded by ``(seed, epoch)`` so
+    a resumed run draws the same ones (the engine's protocol for drawn data)."""
 
     task = "reconstruction"
+    batches_per_epoch = 40
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+
+class SliceBatches(EpochBatches):
+    """Training batches ``(inputs, {"target": (B, H, W)})`` with new masks per slice."""
 
     def __init__(self, source: KSpaceSource, files: list[int], plan, *, seed: int = 0) -> None:
         self.source, self.plan, self.seed = source, plan, int(seed)
@@ -169,20 +182,13 @@ class SliceBatches:
         if not self.groups:
             raise DatasetError("no training slices", source.path)
         self.batches_per_epoch = int(plan.train.batches_per_epoch or 40)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
 
     def __iter__(self):
         from medlens.reconstruction.masks import cartesian_mask
 
         rng = np.random.default_rng([self.seed, self.epoch])
-        shapes = sorted(self.groups)
-        weight = np.array([len(self.groups[s]) for s in shapes], float)
+        shapes = sorted(self.groups)  # drawn in proportion to their pixels: large slices count
+        weight = np.array([len(self.groups[s]) * s[0] * s[1] for s in shapes], float)
         for _ in range(self.batches_per_epoch):
             shape = shapes[int(rng.choice(len(shapes), p=weight / weight.sum()))]
             members = self.groups[shape]

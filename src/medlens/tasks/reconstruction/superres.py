@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from medlens.errors import DatasetError, MedlensError
+from medlens.tasks.reconstruction.data import EpochBatches
 
 __all__ = [
     "ImageJob",
@@ -45,15 +46,20 @@ def open_images(path: Path) -> list[tuple[str, Any]]:
 
 
 class ImageJob:
-    """What training needs of an image dataset (``kind="superres"``)."""
+    """What training needs of an image dataset (``kind="superres"``): its planes (a 2D image's
+    channels, a volume's in-plane slices), split by image, or by plane when there is one image
+    (a single thick-slice volume learns from its own slices, as SMORE does)."""
 
-    unit = "images"
+    unit = "planes"
     simulated = False
 
     def __init__(self, data: Path) -> None:
         self.images = open_images(data)
-        self.names = [name for name, _ in self.images]
-        self.groups = list(self.names)
+        self.units = [(i, k) for i, (_, image) in enumerate(self.images)
+                      for k in range(int(np.prod(image.array.shape[:-2], dtype=int)))]  # fmt: skip
+        self.names = [f"{self.images[i][0]}#{k}" for i, k in self.units]
+        one = len(self.images) < 2
+        self.groups = list(self.names) if one else [self.images[i][0] for i, _ in self.units]
 
     def default_plan(self):
         from medlens.tasks.reconstruction.plan import make_superres_plan
@@ -61,7 +67,15 @@ class ImageJob:
         return make_superres_plan(fingerprint(self.images))
 
     def _planes(self, indices, plan) -> list[np.ndarray]:
-        return [p for i in indices for p in planes(self.images[int(i)][1], plan)]
+        cache: dict[int, list] = {}
+        out = []
+        for u in indices:
+            i, k = self.units[int(u)]
+            if i not in cache:
+                cache[i] = planes(self.images[i][1], plan)
+            if cache[i][k] is not None:
+                out.append(cache[i][k])
+        return out
 
     def prepare(self, plan, split, seed: int):
         """Training batches, validation pairs and the validation score."""
@@ -94,8 +108,9 @@ def fingerprint(images: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def planes(image, plan) -> list[np.ndarray]:
-    """The high-resolution planes a run learns from, each scaled by its 99.5th percentile."""
+def planes(image, plan) -> list[np.ndarray | None]:
+    """The high-resolution planes a run learns from, each scaled by its 99.5th percentile
+    (None for a plane without signal or under 8x8 pixels)."""
     array = np.asarray(image.array, np.float32)
     if plan.through_plane:
         if image.spatial_dims != 3:
@@ -107,11 +122,11 @@ def planes(image, plan) -> list[np.ndarray]:
             raise MedlensError("2D factors for a 3D volume: give factors [f, 1, 1]")
     else:
         raise MedlensError(f"factors {plan.factors}: 3D super-resolution is through-plane only")
-    out = []
+    out: list[np.ndarray | None] = []
     for plane in stack:
         top = float(np.percentile(plane, 99.5))
-        if top > 0 and plane.shape[0] >= 8 and plane.shape[1] >= 8:
-            out.append(plane / top)
+        usable = top > 0 and plane.shape[0] >= 8 and plane.shape[1] >= 8
+        out.append(plane / top if usable else None)
     return out
 
 
@@ -125,10 +140,8 @@ def _pair(hr: torch.Tensor, plan, axis: int, noise: float, generator) -> torch.T
     return upsample(degrade(hr, factors, noise=noise, generator=generator), factors)
 
 
-class PatchBatches:
+class PatchBatches(EpochBatches):
     """Training batches ``(input, target)`` of ``(B, 1, P, P)`` patches (see the module)."""
-
-    task = "reconstruction"
 
     def __init__(self, planes_: list[np.ndarray], plan, *, seed: int = 0) -> None:
         if not planes_:
@@ -137,13 +150,6 @@ class PatchBatches:
         sizes = np.array([p.size for p in planes_], float)
         self.weights = sizes / sizes.sum()
         self.batches_per_epoch = int(plan.train.batches_per_epoch or 50)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
 
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
