@@ -40,10 +40,8 @@ def _files(trained, data: Path, split: str | None):
 
 def score_file(trained, data) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """One file's figures and the arrays the report shows (middle slice)."""
-    import torch
-
     from medlens.metrics.reconstruction import nmse, psnr, ssim
-    from medlens.reconstruction.kspace import adjoint
+    from medlens.reconstruction.baselines import reconstruct_volume
     from medlens.tasks.reconstruction.data import evaluation_mask, reference, slice_maps
     from medlens.tasks.reconstruction.predict import reconstruct, scored_pair
 
@@ -52,9 +50,7 @@ def score_file(trained, data) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     image, seconds = reconstruct(trained, data, mask=mask)
     maps = [slice_maps(data, s, plan) for s in range(data.kspace.shape[0])]
     target = np.stack([reference(data, s, maps[s]) for s in range(len(maps))])
-    m = torch.from_numpy(mask.astype(np.float32))
-    zf = np.stack([adjoint(torch.from_numpy(data.kspace[s]) * m, torch.from_numpy(maps[s]),
-                           m).numpy() for s in range(len(maps))])  # fmt: skip
+    zf = reconstruct_volume("zero_filled", data.kspace, mask, np.stack(maps))
     out, ref = scored_pair(data, image, target)
     zero, _ = scored_pair(data, zf, target)
     peak = float(ref.max())

@@ -112,16 +112,13 @@ def planes(image, plan) -> list[np.ndarray | None]:
     """The high-resolution planes a run learns from, each scaled by its 99.5th percentile
     (None for a plane without signal or under 8x8 pixels)."""
     array = np.asarray(image.array, np.float32)
-    if plan.through_plane:
-        if image.spatial_dims != 3:
-            raise MedlensError("through-plane super-resolution takes 3D volumes")
-        stack = array.reshape(-1, *array.shape[-2:])  # in-plane slices
-    elif len(plan.factors) == 2:
-        stack = array.reshape(-1, *array.shape[-2:]) if image.spatial_dims == 2 else None
-        if stack is None:
-            raise MedlensError("2D factors for a 3D volume: give factors [f, 1, 1]")
-    else:
+    if len(plan.factors) == 3 and not plan.through_plane:
         raise MedlensError(f"factors {plan.factors}: 3D super-resolution is through-plane only")
+    if plan.through_plane and image.spatial_dims != 3:
+        raise MedlensError("through-plane super-resolution takes 3D volumes")
+    if len(plan.factors) == 2 and image.spatial_dims != 2:
+        raise MedlensError("2D factors for a 3D volume: give factors [f, 1, 1]")
+    stack = array.reshape(-1, *array.shape[-2:])  # a 2D image's channels, a volume's slices
     out: list[np.ndarray | None] = []
     for plane in stack:
         top = float(np.percentile(plane, 99.5))

@@ -206,7 +206,7 @@ def score_slices(network, source, slices, plan, *, zero_filled: bool = False) ->
     """PSNR, SSIM and NMSE of ``network`` on ``slices`` with their stored masks (means over
     slices; with ``zero_filled`` the zero-filled figures too)."""
     from medlens.metrics.reconstruction import nmse, psnr, ssim
-    from medlens.reconstruction.kspace import adjoint
+    from medlens.reconstruction.baselines import zero_filled as zero_fill
     from medlens.tasks.reconstruction.data import (
         evaluation_mask,
         network_input,
@@ -219,14 +219,14 @@ def score_slices(network, source, slices, plan, *, zero_filled: bool = False) ->
     for i, s in slices:
         data = source.load(i)
         maps = slice_maps(data, s, plan)
-        inputs = network_input(data.kspace[s], evaluation_mask(data, plan), maps)
+        mask = evaluation_mask(data, plan)
+        inputs = network_input(data.kspace[s], mask, maps)
         target = reference(data, s, maps)
         out = network(inputs)[0].abs().numpy()
         row = {"file": data.path.name, "slice": s, "psnr": psnr(target, out),
                "ssim": ssim(target, out), "nmse": nmse(target, out)}  # fmt: skip
         if zero_filled:
-            zf = adjoint(inputs["kspace"], inputs["maps"], inputs["mask"][:, None, None, :])
-            zf = zf[0].abs().numpy()
+            zf = np.abs(zero_fill(data.kspace[s], mask, maps))
             row.update(zero_filled_psnr=psnr(target, zf), zero_filled_ssim=ssim(target, zf))
         rows.append(row)
     out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("file", "slice")}
