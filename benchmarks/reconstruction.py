@@ -183,38 +183,17 @@ def run_peer(train_set: Path, tests: dict, work: Path, minutes: float, args) -> 
 
 
 # ------------------------------------------------------------------------------------ scoring
-def tune(trained, method: str, accel: int) -> float:
-    """The compressed-sensing weight of ``method`` at ``accel``, chosen on 6 slices of the run's
-    validation files (with masks of that acceleration drawn with seed 0)."""
-    from medlens.reconstruction.baselines import tune_lambda
-    from medlens.reconstruction.masks import cartesian_mask
-    from medlens.tasks.reconstruction.data import open_kspace, reference, slice_maps
+def tuned(trained) -> None:
+    """The run's compressed-sensing weights, chosen on its validation files at each acceleration
+    (``baselines.json``, :mod:`medlens.tasks.reconstruction.tuning`); runs made before training
+    wrote it get it here, the same way."""
+    from medlens.tasks.reconstruction.data import open_kspace
+    from medlens.tasks.reconstruction.tuning import FILE, tune_baselines
 
-    source = open_kspace(trained.info["data"]["source"])
-    split = json.loads((trained.path / "splits.json").read_text())["folds"][0]
-    picked = []
-    for i in split["val_indices"]:
-        data = source.load(int(i))
-        if data.shape == (256, 256) or len(picked) < 3:
-            picked.append(data)
-        if len(picked) >= 6:
-            break
-    slices, targets, masks, maps = [], [], [], []
-    for data in picked:
-        s = data.slices // 2
-        m = slice_maps(data, s, trained.plan)
-        slices.append(data.kspace[s])
-        targets.append(reference(data, s, m))
-        masks.append(cartesian_mask(data.shape[1], accel, seed=0))
-        maps.append(m)
-    best, table = None, {}
-    for k in range(len(slices)):  # each slice votes with its PSNR table
-        _, scores = tune_lambda(method, [slices[k]], [targets[k]], masks[k], maps[k])
-        for lam, value in scores.items():
-            table[lam] = table.get(lam, 0.0) + value / len(slices)
-    best = max(table, key=table.get)
-    log(f"{method} at {accel}x: lambda {best:g} (validation PSNR {table[best]:.2f} dB)")
-    return float(best)
+    if not (trained.path / FILE).exists():
+        source = open_kspace(trained.info["data"]["source"])
+        split = json.loads((trained.path / "splits.json").read_text())["folds"][0]
+        tune_baselines(source, split["val_indices"], trained.plan, trained.path, log)
 
 
 def score(run: Path, tests: dict, peer: Path | None, args) -> dict:
@@ -224,6 +203,7 @@ def score(run: Path, tests: dict, peer: Path | None, args) -> dict:
     from medlens.reconstruction.baselines import reconstruct_volume
     from medlens.tasks.reconstruction.data import open_kspace, reference, slice_maps
     from medlens.tasks.reconstruction.predict import reconstruct, scored_pair
+    from medlens.tasks.reconstruction.tuning import baseline_params
 
     trained = medlens.load_predictor(run).trained
     methods = ["zero_filled", "medlens"]
@@ -233,8 +213,7 @@ def score(run: Path, tests: dict, peer: Path | None, args) -> dict:
         methods[1:1] = ["cs_wavelet", "cs_tv"]
     if peer is not None:
         methods.insert(-1, "deepinv_varnet")
-    lambdas = {(m, a): tune(trained, m, a) for m in ("cs_wavelet", "cs_tv") if m in methods
-               for a in ACCELERATIONS}  # fmt: skip
+    tuned(trained)
     rows: dict[tuple[str, int], list[dict]] = {}
     timing = {m: [] for m in methods}
     fast = []
@@ -255,7 +234,7 @@ def score(run: Path, tests: dict, peer: Path | None, args) -> dict:
                     got = np.load(peer / folder.name / f"{data.path.stem}.npz")
                     images[method], seconds = got["image"], float(got["seconds"])
                 else:
-                    params = {"lamda": lambdas[(method, accel)]} if method.startswith("cs") else {}
+                    params = baseline_params(trained.path, method, data.mask)
                     images[method] = reconstruct_volume(method, data.kspace, data.mask,
                                                         np.stack(maps), **params)  # fmt: skip
                     seconds = time.perf_counter() - started

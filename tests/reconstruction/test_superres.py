@@ -103,7 +103,9 @@ def test_through_plane_smore_learns_from_in_plane_slices(tmp_path):
     assert metrics["factors"] == [3, 1, 1] and metrics["n_files"] == 4
     assert metrics["metrics"]["cubic_psnr"]["mean"] > metrics["metrics"]["nearest_psnr"]["mean"]
     assert metrics["psnr_gain_vs_cubic"]["mean"] > 0
-    assert "<img" in (tmp_path / "eval" / "report.html").read_text()
+    assert metrics["baselines"] == ["nearest", "cubic"]
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert "<img" in page and "<th>nearest</th><th>cubic</th>" in page
 
 
 def test_superres_refuses_what_it_cannot_do(tmp_path):

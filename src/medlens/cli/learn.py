@@ -94,6 +94,13 @@ def evaluate(
     refine: int | None = typer.Option(
         None, "--refine", help="Registration: steps of instance optimisation per pair."
     ),
+    baselines: str | None = typer.Option(
+        None,
+        "--baselines",
+        help="Reconstruction: comma-separated baselines beside the network (default all that "
+        "apply: zero_filled, sense (multi-coil), cs_wavelet, cs_tv; super-resolution: nearest, "
+        "cubic).",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars."),
 ) -> None:
     """Metrics with 95% bootstrap confidence intervals on labelled data."""
@@ -103,7 +110,7 @@ def evaluate(
 
     task, folder = task_for_run(run)
     given = {"output": output, "mirror": mirror, "tolerance_mm": tolerance_mm,
-             "adapt_prior": adapt_prior, "refine": refine}  # fmt: skip
+             "adapt_prior": adapt_prior, "refine": refine, "baselines": baselines}  # fmt: skip
     options = check_options(task, "evaluate", given)
     result = task.evaluate(folder, data, split=split, n_boot=n_boot, progress=progress, **options)
     for line in result.lines:

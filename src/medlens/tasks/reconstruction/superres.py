@@ -331,8 +331,13 @@ def evaluate_superres(trained, data: Path, *, n_boot: int = 1000,
         else:
             pick = {k: np.asarray(v).reshape(planes_hr.shape)[mid] for k, v in methods.items()}
             pick["reference"] = planes_hr[mid]
-        pictures.append({"reference": pick["reference"], "baseline": pick["cubic"],
-                         "output": pick["output"]})  # fmt: skip
+        pictures.append(
+            {
+                "reference": pick["reference"],
+                "output": pick["output"],
+                "baselines": {"nearest": pick["nearest"], "cubic": pick["cubic"]},
+            }
+        )
     if not rows:
         raise DatasetError("no images to evaluate", data)
     keys = [k for k in rows[0] if k != "id"]

@@ -216,7 +216,7 @@ class ReconstructionTask(Task):
     plan_type = ReconstructionPlan
     dataset_kinds = frozenset({"kspace"})
     options = MappingProxyType({"train": frozenset({"fold"}),
-                                "evaluate": frozenset({"output"})})  # fmt: skip
+                                "evaluate": frozenset({"output", "baselines"})})  # fmt: skip
 
     def plan(self, data, *, device="cpu", max_samples=None, overrides=(), log=print):
         from medlens.tasks.reconstruction.train import _open
@@ -235,8 +235,8 @@ class ReconstructionTask(Task):
     def load_predictor(self, run: RunFolder, **options: Any) -> ReconstructionPredictor:
         return ReconstructionPredictor(run, **options)
 
-    def evaluate(self, run, data, *, split=None, n_boot=1000, progress=True,
-                 output=None) -> Evaluation:  # fmt: skip
+    def evaluate(self, run, data, *, split=None, n_boot=1000, progress=True, output=None,
+                 baselines=None) -> Evaluation:  # fmt: skip
         from medlens.tasks.reconstruction.evaluate import evaluate_reconstruction, format_table
 
         trained = ReconstructionPredictor(run).trained
@@ -245,12 +245,13 @@ class ReconstructionTask(Task):
             from medlens.tasks.reconstruction.evaluate import evaluate_superres_run
 
             result = evaluate_superres_run(trained, Path(data), n_boot=n_boot, output=output,
-                                           progress=progress)  # fmt: skip
+                                           baselines=baselines, progress=progress)  # fmt: skip
             files = {k: Path(v) for k, v in result.pop("files", {}).items()}
             return Evaluation(result, [format_table(result), *(f"{k}: {v}" for k, v in
                                                               files.items())], files)  # fmt: skip
         result = evaluate_reconstruction(trained, Path(data), split=split, n_boot=n_boot,
-                                         output=output, progress=progress)  # fmt: skip
+                                         output=output, baselines=baselines,
+                                         progress=progress)  # fmt: skip
         files = {k: Path(v) for k, v in result.pop("files", {}).items()}
         return Evaluation(result, [format_table(result), *(f"{k}: {v}" for k, v in
                                                           files.items())], files)  # fmt: skip

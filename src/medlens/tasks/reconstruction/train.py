@@ -6,7 +6,8 @@ network on training slices with masks drawn anew (:class:`~.data.SliceBatches`).
 validated epoch reconstructs up to ``plan.val_slices`` validation slices with their files'
 stored masks; the mean PSNR (dB, each slice against its reference's maximum) picks the best
 epoch. ``metrics.json`` holds the validation slices' PSNR, SSIM and NMSE, the zero-filled
-figures beside them. Checkpoints are written every epoch; ``resume=True`` continues a killed run.
+figures beside them; ``baselines.json`` the compressed-sensing weights chosen on the validation
+files (:mod:`.tuning`). Checkpoints are written every epoch; ``resume=True`` continues a killed run.
 """
 
 from __future__ import annotations
@@ -111,6 +112,12 @@ class KSpaceJob:
                 f"{metrics['zero_filled_psnr']:.2f}), SSIM {metrics['ssim']:.4f}")  # fmt: skip
         return metrics, line
 
+    def tune_baselines(self, plan, split, output: Path, log) -> None:
+        """The compressed-sensing weights, chosen on the validation files (:mod:`.tuning`)."""
+        from medlens.tasks.reconstruction.tuning import tune_baselines
+
+        tune_baselines(self.source, [int(i) for i in split["val_indices"]], plan, output, log)
+
 
 def _open(data: Path, plan):
     """The training job of ``data``: k-space files (MRI) or images (super-resolution)."""
@@ -173,6 +180,8 @@ def _job(data, output, plan, epochs, cv, seed, resume, overrides, progress, log)
     networks = RunFolder(output).load_networks(lambda: build_network(the_plan))
     metrics, line = job.final(networks[0], val, the_plan)
     atomic_write_json(output / "metrics.json", metrics)
+    if hasattr(job, "tune_baselines"):
+        job.tune_baselines(the_plan, split, output, log)
     info["evaluation"] = {k: v for k, v in metrics.items() if k != "slices"}
     RunFolder(output).write(info)
     log(line)
