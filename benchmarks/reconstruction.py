@@ -260,6 +260,7 @@ def score(run: Path, tests: dict, peer: Path | None, args) -> dict:
     for accel in ACCELERATIONS:
         ours = rows[("medlens", accel)]
         for other, label in (("zero_filled", "zero_filled"), ("cs_wavelet", "cs"),
+                             ("cs_tv", "cs_tv"), ("sense", "sense"),
                              ("deepinv_varnet", "deepinv")):  # fmt: skip
             if (other, accel) in rows:
                 gain = paired_difference(ours, rows[(other, accel)], "psnr", n_boot=1000)

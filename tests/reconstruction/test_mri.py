@@ -321,3 +321,5 @@ def test_espirit_maps_stand_in_for_missing_ones(tmp_path):
                                 log=lambda _: None)  # fmt: skip
     assert info["status"] == "complete"
     assert json.loads((tmp_path / "run" / "plan.json").read_text())["maps"] == "espirit"
+    tuned = json.loads((tmp_path / "run" / "baselines.json").read_text())["lamda"]
+    assert set(tuned) == {"sense", "cs_wavelet", "cs_tv"}  # multi-coil: SENSE's penalty too
