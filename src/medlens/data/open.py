@@ -12,9 +12,10 @@ Detection, first match wins:
    (``image,x1,y1,x2,y2`` columns) for detection, else a CSV folder of labels;
 6. a folder with ``images/``, ``annotations/`` and ``labels.csv`` -> raw HC18;
 7. a folder with ``images/`` and ``masks/`` -> paired image/mask folders;
+   a folder with ``dicoms/`` and ``contourfiles/`` -> Sunnybrook cine MRI with contours;
 8. a ``.json`` file other than ``dataset.json``, or a folder with exactly one -> COCO boxes.
 
-HC18 is checked before the single-CSV rule: its folder holds exactly one CSV too.
+HC18 and Sunnybrook are checked before the single-CSV rule: their folders hold one CSV too.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ __all__ = ["detect_format", "open_dataset"]
 
 _LOOKED_FOR = (
     "a MedMNIST .npz, dataset.json (Decathlon/nnU-Net), images/ + annotations/ + labels.csv "
-    "(HC18), images/ + masks/ (paired folders), Annotations/ + JPEGImages/ (Pascal VOC), "
-    "images/ + a seriesuid CSV (LUNA16), one COCO .json, or one .csv of labels or boxes"
+    "(HC18), images/ + masks/ (paired folders), dicoms/ + contourfiles/ (Sunnybrook), "
+    "Annotations/ + JPEGImages/ (Pascal VOC), images/ + a seriesuid CSV (LUNA16), one COCO "
+    ".json, or one .csv of labels or boxes"
 )
 
 
 def detect_format(path: str | Path) -> str:
-    """The format name of ``path``: ``medmnist``, ``decathlon``, ``hc18``, ``paired``, ``csv``,
+    """The format name of ``path``: ``medmnist``, ``decathlon``, ``hc18``, ``paired``,
+    ``sunnybrook``, ``csv``,
     or for detection ``voc``, ``coco``, ``boxes`` (a CSV of boxes) or ``luna``."""
     from medlens.data.detection import detection_format
 
@@ -70,6 +73,10 @@ def detect_format(path: str | Path) -> str:
         return "hc18"
     if (path / "images").is_dir() and (path / "masks").is_dir():
         return "paired"
+    from medlens.data.sunnybrook import is_sunnybrook_folder
+
+    if is_sunnybrook_folder(path):
+        return "sunnybrook"
     csvs = sorted(p.name for p in entries if p.is_file() and p.name.lower().endswith(".csv"))
     if len(csvs) == 1:
         return detection_format(path / csvs[0]) or "csv"
@@ -110,6 +117,10 @@ def open_dataset(path: str | Path, **kwargs: Any) -> Dataset:
         from medlens.data.paired import PairedFolderDataset
 
         return PairedFolderDataset(path, **kwargs)
+    if kind == "sunnybrook":
+        from medlens.data.sunnybrook import SunnybrookDataset
+
+        return SunnybrookDataset(path, **kwargs)
     from medlens.data.csv_folder import CSVFolderDataset
 
     if path.is_dir():

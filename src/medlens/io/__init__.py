@@ -27,7 +27,8 @@ def load_image(
 
     Args:
         path: a DICOM file, a folder of DICOM files or a DICOMDIR (one series, or pick it with
-            ``series_uid``), a NIfTI file, PNG/JPEG/TIFF/BMP, ``.npy`` or a medlens ``.npz``.
+            ``series_uid``), a NIfTI file, PNG/JPEG/TIFF/BMP, ``.npy``, a medlens ``.npz``, or a
+            video (MP4/MOV/AVI/MKV: every frame; :func:`medlens.io.video.read_video` for ranges).
         role: ``"label"`` for label maps (nearest-neighbour interpolation downstream); by default
             an intensity image (DICOM Segmentation objects excepted).
         series_uid: the SeriesInstanceUID to read when a folder holds several series.
@@ -74,6 +75,10 @@ def load_image(
         from medlens.io.arrays import read_npz
 
         return read_npz(path, role=role)
+    if kind == "video":
+        from medlens.io.video import read_video
+
+        return read_video(path)
     if kind in ("voc", "contour"):
         what = "a Pascal VOC annotation" if kind == "voc" else "a contour (x y per line)"
         reader = "read_voc" if kind == "voc" else "read_contour"

@@ -14,7 +14,7 @@ _DICOM_SUFFIXES = {".dcm", ".dicom", ".ima"}
 
 
 def sniff(path: Path) -> str:
-    """Return the format of ``path``: dicom, nifti, png, jpeg, tiff, bmp, npy, npz (or the
+    """Return the format of ``path``: dicom, nifti, png, jpeg, tiff, bmp, npy, npz, video (or the
     annotation formats voc and contour, which are not images).
 
     Raises:
@@ -43,6 +43,10 @@ def sniff(path: Path) -> str:
         return "bmp"
     if head.startswith(b"\x93NUMPY"):
         return "npy"
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"wide") or head.startswith(b"\x1aE\xdf\xa3"):
+        return "video"  # MP4/MOV (ISO base media), Matroska/WebM
+    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
+        return "video"
     if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
         return "npz"
     if head.startswith(b"\x1f\x8b"):

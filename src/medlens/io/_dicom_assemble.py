@@ -101,6 +101,9 @@ def assemble(frames: list[Frame], source: Path, *, strict: bool = True) -> Image
         times = _time_points([frames[groups[0][t]] for t in range(time_points)])
         if times is not None:
             meta["time_points"] = times
+        # which file holds each frame (time, slice): contours and reads drawn on one file
+        meta["frame_files"] = [[frames[g[t]].path.name for g in groups]
+                               for t in range(time_points)]  # fmt: skip
     else:
         array = array[0]
     return Image(

@@ -12,7 +12,9 @@ a file that claims to be DICOM and is corrupt is an error naming it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +95,19 @@ def read_dicom(
         philips_scale: Philips MR: quantitative values ``(SV * RS + RI) / (RS * SS)`` with the
             private Scale Slope SS (2005,100E) instead of the displayed values ``SV * RS + RI``.
     """
-    path = Path(path)
+    with _quiet_uids():
+        return _read_dicom(Path(path), series_uid, strict, presentation, suv, philips_scale)
+
+
+@contextlib.contextmanager
+def _quiet_uids():
+    """UIDs with leading zeros (Sunnybrook's) are read as they are, without pydicom's warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Invalid value for VR UI")
+        yield
+
+
+def _read_dicom(path: Path, series_uid, strict, presentation, suv, philips_scale) -> Image:
     if path.is_file() and path.name.upper() != "DICOMDIR":
         ds = read_dataset(path)
         if "DirectoryRecordSequence" in ds:
@@ -152,11 +166,12 @@ def list_series(path: str | Path) -> list[SeriesInfo]:
     path = Path(path)
     files = [path] if path.is_file() and path.name.upper() != "DICOMDIR" else find_dicom_files(path)
     series: dict[str, SeriesInfo] = {}
-    for file in files:
-        ds = read_dataset(file, stop_before_pixels=True)
-        if "DirectoryRecordSequence" in ds:
-            return list_series_of(_dicomdir_files(file, ds))
-        _add_to_series(series, file, ds)
+    with _quiet_uids():
+        for file in files:
+            ds = read_dataset(file, stop_before_pixels=True)
+            if "DirectoryRecordSequence" in ds:
+                return list_series_of(_dicomdir_files(file, ds))
+            _add_to_series(series, file, ds)
     return _sorted_series(series)
 
 

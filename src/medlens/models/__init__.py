@@ -31,6 +31,7 @@ from medlens.models.resnet import (
     resnet50,
 )
 from medlens.models.small_cnn import SmallCNN, smallcnn
+from medlens.models.temporal import ConvRNN, SequenceNet, TemporalConv, TemporalUNet
 
 # Not the builders unet/resunet: as package attributes they would hide the unet module.
 from medlens.models.unet import UNet, deep_supervision_weights, downsample_targets, stage_features
@@ -42,9 +43,13 @@ __all__ = [
     "Backbone",
     "BasicBlock",
     "Bottleneck",
+    "ConvRNN",
     "DenseNet",
     "ResNet",
+    "SequenceNet",
     "SmallCNN",
+    "TemporalConv",
+    "TemporalUNet",
     "UNet",
     "count_parameters",
     "create_model",

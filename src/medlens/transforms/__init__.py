@@ -30,6 +30,12 @@ from medlens.transforms.spatial import (
     RandomFlip,
     RandomRot90,
 )
+from medlens.transforms.temporal import (
+    FrameRateJitter,
+    RandomReverse,
+    RandomStart,
+    TemporalTransform,
+)
 
 __all__ = [
     "Affine",
@@ -38,6 +44,7 @@ __all__ = [
     "Brightness",
     "Compose",
     "Contrast",
+    "FrameRateJitter",
     "Gamma",
     "GaussianBlur",
     "GaussianNoise",
@@ -47,10 +54,13 @@ __all__ = [
     "RandomCrop",
     "RandomElastic",
     "RandomFlip",
+    "RandomReverse",
     "RandomRot90",
+    "RandomStart",
     "Sharpen",
     "SpatialTransform",
     "Step",
+    "TemporalTransform",
     "Transform",
     "ZScore",
     "boxes_from_mask",

@@ -13,7 +13,7 @@ import torch
 
 from medlens.tasks.segmentation.plan import SegmentationPlan
 
-__all__ = ["build_network", "inference_window", "predict_case"]
+__all__ = ["build_network", "inference_window", "predict_case", "predict_cases"]
 
 
 def build_network(plan: SegmentationPlan) -> torch.nn.Module:
@@ -34,7 +34,6 @@ def build_network(plan: SegmentationPlan) -> torch.nn.Module:
     )
 
 
-@torch.no_grad()
 def predict_case(
     networks: Sequence[torch.nn.Module],
     image: np.ndarray,
@@ -44,20 +43,36 @@ def predict_case(
 ) -> np.ndarray:
     """Class probabilities ``(K, *shape)`` of a preprocessed image ``(C, *shape)``, window by
     window (:func:`inference_window`), in the plan's ``inference.precision``."""
+    return predict_cases(networks, np.asarray(image)[None], plan, mirror=mirror)[0]
+
+
+@torch.no_grad()
+def predict_cases(
+    networks: Sequence[torch.nn.Module],
+    images: np.ndarray,
+    plan: SegmentationPlan,
+    *,
+    mirror: bool = False,
+    precision: str | None = None,
+) -> np.ndarray:
+    """:func:`predict_case` of a batch of preprocessed images ``(N, C, *shape)`` of one shape
+    (the frames of a cine): their windows go through the network together. ``precision``
+    (``"bf16"`` or ``"float32"``) overrides the plan's ``inference.precision``."""
     from medlens.inference import sliding_window
     from medlens.tasks.segmentation.plan import _native_bf16, inference_settings
 
-    x = torch.from_numpy(np.ascontiguousarray(image))[None]
+    x = torch.from_numpy(np.ascontiguousarray(images))
     total = None
     axes = tuple(range(plan.spatial_dims)) if mirror else ()
-    window = inference_window(plan, image.shape[1:])
-    bf16 = inference_settings(plan)["precision"] == "bf16" and _native_bf16()
+    window = inference_window(plan, images.shape[2:])
+    chosen = precision or inference_settings(plan)["precision"]
+    bf16 = chosen == "bf16" and _native_bf16()
     for network in networks:
         network.eval()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = sliding_window(x, network, window, overlap=0.5, mirror_axes=axes,
                                     batch_size=max(1, plan.batch_size))  # fmt: skip
-        probs = logits.float().softmax(dim=1)[0]
+        probs = logits.float().softmax(dim=1)
         total = probs if total is None else total + probs
     return (total / len(networks)).numpy()
 

@@ -9,6 +9,7 @@ series folder ``ct/`` -> ``ct.nii.gz`` (3D), with the label values used in train
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ __all__ = [
     "SegmentationRun",
     "load_segmentation_run",
     "predict_image",
+    "predict_images",
     "predict_inputs",
 ]
 
@@ -74,16 +76,49 @@ def predict_image(
     """The label map of ``image`` on ``image``'s own grid, with the run's postprocessing
     (largest component, hole filling, ellipse: whatever validation chose) unless
     ``postprocess=False``; ``mirror=None`` follows :func:`mirror_default`."""
+    return predict_images(run, [image], mirror=mirror, postprocess=postprocess)[0]
+
+
+def predict_images(
+    run: SegmentationRun,
+    images: Sequence[Image],
+    *,
+    mirror: bool | None = None,
+    postprocess: bool = True,
+    chunk: int = 16,
+    precision: str | None = None,
+) -> list[Image]:
+    """:func:`predict_image` of several images; those of one shape on the plan's grid (the
+    frames of a cine) go through the network ``chunk`` at a time (``precision``: see
+    :func:`~medlens.tasks.segmentation.network.predict_cases`)."""
     from medlens.data.dataset import Sample
-    from medlens.geometry import resample
     from medlens.tasks.segmentation.data import preprocess_case
-    from medlens.tasks.segmentation.network import predict_case
+    from medlens.tasks.segmentation.network import predict_cases
 
     plan = run.plan
     mirror = mirror_default(plan) if mirror is None else bool(mirror)
-    image = _squeeze_2d(image, plan.spatial_dims)
-    case = preprocess_case(Sample(image=image, id=str(image.meta.get("path", "image"))), plan)
-    probs = predict_case(run.networks, case.image, plan, mirror=mirror)
+    images = [_squeeze_2d(image, plan.spatial_dims) for image in images]
+    cases = [preprocess_case(Sample(image=im, id=str(im.meta.get("path", "image"))), plan).image
+             for im in images]  # fmt: skip
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, case in enumerate(cases):
+        groups.setdefault(tuple(case.shape), []).append(i)
+    out: list[Image | None] = [None] * len(images)
+    for members in groups.values():
+        for start in range(0, len(members), max(1, chunk)):
+            part = members[start : start + max(1, chunk)]
+            probs = predict_cases(run.networks, np.stack([cases[i] for i in part]), plan,
+                                  mirror=mirror, precision=precision)  # fmt: skip
+            for i, p in zip(part, probs, strict=True):
+                out[i] = _label_map(run, images[i], p, postprocess)
+    return out  # type: ignore[return-value]
+
+
+def _label_map(run: SegmentationRun, image: Image, probs: np.ndarray, postprocess: bool) -> Image:
+    """Probabilities on the plan's grid to the label map on the image's own grid."""
+    from medlens.geometry import resample
+
+    plan = run.plan
     spatial = image.with_array(np.zeros(image.spatial_shape, np.float32), leading=())
     target = plan.grid_spacing(image.spacing)
     grid = Image(

@@ -1,0 +1,1 @@
+"""Sequence models on cine MRI: temporal segmentation and regression of a cine's values."""
