@@ -8,7 +8,8 @@ the model), and the postprocessing rules (largest component, hole filling) are d
 the training patients' contoured frames before anything is scored. Then, on the held-out patient:
 
 1. Dice of the left-ventricular cavity on each contoured frame (end-diastole and end-systole of
-   every contoured slice) against the filled expert contour, on the original 256x256 grid;
+   every contoured slice) against the filled expert contour, on the original 256x256 grid, and
+   the area found on the frames beyond the contoured slices (where there is no ventricle);
 2. ``medlens measure cardiac`` on the patient's whole cine (20 phases x 10-12 slices): EDV, ESV
    and EF from the predicted volume curve (its own end-diastole and end-systole), against the
    values from the expert contours (:func:`medlens.data.sunnybrook.contour_volumes`), and the
@@ -118,7 +119,7 @@ def redecide_postprocessing(run: Path, dataset, train_indices) -> dict:
         predictions.append(predict_image(trained, sample.image, postprocess=False).array)
         references.append(sample.mask.array)
     rules = decide_postprocessing(predictions, references, trained.plan.label_values)
-    rules["decided_on"] = "the training patients' contoured frames (benchmarks/sequences.py)"
+    rules["decided_on"] = "the training patients' frames (benchmarks/sequences.py)"
     atomic_write_json(run / "postprocessing.json", rules)
     return rules
 
@@ -140,9 +141,13 @@ def lopo(data: Path, work: Path, k: int, args) -> dict:
     rules = redecide_postprocessing(run, dataset, split["train_indices"])
     trained = load_segmentation_run(run)
     scores = []
+    empty = []  # the frames beyond the contoured slices: what is found there is false
     for i in split["val_indices"]:
         sample = dataset[int(i)]
         predicted = predict_image(trained, sample.image).array
+        if sample.meta.get("negative"):
+            empty.append(float((predicted == 1).sum() * np.prod(sample.image.spacing)))
+            continue
         scores.append(float(dice(predicted == 1, sample.mask.array == 1)))
     expert = contour_volumes(data, patient)
     started = time.perf_counter()
@@ -175,6 +180,7 @@ def lopo(data: Path, work: Path, k: int, args) -> dict:
             "expert": {k2: expert[k2] for k2 in ("edv_ml", "esv_ml", "sv_ml", "ef_percent",
                                                  "ed_phase", "es_phase")},
             "seconds_per_cine": round(seconds, 2),
+            "false_area_mm2_beyond_contoured_slices": empty,
             "train_minutes": round(train_minutes, 1), "postprocessing": {
                 c: [n for n in ("largest_component", "fill_holes", "ellipse") if r.get(n)]
                 for c, r in rules["classes"].items()}}  # fmt: skip

@@ -29,7 +29,7 @@ def test_contoured_frames_open_as_a_segmentation_dataset(sunnybrook):
     from medlens.io.annotations import read_contour
 
     assert detect_format(sunnybrook) == "sunnybrook"
-    data = open_dataset(sunnybrook)
+    data = open_dataset(sunnybrook, negatives=False)
     contours = sorted(sunnybrook.glob("contourfiles/*/i-contours/*.txt"))
     assert len(data) == len(contours) == 56
     assert data.task == "segmentation" and data.class_names == ["background", "left ventricle"]
@@ -49,6 +49,26 @@ def test_contoured_frames_open_as_a_segmentation_dataset(sunnybrook):
         ys, xs = np.nonzero(s.mask.array)  # and sit where the contour is
         points = read_contour(s.meta["contours"]["i"])
         assert abs(xs.mean() - points[:, 0].mean()) < 2 and abs(ys.mean() - points[:, 1].mean()) < 2
+
+
+def test_slices_beyond_the_contoured_ones_are_empty_frames(sunnybrook):
+    """At each contoured phase, the slices above the base and below the apex (which the experts
+    left uncontoured) come as frames with empty masks, of the same phase."""
+    from medlens.data.sunnybrook import SunnybrookDataset, contour_volumes
+
+    data = SunnybrookDataset(sunnybrook)
+    negatives = [i for i, e in enumerate(data.entries) if e.meta.get("negative")]
+    assert len(data) == 56 + len(negatives) and len(negatives) == 10
+    expert = contour_volumes(sunnybrook, "SC-HF-I-1")
+    for i in negatives:
+        entry = data.entries[i]
+        if entry.subject != "SC-HF-I-1":
+            continue
+        phase, slice_ = entry.meta["phase"], entry.meta["slice"]
+        assert phase in expert["slices"] and slice_ not in expert["slices"][phase]
+        assert not (min(expert["slices"][phase]) <= slice_ <= max(expert["slices"][phase]))
+        sample = data[i]
+        assert sample.mask.array.sum() == 0 and sample.image.array.shape == (256, 256)
 
 
 def test_both_contours_give_cavity_and_myocardium(sunnybrook):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from medlens.errors import MedlensError
+from medlens.errors import DatasetError, MedlensError
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,35 @@ def test_sequence_models_train_resume_and_measure(tmp_path, phantoms):
         train_cine_regression(out, tmp_path / "reg", epochs=1, batches=1, progress=False)
     with pytest.raises(MedlensError, match="not a sequence run"):
         load_sequence_run(tmp_path)
+
+
+def test_echo_loops_as_videos_train_a_regression(tmp_path, phantoms):
+    """A folder of MP4 loops with a CSV of values (the EchoNet-Dynamic layout, here the
+    phantoms' middle slices written as video) reads and trains as cines of one plane."""
+    from medlens.io import load_image
+    from medlens.io.video import write_video
+    from medlens.tasks.sequences.data import CineSet
+    from medlens.tasks.sequences.train import train_cine_regression
+
+    _, out = phantoms
+    videos = tmp_path / "echo"
+    (videos / "cines").mkdir(parents=True)
+    with (out / "cases.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    lines = ["case,subject,ef_percent"]
+    for row in rows:
+        cine = load_image(out / "cines" / f"{row['case']}.nii.gz").array
+        frames = cine[:, cine.shape[1] // 2]
+        u8 = np.clip(frames / np.percentile(frames, 99.5) * 255, 0, 255).astype(np.uint8)
+        write_video(u8, videos / "cines" / f"{row['case']}.mp4", fps=25)
+        lines.append(f"{row['case']},{row['case']},{row['ef_percent']}")
+    (videos / "cases.csv").write_text("\n".join(lines) + "\n")
+    data = CineSet(videos)
+    cine, labels, spacing = data.load(0)
+    assert cine.shape == (20, 1, 64, 64) and labels is None and spacing == (1.0, 1.0, 1.0)
+    info = train_cine_regression(videos, tmp_path / "run", features=(4,), hidden=4, epochs=1,
+                                 batches=2, progress=False, log=lambda _: None)  # fmt: skip
+    assert info["spec"]["slices"] == 1 and np.isfinite(info["evaluation"]["val_ef_mae"])
+    (videos / "cines" / f"{rows[0]['case']}.mp4").unlink()
+    with pytest.raises(DatasetError, match=r"1 cine\(s\) named are missing"):
+        CineSet(videos)

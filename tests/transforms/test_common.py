@@ -17,12 +17,13 @@ from blob_images import gaussian_blobs
 import medlens.transforms as T
 from medlens.transforms import Batch, Compose, IntensityTransform, SpatialTransform, Transform
 
-BASES = {Transform, SpatialTransform, IntensityTransform}
-PUBLIC = sorted(
+BASES = {Transform, SpatialTransform, IntensityTransform, T.TemporalTransform}
+PUBLIC = sorted(  # the time-axis transforms have their own suite (test_temporal_augment.py)
     name
     for name in T.__all__
     if isinstance(getattr(T, name), type)
     and issubclass(getattr(T, name), Transform)
+    and not issubclass(getattr(T, name), T.TemporalTransform)
     and getattr(T, name) not in BASES
 )
 SHAPES = {2: (16, 16), 3: (8, 12, 12)}

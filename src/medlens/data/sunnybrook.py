@@ -113,10 +113,14 @@ class SunnybrookDataset(Dataset):
         root: the folder holding ``dicoms/`` and ``contourfiles/``.
         labels: ``"endocardium"`` (the cavity) or ``"both"`` (cavity and myocardium).
         subjects: only these patients (their contour names, ``SC-HF-I-1``, or DICOM folders).
+        negatives: add, at each contoured phase, the frames of the slices beyond the contoured
+            ones (above the base, below the apex) with empty masks: the experts contour every
+            slice that holds the ventricle, so these hold none, and a network that never sees
+            them finds a ventricle in the atrium (``labels="endocardium"`` only).
     """
 
     def __init__(self, root: str | Path, *, labels: str = "endocardium",
-                 subjects: list[str] | None = None) -> None:  # fmt: skip
+                 subjects: list[str] | None = None, negatives: bool = True) -> None:  # fmt: skip
         root = Path(root)
         if not is_sunnybrook_folder(root):
             raise DatasetError("not the Sunnybrook layout (dicoms/ and contourfiles/)", root)
@@ -142,6 +146,8 @@ class SunnybrookDataset(Dataset):
                     id=f"{patient.name}_{number:04d}", paths=(dicom,), subject=patient.name,
                     meta={"patient": patient.name, "series": patient.series, "file": dicom.name,
                           "contours": {k: str(v) for k, v in paths.items()}}))  # fmt: skip
+            if negatives and labels == "endocardium":
+                self.entries += _negatives(root, patient)
         if not self.entries:
             raise DatasetError("no contoured frames (i-contours) of the selected patients", root)
 
@@ -151,7 +157,10 @@ class SunnybrookDataset(Dataset):
         frame = load_image(entry.paths[0])
         image = frame2d(frame)
         shape = image.array.shape
-        mask = contour_mask(Path(entry.meta["contours"]["i"]), shape)
+        if entry.meta.get("negative"):
+            mask = np.zeros(shape, np.uint8)
+        else:
+            mask = contour_mask(Path(entry.meta["contours"]["i"]), shape)
         if self.contours == "both":
             outer = contour_mask(Path(entry.meta["contours"]["o"]), shape)
             mask = np.where(mask > 0, 1, np.where(outer > 0, 2, 0)).astype(np.uint8)
@@ -159,6 +168,42 @@ class SunnybrookDataset(Dataset):
                        direction=image.direction, role=Role.LABEL)  # fmt: skip
         meta = {"path": str(entry.paths[0]), **entry.meta}
         return Sample(image, None, labels, entry.id, entry.subject, None, meta)
+
+
+def _positions(root: Path, patient: Patient) -> tuple[Image, dict[str, tuple[int, int]]]:
+    """The patient's cine and the ``(phase, slice)`` of each of its files."""
+    load_image, _ = _lazy_io()
+    cine = load_image(root / "dicoms" / patient.series)
+    where = {name: (t, z) for t, row in enumerate(cine.meta.get("frame_files", []))
+             for z, name in enumerate(row)}  # fmt: skip
+    if not where:
+        raise DatasetError("not a cine series (one time point)", root / "dicoms" / patient.series)
+    return cine, where
+
+
+def _negatives(root: Path, patient: Patient) -> list[Entry]:
+    """Frames beyond the contoured slices at each contoured phase (see ``negatives``)."""
+    _, where = _positions(root, patient)
+    by_position = {v: k for k, v in where.items()}
+    contoured: dict[int, set[int]] = {}
+    for number, paths in _contour_files(root / "contourfiles" / patient.name).items():
+        if "i" in paths and f"{number}.dcm" in where:
+            t, z = where[f"{number}.dcm"]
+            contoured.setdefault(t, set()).add(z)
+    slices = 1 + max(z for _, z in where.values())
+    out = []
+    for t, done in sorted(contoured.items()):
+        for z in range(slices):
+            if min(done) <= z <= max(done) or (t, z) not in by_position:
+                continue
+            name = by_position[(t, z)]
+            out.append(Entry(id=f"{patient.name}_{int(name.split('.')[0]):04d}",
+                             paths=(root / "dicoms" / patient.series / name,),
+                             subject=patient.name,
+                             meta={"patient": patient.name, "series": patient.series,
+                                   "file": name, "negative": True, "phase": t,
+                                   "slice": z}))  # fmt: skip
+    return out
 
 
 def frame2d(frame: Image) -> Image:
@@ -181,12 +226,7 @@ def contour_volumes(root: str | Path, patient: str) -> dict[str, Any]:
     if not found:
         raise DatasetError(f"no patient {patient!r}", root)
     chosen = found[0]
-    load_image, _ = _lazy_io()
-    cine = load_image(root / "dicoms" / chosen.series)
-    where = {name: (t, z) for t, row in enumerate(cine.meta.get("frame_files", []))
-             for z, name in enumerate(row)}  # fmt: skip
-    if not where:
-        raise DatasetError("not a cine series (one time point)", root / "dicoms" / chosen.series)
+    cine, where = _positions(root, chosen)
     from medlens.measure.cardiac import cardiac_indices, volume_curve
 
     dx, dy, dz = (float(v) for v in cine.spacing)

@@ -5,7 +5,8 @@ stroke volume and ejection fraction (:mod:`medlens.measure.cardiac`).
 ``CINE`` is a short-axis cine stack: a DICOM series (one file per slice and phase, grouped by
 position and ordered by trigger time, or an enhanced multi-frame file), a 4D NIfTI ``(x, y, z,
 t)``, or a folder holding several such series (each is measured). Each frame is segmented by the
-2D run as ``medlens predict`` would, the phases of one slice batched through the network together.
+2D run as ``medlens predict`` would, the phases of one slice batched through the network together;
+regions far (30 mm) from the ventricle's axis are then dropped (:func:`keep_near_ventricle`).
 Written to ``DIR`` (atomically):
 
 * ``measurements.csv``: ``series,edv_ml,esv_ml,sv_ml,ef_percent,ed_phase,es_phase`` (phases
@@ -27,7 +28,7 @@ import numpy as np
 from medlens.errors import DatasetError, MedlensError
 from medlens.image import Image, Role
 
-__all__ = ["measure_cardiac", "read_cine", "segment_cine"]
+__all__ = ["keep_near_ventricle", "measure_cardiac", "read_cine", "segment_cine"]
 
 COLUMNS = ("series", "edv_ml", "esv_ml", "sv_ml", "ef_percent", "ed_phase", "es_phase")
 
@@ -116,6 +117,7 @@ def measure_cardiac(run_path: str | Path, source: str | Path, output: str | Path
         started = time.perf_counter()
         cine = read_cine(source, uid)
         masks = segment_cine(run, cine, mirror=mirror, precision=precision, progress=progress)
+        masks = keep_near_ventricle(masks, value, cine.spacing)
         row, curve = _measure(name, cine, masks, value)
         _write_series(output, name, cine, masks, value, row, curve, video)
         row["seconds"] = round(time.perf_counter() - started, 2)  # reading to files written
@@ -145,6 +147,42 @@ def _cines(source: Path) -> list[tuple[str, str | None]]:
         if name.lower().endswith(suffix):
             name = name[: -len(suffix)]
     return [(name, None)]
+
+
+def keep_near_ventricle(masks: np.ndarray, value: int, spacing, radius_mm: float = 30.0
+                        ) -> np.ndarray:  # fmt: skip
+    """Label maps ``(t, z, y, x)`` with the regions of ``value`` whose centre lies more than
+    ``radius_mm`` from the ventricle's axis removed (set to 0).
+
+    Frame-wise postprocessing keeps each frame's largest region, which in a slice above the base
+    or below the apex is whatever else looked like blood (the stomach, the aorta). The ventricle's
+    axis is the area-weighted median centre of the regions over the whole cine, which the
+    mid-ventricular slices dominate."""
+    from scipy import ndimage
+
+    found = masks == value
+    if not found.any():
+        return masks
+    dx, dy = float(spacing[0]), float(spacing[1])
+    regions = []  # (t, z, label map, index, centre y, centre x, area)
+    for t in range(found.shape[0]):
+        for z in range(found.shape[1]):
+            labels, n = ndimage.label(found[t, z])
+            if n:
+                centres = ndimage.center_of_mass(found[t, z], labels, range(1, n + 1))
+                areas = ndimage.sum(found[t, z], labels, range(1, n + 1))
+                for k, (c, a) in enumerate(zip(centres, areas, strict=True)):
+                    regions.append((t, z, labels, k + 1, c[0], c[1], a))
+    weights = np.array([r[6] for r in regions])
+    order = np.argsort([r[4] for r in regions])
+    cy = regions[order[np.searchsorted(np.cumsum(weights[order]), weights.sum() / 2)]][4]
+    order = np.argsort([r[5] for r in regions])
+    cx = regions[order[np.searchsorted(np.cumsum(weights[order]), weights.sum() / 2)]][5]
+    out = masks.copy()
+    for t, z, labels, k, y, x, _ in regions:
+        if np.hypot((y - cy) * dy, (x - cx) * dx) > radius_mm:
+            out[t, z][labels == k] = 0
+    return out
 
 
 def _measure(name: str, cine: Image, masks: np.ndarray, value: int):

@@ -2,9 +2,10 @@
 maps and per-cine values (EF, volumes).
 
 :class:`CineSet` reads the layout :func:`medlens.data.cine_phantom.simulate_cine_dataset`
-writes (``cines/``, ``labels/``, ``cases.csv``: the same layout holds real cines with their label
-maps and values): case ids, subjects (the background patient: splits group on them), values, and
-the cines read on demand and kept (a few MB each).
+writes (``cines/``, ``labels/``, ``cases.csv``; the same layout holds real cines with their label
+maps and values, and echo loops or other videos as ``cines/CASE.mp4`` or ``.avi``, one plane each,
+as EchoNet-Dynamic's videos with their EF): case ids, subjects (the ``subject`` column where
+there is one: splits group on them), values, and the cines read on demand and kept.
 
 Training draws batches as the engine's drawn-data protocol wants (``set_epoch``, seeded by seed
 and epoch so a resumed run draws the same):
@@ -30,7 +31,10 @@ import numpy as np
 import torch
 
 from medlens.errors import DatasetError
+from medlens.image import Image
 from medlens.tasks.reconstruction.data import EpochBatches
+
+_SUFFIXES = (".nii.gz", ".nii", ".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 __all__ = ["CineBatches", "CineSet", "SliceSequences", "as_channels", "normalise"]
 
@@ -47,14 +51,21 @@ class CineSet:
             self.rows = list(csv.DictReader(handle))
         if not self.rows or "case" not in self.rows[0]:
             raise DatasetError("needs a 'case' column and at least one row", table)
-        missing = [r["case"] for r in self.rows
-                   if not (self.root / "cines" / f"{r['case']}.nii.gz").is_file()]  # fmt: skip
-        if missing:
-            raise DatasetError(f"{len(missing)} cine(s) named are missing (e.g. "
-                               f"cines/{missing[0]}.nii.gz)", table)  # fmt: skip
         self.ids = [r["case"] for r in self.rows]
+        self.paths = [self._find(case) for case in self.ids]
+        missing = [case for case, path in zip(self.ids, self.paths, strict=True) if path is None]
+        if missing:
+            raise DatasetError(f"{len(missing)} cine(s) named are missing (e.g. no "
+                               f"cines/{missing[0]}.nii.gz or video)", table)  # fmt: skip
         self.simulated = any(r.get("simulated") == "true" for r in self.rows)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray | None, tuple]] = {}
+
+    def _find(self, case: str) -> Path | None:
+        for suffix in _SUFFIXES:
+            path = self.root / "cines" / f"{case}{suffix}"
+            if path.is_file():
+                return path
+        return None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -73,9 +84,15 @@ class CineSet:
             from medlens.io import load_image
 
             case = self.ids[i]
-            cine = load_image(self.root / "cines" / f"{case}.nii.gz")
+            cine = load_image(self.paths[i])
+            if cine.leading == ("time",) and cine.spatial_dims == 2:  # a loop of one plane
+                cine = Image(cine.array[:, None], spacing=(*cine.spacing, 1.0), leading=("time",),
+                             meta=cine.meta)  # fmt: skip
             if cine.leading != ("time",) or cine.spatial_dims != 3:
-                raise DatasetError("not a cine stack (time, slice, y, x)", cine.meta.get("path"))
+                raise DatasetError("not a cine (time, [slice,] y, x); colour videos are read "
+                                   "grey only", cine.meta.get("path"))  # fmt: skip
+            if cine.array.shape[0] < 2:
+                raise DatasetError("a sequence of one frame", cine.meta.get("path"))
             path = self.root / "labels" / f"{case}.nii.gz"
             labels = np.asarray(load_image(path).array, np.uint8) if path.is_file() else None
             self._cache[i] = (np.asarray(cine.array, np.float32), labels, tuple(cine.spacing))
