@@ -99,6 +99,11 @@ class VideoReader:
         """Whether the stream is 4:2:0 YUV, whose luma plane is a grey frame as decoded."""
         return self._stream.codec_context.pix_fmt in _PLANAR
 
+    @property
+    def full_range(self) -> bool:
+        """Whether luma spans 0-255 (JPEG range) rather than 16-235."""
+        return self._stream.codec_context.pix_fmt.startswith("yuvj")
+
     def frames(self, start: int = 0, stop: int | None = None, step: int = 1,
                size: tuple[int, int] | None = None, planar: bool = False,
                ) -> Iterator[tuple[float, np.ndarray]]:  # fmt: skip
@@ -173,9 +178,8 @@ def _grey_planes(reader: VideoReader, start, stop, step, size, grey):
         planes.append(frame[:h])
     if not planes:
         raise ImageReadError(f"no frames in {start}:{stop}:{step}", reader.path)
-    full = reader._stream.codec_context.pix_fmt.startswith("yuvj")
     array = np.stack(planes)
-    return times, (array if full else _TV_TO_FULL[array]), ("time",)
+    return times, (array if reader.full_range else _TV_TO_FULL[array]), ("time",)
 
 
 def _rgb(reader: VideoReader, start, stop, step, size, grey):

@@ -174,15 +174,17 @@ def keep_near_ventricle(masks: np.ndarray, value: int, spacing, radius_mm: float
                 for k, (c, a) in enumerate(zip(centres, areas, strict=True)):
                     regions.append((t, z, labels, k + 1, c[0], c[1], a))
     weights = np.array([r[6] for r in regions])
-    order = np.argsort([r[4] for r in regions])
-    cy = regions[order[np.searchsorted(np.cumsum(weights[order]), weights.sum() / 2)]][4]
-    order = np.argsort([r[5] for r in regions])
-    cx = regions[order[np.searchsorted(np.cumsum(weights[order]), weights.sum() / 2)]][5]
+    cy, cx = (_weighted_median(np.array([r[k] for r in regions]), weights) for k in (4, 5))
     out = masks.copy()
     for t, z, labels, k, y, x, _ in regions:
         if np.hypot((y - cy) * dy, (x - cx) * dx) > radius_mm:
             out[t, z][labels == k] = 0
     return out
+
+
+def _weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    order = np.argsort(values)
+    return float(values[order][np.searchsorted(np.cumsum(weights[order]), weights.sum() / 2)])
 
 
 def _measure(name: str, cine: Image, masks: np.ndarray, value: int):

@@ -147,12 +147,12 @@ class SliceSequences(EpochBatches):
     ) -> None:
         self.data, self.batch, self.label, self.seed = data, batch, label, seed
         self.augment, self.batches_per_epoch = augment, batches_per_epoch
-        self.items = [
-            (i, k)
-            for i in cases
-            for k in range(data.load(i)[0].shape[1])
-            if data.load(i)[1] is not None and (data.load(i)[1][:, k] == label).any()
-        ]
+        self.items = []  # (case, slice) of the slices whose cycle shows the label
+        for i in cases:
+            labels = data.load(i)[1]
+            if labels is not None:
+                shown = (labels == label).any(axis=(0, 2, 3))
+                self.items += [(i, int(k)) for k in np.flatnonzero(shown)]
         if not self.items:
             raise DatasetError("no labelled slices to train on", data.root)
 
