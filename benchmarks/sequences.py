@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batches", type=int, default=50, help="Batches per epoch.")
     parser.add_argument("--phantoms", type=int, default=60, help="Training phantoms.")
     parser.add_argument("--phantom-epochs", type=int, default=12)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="A plan setting of the Sunnybrook segmenters (augmentation.rotate="
+                        "180); repeatable.")  # fmt: skip
     parser.add_argument("--skip-sunnybrook", action="store_true")
     parser.add_argument("--skip-phantom", action="store_true")
     parser.add_argument("--quick", action="store_true", help="Tiny schedules: a smoke run.")
@@ -84,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         video = decoding(root / "sunnybrook", work)
         phantom = None if args.skip_phantom else phantoms(root / "sunnybrook", work, args)
     figures = summarise(patients, video, phantom)
+    figures["schedule"] = {
+        "sunnybrook_epochs": args.epochs,
+        "sunnybrook_batches": args.batches,
+        "sunnybrook_settings": args.overrides,
+        "phantom_epochs": args.phantom_epochs,
+        "phantoms": args.phantoms,
+    }
     figures.update(threads=threads, environment=environment(["medlens", "torch", "av",
                                                              "imageio"]))  # fmt: skip
     report(figures)
@@ -100,7 +110,8 @@ def train_fold(data: Path, run: Path, k: int, args) -> None:
         return
     epochs, batches = (1, 2) if args.quick else (args.epochs, args.batches)
     log(f"fold {k}: training {epochs} epochs of {batches} batches into {run} ...")
-    settings = [f"train.val_every={epochs}", f"train.batches_per_epoch={batches}"]
+    settings = [f"train.val_every={epochs}", f"train.batches_per_epoch={batches}",
+                *args.overrides]  # fmt: skip
     train_segmentation(data, run, folds=3, fold=k, epochs=epochs, overrides=settings,
                        resume=(run / "fold-0" / "last.pt").exists(), log=log)  # fmt: skip
 
@@ -229,7 +240,8 @@ def phantoms(data: Path, work: Path, args) -> dict:
                 train_cine_regression(train_set, run, epochs=epochs, batches=batches,
                                       resume=resume, log=log)  # fmt: skip
         minutes[name] = round(json.loads((run / "run.json").read_text())["train_seconds"] / 60, 1)
-        network, spec = load_sequence_run(run)
+        networks, spec = load_sequence_run(run)
+        network = networks[0]
         rows[name] = []
         for i in range(len(tests)):
             cine, _, spacing = tests.load(i)

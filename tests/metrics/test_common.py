@@ -1120,6 +1120,51 @@ def ours_paired_difference(case):
     return M.paired_difference(case["rows_a"], case["rows_b"], "psnr", n_boot=4000, seed=2)
 
 
+def regression_case(name: str) -> dict[str, Any]:
+    """Reference values and predictions of them: EF-like with a bias, or a constant reference
+    (whose correlation and R^2 are undefined)."""
+    rng = np.random.default_rng(sum(map(ord, name)))
+    truth = rng.uniform(20, 70, 30) if name == "ef" else np.full(12, 55.0)
+    return {"name": name, "truth": truth, "pred": truth + rng.normal(1.5, 4.0, truth.size)}
+
+
+def ours_regression(case):
+    return M.regression_metrics(case["truth"], case["pred"], n_boot=4000, seed=2)
+
+
+def regression_oracle(case: Mapping[str, Any]) -> dict[str, Any]:
+    """scikit-learn MAE, RMSE and R^2, SciPy's Pearson r, NumPy's Bland-Altman; SciPy's paired
+    percentile bootstrap of each."""
+    t, p = case["truth"], case["pred"]
+
+    def values(t, p):
+        d = p - t
+        sd = np.std(d, ddof=1)
+        constant = np.ptp(t) == 0
+        return {
+            "mae": skm.mean_absolute_error(t, p),
+            "rmse": math.sqrt(skm.mean_squared_error(t, p)),
+            "bias": float(np.mean(d)),
+            "loa_low": float(np.mean(d) - 1.96 * sd),
+            "loa_high": float(np.mean(d) + 1.96 * sd),
+            "r": math.nan if constant else stats.pearsonr(t, p)[0],
+            "r2": math.nan if constant else skm.r2_score(t, p),
+        }
+
+    out: dict[str, Any] = {"n": len(t)}
+    for key, value in values(t, p).items():
+        entry: dict[str, Any] = {"value": value}
+        if not math.isnan(value):
+            res = stats.bootstrap((t, p), lambda a, b, k=key: values(a, b)[k], paired=True,
+                                  vectorized=False, n_resamples=N_BOOT, method="percentile",
+                                  rng=np.random.default_rng(5))  # fmt: skip
+            tol = BOOT_TOL * res.standard_error
+            entry.update(low=Near(res.confidence_interval.low, tol),
+                         high=Near(res.confidence_interval.high, tol))  # fmt: skip
+        out[key] = entry
+    return out
+
+
 # ---------------------------------------------------------------------------- the registry
 
 
@@ -1244,6 +1289,13 @@ PAIRED = Oracle(
     "Python statistics of the per-id differences; scipy.stats.bootstrap(np.mean)",
     paired_difference_oracle,
 )
+REGRESSION = Oracle(
+    "scikit-learn mean_absolute_error, mean_squared_error, r2_score; scipy.stats.pearsonr; "
+    "NumPy bias and limits of agreement; scipy.stats.bootstrap(paired, percentile)",
+    regression_oracle,
+    1e-9,
+    1e-12,
+)
 NO_RECON = "values of one volume pair (or of cases given at once); per-case values are summarised"
 CLS_ORACLES = (SKLEARN_CLS, MONAI_ECE)
 DISTANCES = (MONAI_PAIR, SCIPY_PAIR)
@@ -1336,6 +1388,14 @@ REGISTRY: dict[str, Entry] = {
     ),
     "paired_difference": Entry(
         recon_case, ("cases",), ours_paired_difference, (PAIRED,), no_stream=NO_RECON
+    ),
+    # regression (measurements: EF, volumes)
+    "regression_metrics": Entry(
+        regression_case,
+        ("ef", "constant-reference"),
+        ours_regression,
+        (REGRESSION,),
+        no_stream="agreement of values given at once (one per case)",
     ),
 }
 

@@ -102,7 +102,7 @@ def test_sequence_models_train_resume_and_measure(tmp_path, phantoms):
                                        epochs=1, batches=2, progress=False,
                                        log=lambda _: None)  # fmt: skip
     assert info["status"] == "complete" and info["data"]["simulated"] is True
-    network, spec = load_sequence_run(tmp_path / "seg")
+    (network,), spec = load_sequence_run(tmp_path / "seg")
     cines = CineSet(out)
     cine, labels, spacing = cines.load(0)
     ef, masks = measure_ef(network, spec, cine, spacing)
@@ -110,7 +110,7 @@ def test_sequence_models_train_resume_and_measure(tmp_path, phantoms):
     reg = train_cine_regression(out, tmp_path / "reg", features=(4,), hidden=4, epochs=1,
                                 batches=2, progress=False, log=lambda _: None)  # fmt: skip
     assert reg["spec"]["slices"] == max(cines.load(i)[0].shape[1] for i in range(len(cines)))
-    net, spec = load_sequence_run(tmp_path / "reg")
+    (net,), spec = load_sequence_run(tmp_path / "reg")
     assert np.isfinite(measure_ef(net, spec, cine, spacing)[0])
     with pytest.raises(MedlensError, match="holds a run already"):
         train_cine_regression(out, tmp_path / "reg", epochs=1, batches=1, progress=False)

@@ -11,6 +11,7 @@ import json
 import httpx
 import nibabel as nib
 import numpy as np
+import pytest
 from PIL import Image as PILImage
 
 import medlens
@@ -316,3 +317,45 @@ def test_a_reconstruction_run_is_served_kspace_in_volume_out(tiny_runs, tmp_path
         png = _post(endpoint, files={"file": ("a.png", picture.getvalue(), "image/png")})
         assert png.status_code == 400, png.text
         assert _post(endpoint, files=files).status_code == 200
+
+
+def test_sequence_runs_are_served_a_cine_or_a_video_in(tiny_runs, tmp_path):
+    """A 4D NIfTI cine to a sequence regression, an MP4 loop to a sequence classification and
+    a cine to a sequence segmentation (JSON and the 4D label NIfTI): the predictor's answers;
+    a still image and a one-frame video are refused by name, and the server stays up."""
+    pytest.importorskip("av")
+    from medlens.io.video import write_video
+    from medlens.serve import ServeSettings, create_app, load_models
+
+    names = ("sequence-regression", "sequence-classification", "sequence-segmentation")
+    models = load_models([tiny_runs[n] for n in names], names=["ef", "beat", "lv"])
+    cine = tiny_runs["sequence-regression"].parent / "cines" / "cines" / "c00.nii.gz"
+    frames = medlens.load_image(cine).array[:, 0]
+    u8 = np.clip(frames / frames.max() * 255, 0, 255).astype(np.uint8)
+    write_video(u8, tmp_path / "loop.mp4", fps=25)
+    write_video(u8[:1], tmp_path / "one.mp4", fps=25)
+    nifti = {"file": ("c00.nii.gz", cine.read_bytes(), "application/gzip")}
+    video = {"file": ("loop.mp4", (tmp_path / "loop.mp4").read_bytes(), "video/mp4")}
+    with running(create_app(models, ServeSettings(max_upload_mb=8))) as url:
+        ef = _post(f"{url}/v1/models/ef/predict", files=nifti)
+        assert ef.status_code == 200, ef.text
+        regression = models[0].predictor
+        expected = regression.predict(regression.read(cine))[0].to_json()
+        assert ef.json()["ef_percent"] == expected["ef_percent"] and ef.json()["frames"] == 8
+        beat = _post(f"{url}/v1/models/beat/predict", files=video)
+        assert beat.status_code == 200, beat.text
+        assert beat.json()["label"] in ("strong", "weak")
+        assert abs(sum(beat.json()["probabilities"].values()) - 1) < 1e-5
+        lv = _post(f"{url}/v1/models/lv/predict", files=nifti)
+        assert lv.status_code == 200 and lv.json()["slices"] == 2, lv.text
+        maps = _post(f"{url}/v1/models/lv/predict?format=nifti", files=nifti)
+        assert maps.status_code == 200
+        (tmp_path / "maps.nii.gz").write_bytes(maps.content)
+        assert medlens.load_image(tmp_path / "maps.nii.gz").array.shape == (8, 2, 16, 16)
+        still = _post(f"{url}/v1/models/ef/predict",
+                      files={"file": ("a.png", _png(_blob(1)), "image/png")})  # fmt: skip
+        assert still.status_code == 400 and "not a sequence" in still.json()["error"]
+        one = _post(f"{url}/v1/models/beat/predict",
+                    files={"file": ("one.mp4", (tmp_path / "one.mp4").read_bytes())})  # fmt: skip
+        assert one.status_code == 400 and "one frame" in one.json()["error"], one.text
+        assert _post(f"{url}/v1/models/ef/predict", files=nifti).status_code == 200

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image as PILImage
 
 import medlens
@@ -67,6 +68,8 @@ def test_train_reload_predict_evaluate_explain(trained, tmp_path):
         assert Preprocessor.load(run / "preprocessing.json").steps  # one normalisation step
     source = {"classification": data, "detection": data.parent / "images",
               "reconstruction": data}.get(name, data / "images")  # fmt: skip
+    if name.startswith("sequence-"):  # a cine folder predicts case by case
+        source = data
     options = {"split": "val"} if name == "classification" else {}
     # a registration registers the images to one of them (--fixed)
     given = {"fixed": sorted(source.iterdir())[0]} if name == "registration" else options
@@ -256,6 +259,31 @@ def test_every_task_exports_to_onnx_and_predicts_the_same_on_onnx_runtime(traine
         a, b = (p.predict(p.read(tmp_path / "k")) for p in (on_torch, on_onnx))
         x, y = a[0].image.array, b[0].image.array
         assert x.shape == (2, 256, 256) and np.abs(x - y).max() < 1e-4 * np.abs(x).max()
+    elif name.startswith("sequence-"):  # a real Sunnybrook cine (a crop of two slices)
+        from medlens.tasks.sequences.predict import read_sequences
+
+        cine = read_sequences(real("sunnybrook", "dicoms", "SCD0000101"))[0]
+        frames = json.loads((run / "onnx" / "export.json").read_text())["example_shape"][2]
+        crop = cine.with_array(cine.array[:frames, 4:6, 96:136, 100:140])
+        a, b = on_torch.predict([crop]), on_onnx.predict([crop])
+        if name == "sequence-segmentation":
+            assert a[0].labels.array.shape == (frames, 2, 40, 40)
+            # the logits agree; the tiny network's near-ties may flip a few voxels
+            x = torch.rand(1, 1, frames, 40, 40)
+            with torch.no_grad():
+                gap = (on_torch.networks[0](x) - on_onnx.networks[0](x)).abs().max()
+            assert float(gap) < 1e-4
+            assert (a[0].labels.array != b[0].labels.array).mean() < 0.005
+            with pytest.raises(MedlensError, match=f"this run's ONNX export takes {frames}"):
+                on_onnx.predict([cine.with_array(cine.array[: frames - 1, 4:6, 96:136, 100:140])])
+        elif name == "sequence-classification":
+            assert a[0].label == b[0].label
+            assert (
+                max(abs(a[0].probabilities[k] - b[0].probabilities[k]) for k in a[0].probabilities)
+                < 1e-4
+            )
+        else:
+            assert abs(a[0].value - b[0].value) < 1e-4 * max(1.0, abs(a[0].value))
     else:  # real HC18 ultrasound through the tiny U-Net (a 72x100 crop: a dozen windows)
         warnings.simplefilter("ignore")  # the heads are far larger than the tiny disks
         loaded = [medlens.load_image(real("hc18", "images", f"{i:03d}_HC.png")) for i in (0, 7)]

@@ -50,6 +50,12 @@ def train(
         help="Classification: auto (small 2D sets choose their plan by cross-validation over "
         "train + val and predict with the fold ensemble), cv (always) or off.",
     ),
+    column: str | None = typer.Option(
+        None,
+        "--column",
+        help="Sequence classification and regression: the cases.csv column to learn (default "
+        "label, or ef_percent / the first numeric column).",
+    ),
     positive_class: str | None = typer.Option(
         None,
         "--positive-class",
@@ -62,7 +68,8 @@ def train(
     from medlens.tasks.registry import get_task
 
     chosen = get_task(task)
-    given = {"model": model, "positive_class": positive_class, "select": select, "fold": fold}
+    given = {"model": model, "positive_class": positive_class, "select": select, "fold": fold,
+             "column": column}  # fmt: skip
     options = check_options(chosen, "train", given)
     info = chosen.train(data, output, plan=plan, epochs=epochs, folds=folds, seed=seed,
                         resume=resume, overrides=overrides, progress=progress, log=typer.echo,

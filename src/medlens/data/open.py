@@ -30,7 +30,8 @@ __all__ = ["detect_format", "open_dataset"]
 
 _LOOKED_FOR = (
     "a MedMNIST .npz, dataset.json (Decathlon/nnU-Net), images/ + annotations/ + labels.csv "
-    "(HC18), images/ + masks/ (paired folders), dicoms/ + contourfiles/ (Sunnybrook), "
+    "(HC18), images/ + masks/ (paired folders), dicoms/ + contourfiles/ (Sunnybrook), cines/ "
+    "+ cases.csv (cine folder), "
     "Annotations/ + JPEGImages/ (Pascal VOC), images/ + a seriesuid CSV (LUNA16), one COCO "
     ".json, or one .csv of labels or boxes"
 )
@@ -38,7 +39,7 @@ _LOOKED_FOR = (
 
 def detect_format(path: str | Path) -> str:
     """The format name of ``path``: ``medmnist``, ``decathlon``, ``hc18``, ``paired``,
-    ``sunnybrook``, ``csv``,
+    ``sunnybrook``, ``cine`` (a cine folder of the sequence tasks), ``csv``,
     or for detection ``voc``, ``coco``, ``boxes`` (a CSV of boxes) or ``luna``."""
     from medlens.data.detection import detection_format
 
@@ -77,6 +78,8 @@ def detect_format(path: str | Path) -> str:
 
     if is_sunnybrook_folder(path):
         return "sunnybrook"
+    if (path / "cines").is_dir() and (path / "cases.csv").is_file():
+        return "cine"
     csvs = sorted(p.name for p in entries if p.is_file() and p.name.lower().endswith(".csv"))
     if len(csvs) == 1:
         return detection_format(path / csvs[0]) or "csv"
@@ -121,6 +124,10 @@ def open_dataset(path: str | Path, **kwargs: Any) -> Dataset:
         from medlens.data.sunnybrook import SunnybrookDataset
 
         return SunnybrookDataset(path, **kwargs)
+    if kind == "cine":
+        raise DatasetError("a cine folder (cines/, cases.csv): learn from it with --task "
+                           "sequence-segmentation (per-frame, with a time axis), "
+                           "sequence-classification or sequence-regression", path)  # fmt: skip
     from medlens.data.csv_folder import CSVFolderDataset
 
     if path.is_dir():

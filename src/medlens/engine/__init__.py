@@ -45,7 +45,13 @@ from medlens.engine.config import (
     parse_train_args,
     save_config,
 )
-from medlens.engine.data import LoaderBatches, TensorBatches, as_batches, collate_samples
+from medlens.engine.data import (
+    EpochBatches,
+    LoaderBatches,
+    TensorBatches,
+    as_batches,
+    collate_samples,
+)
 from medlens.engine.distributed import (
     DistInfo,
     current_dist,
@@ -74,6 +80,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DistInfo",
+    "EpochBatches",
     "FocalLoss",
     "HistoryWriter",
     "LoaderBatches",

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "EpochBatches",
     "LoaderBatches",
     "TensorBatches",
     "as_batches",
@@ -66,6 +67,23 @@ def epoch_indices(
             order = torch.cat([order, order.repeat(pad // n + 1)[:pad]])
         order = order[rank::world_size]
     return order
+
+
+class EpochBatches:
+    """Base of batches drawn at random rather than passed over: ``batches_per_epoch`` make an
+    epoch, and :meth:`set_epoch` (which the trainer calls) gives the epoch a subclass seeds its
+    draws with, ``(seed, epoch)``, so a resumed run draws the same batches. Subclasses set
+    ``task`` and yield ``(inputs, targets)`` from ``__iter__``."""
+
+    task = "drawn"
+    batches_per_epoch = 40
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
 
 
 class TensorBatches:

@@ -13,6 +13,9 @@ by the LUNA16 rules with scan-bootstrap intervals, and count errors for cell cou
 
 Reconstruction: NMSE, PSNR and SSIM of magnitude images as fastMRI defines them, summaries over
 cases and paired differences between two methods with bootstrap intervals.
+
+Regression (:func:`regression_metrics`): MAE, RMSE, Bland-Altman bias and limits of agreement,
+Pearson's r and R^2 of measured values (EF) with bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from medlens.metrics.reconstruction import (
     reconstruction_summary,
     ssim,
 )
+from medlens.metrics.regression import regression_metrics
 from medlens.metrics.segmentation import (
     EMPTY_STATES,
     SEGMENTATION_METRICS,
@@ -84,6 +88,7 @@ __all__ = [
     "pr_curve_data",
     "psnr",
     "reconstruction_summary",
+    "regression_metrics",
     "roc_curve_data",
     "segmentation_metrics",
     "ssim",

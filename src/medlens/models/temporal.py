@@ -54,6 +54,16 @@ def _frames(x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
     return x.reshape(b * t, *x.shape[2:]), b, t
 
 
+def _through(layer: nn.Module, h: torch.Tensor, b: int, t: int) -> torch.Tensor:
+    """Frames' features ``(B * T, F, *S)`` through ``layer`` as ``(B, F, T, *S)``, and back."""
+    if isinstance(layer, nn.Identity) and not (
+        layer._forward_hooks or layer._forward_pre_hooks or layer._backward_hooks
+    ):
+        return h
+    seq = h.reshape(b, t, *h.shape[1:]).transpose(1, 2)
+    return layer(seq).transpose(1, 2).reshape(h.shape)
+
+
 class _Cell(nn.Module):
     """One convolutional GRU or LSTM step."""
 
@@ -157,6 +167,8 @@ class TemporalUNet(nn.Module):
         self.merge = nn.ModuleList(_Block(dims, 2 * features[i - 1], features[i - 1])
                                    for i in range(len(features) - 1, 0, -1))  # fmt: skip
         self.head = conv(dims, features[0], num_classes, 1, bias=True)
+        #: the deepest features as ``(B, F, T, *S)`` pass through here: Grad-CAM's layer
+        self.explain_layer = nn.Identity()
 
     @property
     def divisor(self) -> int:
@@ -175,6 +187,7 @@ class TemporalUNet(nn.Module):
             skips.append(h)
         if self.temporal is not None:
             h = self.temporal(h.reshape(b, t, *h.shape[1:])).reshape(h.shape)
+        h = _through(self.explain_layer, h, b, t)
         for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1]), strict=True):
             h = merge(torch.cat([up(h), skip], dim=1))
         out = self.head(h)
@@ -204,10 +217,13 @@ class SequenceNet(nn.Module):
         self.score = nn.Linear(width, 1)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(width, num_classes)
+        #: the last feature maps as ``(B, F, T, *S)`` pass through here: Grad-CAM's layer
+        self.explain_layer = nn.Identity()
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         frames, b, t = _frames(x)
-        states, _ = self.rnn(self.encoder(frames).reshape(b, t, -1))
+        maps = _through(self.explain_layer, self.encoder[:-2](frames), b, t)
+        states, _ = self.rnn(self.encoder[-2:](maps).reshape(b, t, -1))
         scores = self.score(states).squeeze(-1)  # (B, T)
         if lengths is not None:
             keep = torch.arange(t, device=x.device)[None] < lengths.to(x.device)[:, None]

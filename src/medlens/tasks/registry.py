@@ -30,6 +30,7 @@ _BUILTIN = (
     "medlens.tasks.detection.task",
     "medlens.tasks.registration.task",
     "medlens.tasks.reconstruction.task",
+    "medlens.tasks.sequences.task",
 )
 _REGISTRY: dict[str, Task] = {}
 T = TypeVar("T", bound=type[Task])

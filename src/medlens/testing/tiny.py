@@ -183,6 +183,52 @@ def kspace_phantoms(root: Path) -> tuple[Path, list[str]]:
     return data, tiny
 
 
+def cines(root: Path) -> Path:
+    """A cine folder of 12 SIMULATED 8-frame, 2-slice 16x16 cines: a bright disk whose radius
+    beats through the cycle (strongly or weakly: ``label``), its label maps, and the EF of those
+    maps (``ef_percent``, summation of discs)."""
+    from medlens.image import Image, Role
+    from medlens.io import save_image
+    from medlens.measure.cardiac import cardiac_indices, cavity_areas, volume_curve
+
+    data = root / "cines"
+    if (data / "cases.csv").is_file():
+        return data
+    for folder in ("cines", "labels"):
+        (data / folder).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:16, :16]
+    rows = ["case,subject,label,ef_percent,simulated"]
+    for i in range(12):
+        strong = i % 2 == 0
+        squeeze = rng.uniform(0.35, 0.45) if strong else rng.uniform(0.05, 0.15)
+        radius = 5.5 * (1 - squeeze * (1 - np.cos(2 * np.pi * np.arange(8) / 8)) / 2)
+        cy, cx = rng.uniform(7, 9, 2)
+        labels = np.zeros((8, 2, 16, 16), np.uint8)
+        for t, r in enumerate(radius):
+            for z in range(2):
+                labels[t, z] = (yy - cy) ** 2 + (xx - cx) ** 2 <= (r * (1 - 0.2 * z)) ** 2
+        cine = rng.normal(40, 8, labels.shape) + 120 * labels
+        image = Image(cine.astype(np.float32), spacing=(1.0, 1.0, 8.0), leading=("time",))
+        save_image(image, data / "cines" / f"c{i:02d}.nii.gz")
+        save_image(image.with_array(labels, role=Role.LABEL), data / "labels" / f"c{i:02d}.nii.gz")
+        ef = cardiac_indices(volume_curve(cavity_areas(labels, (1.0, 1.0)), 8.0))["ef_percent"]
+        rows.append(f"c{i:02d},c{i:02d},{'strong' if strong else 'weak'},{ef:.3f},true")
+    (data / "cases.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
+def sequence_values(root: Path) -> tuple[Path, list[str]]:
+    """:func:`cines` for classification and regression: 6 frames of 16x16, a tiny CNN + GRU."""
+    return cines(root), ["network.features=[4,8]", "network.hidden=4", "batch_size=4",
+                         "batches_per_epoch=2", "frames=6", "size=16,16"]  # fmt: skip
+
+
+def sequence_masks(root: Path) -> tuple[Path, list[str]]:
+    """:func:`cines` for per-frame segmentation: a tiny ConvGRU U-Net."""
+    return cines(root), ["network.features=[4,8]", "batch_size=2", "batches_per_epoch=2"]
+
+
 #: A tiny labelled dataset and fast settings per registered task.
 TINY: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
     "classification": blobs,
@@ -190,6 +236,9 @@ TINY: dict[str, Callable[[Path], tuple[Path, list[str]]]] = {
     "detection": squares,
     "registration": disk_pairs,
     "reconstruction": kspace_phantoms,
+    "sequence-classification": sequence_values,
+    "sequence-regression": sequence_values,
+    "sequence-segmentation": sequence_masks,
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medlens.engine.data import EpochBatches
 from medlens.errors import DatasetError
 
 __all__ = [
@@ -151,23 +152,10 @@ def stack(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.cat([i[k] for i in items]) for k in items[0]}
 
 
-class EpochBatches:
-    """Batches drawn at random, ``batches_per_epoch`` an epoch, seeded by ``(seed, epoch)`` so
-    a resumed run draws the same ones (the engine's protocol for drawn data)."""
-
-    task = "reconstruction"
-    batches_per_epoch = 40
-    epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
-
-
 class SliceBatches(EpochBatches):
     """Training batches ``(inputs, {"target": (B, H, W)})`` with new masks per slice."""
+
+    task = "reconstruction"
 
     def __init__(self, source: KSpaceSource, files: list[int], plan, *, seed: int = 0) -> None:
         self.source, self.plan, self.seed = source, plan, int(seed)

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from medlens.engine.data import EpochBatches
 from medlens.errors import DatasetError, MedlensError
-from medlens.tasks.reconstruction.data import EpochBatches
 
 __all__ = [
     "ImageJob",
@@ -139,6 +139,8 @@ def _pair(hr: torch.Tensor, plan, axis: int, noise: float, generator) -> torch.T
 
 class PatchBatches(EpochBatches):
     """Training batches ``(input, target)`` of ``(B, 1, P, P)`` patches (see the module)."""
+
+    task = "reconstruction"
 
     def __init__(self, planes_: list[np.ndarray], plan, *, seed: int = 0) -> None:
         if not planes_:

@@ -1,1 +1,2 @@
-"""Sequence models on cine MRI: temporal segmentation and regression of a cine's values."""
+"""Image sequences on the task platform: classification, regression and per-frame segmentation
+of cines, echo loops and videos (:mod:`medlens.tasks.sequences.task`)."""
