@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_write_rows",
     "atomic_write_text",
     "check_output",
     "ensure_outside",
@@ -132,6 +133,28 @@ def atomic_write_json(path: str | Path, payload: Any, *, root: str | Path | None
 
     text = json.dumps(payload, indent=1, default=_plain) + "\n"
     atomic_write_text(path, text, root=root)
+
+
+def atomic_write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]], *,
+                      floats: str = "{}") -> Path:  # fmt: skip
+    """Write ``rows`` as a CSV, atomically: the columns every row's keys in first-seen order, a
+    missing value or None empty, floats formatted by ``floats`` (``"{:.6g}"``)."""
+    import csv
+    import io
+
+    header = list(dict.fromkeys(k for row in rows for k in row))
+
+    def text(value: Any) -> Any:
+        if value is None:
+            return ""
+        return floats.format(value) if isinstance(value, float) else value
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([text(row.get(k)) for k in header] for row in rows)
+    atomic_write_text(path, buffer.getvalue())
+    return Path(path)
 
 
 def _plain(value: Any) -> Any:

@@ -102,10 +102,22 @@ def test_bad_cines_are_refused_in_one_line(disk_run, tmp_path, capsys, data_root
     for f in series.iterdir():  # one phase of one slice missing
         if f.name != "48.dcm":
             os.symlink(f, gap / f.name)
+    sizes = tmp_path / "sizes"
+    sizes.mkdir()
+    for f in series.iterdir():  # one frame of another size (a cropped re-export)
+        if f.name != "48.dcm":
+            os.symlink(f, sizes / f.name)
+    import pydicom
+
+    ds = pydicom.dcmread(series / "48.dcm")
+    cropped = ds.pixel_array[:128, :128].copy()
+    ds.Rows, ds.Columns, ds.PixelData = 128, 128, cropped.tobytes()
+    ds.save_as(sizes / "48.dcm")
     cases = [
         (tmp_path / "volume.nii.gz", "not a cine stack"),
         (tmp_path / "one_slice.nii.gz", "single-slice cine"),
         (gap, "incomplete temporal series"),
+        (sizes, "images of different sizes in one series: 256x256 (239 images), 128x128 (1"),
     ]
     for path, message in cases:
         code = main(["measure", "cardiac", str(disk_run), "--input", str(path), "--output",

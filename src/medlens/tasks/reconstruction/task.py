@@ -127,18 +127,14 @@ class ReconstructionPredictor(Predictor):
         return out
 
     def predict_path(self, source, output, **options: Any) -> str:
-        from medlens._atomic import atomic_write_text
+        from medlens._atomic import atomic_write_rows
 
         output = Path(output)
         predictions = self.predict(self.read(Path(source)))
-        rows = []
         for p in predictions:
             p.save(output)
-            rows.append(p.row())
-        header = list(dict.fromkeys(k for r in rows for k in r))
-        lines = [",".join(header)] + [",".join(str(r.get(h, "")) for h in header) for r in rows]
-        atomic_write_text(output / "reconstructions.csv", "\n".join(lines) + "\n")
-        return f"{len(rows)} file(s) reconstructed: {output}"
+        atomic_write_rows(output / "reconstructions.csv", [p.row() for p in predictions])
+        return f"{len(predictions)} file(s) reconstructed: {output}"
 
 
 class ResidualScore(nn.Module):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medlens._atomic import atomic_write_json, atomic_write_text
+from medlens._atomic import atomic_write_json, atomic_write_rows, atomic_write_text
 from medlens.errors import MedlensError
 from medlens.report.page import escape, html_page, interval, section, try_figure
 from medlens.tasks.sequences.data import CineSet, check_length
@@ -123,23 +123,12 @@ def evaluate_sequences(networks, spec: dict[str, Any], run_path: Path, data: Pat
     files = {}
     if output is not None:
         output = Path(output)
-        files["cases"] = _write_rows(output / "cases.csv", rows)
+        files["cases"] = atomic_write_rows(output / "cases.csv", rows, floats="{:.6g}")
         atomic_write_json(output / "metrics.json", result)
         files["metrics"] = output / "metrics.json"
         files["report"] = write_report(output, result, rows)
     result["files"] = {k: str(v) for k, v in files.items()}
     return result
-
-
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> Path:
-    header = list(dict.fromkeys(k for r in rows for k in r))
-
-    def text(v: Any) -> str:
-        return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
-
-    lines = [",".join(header)] + [",".join(text(r.get(h)) for h in header) for r in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
 
 
 def _pairs(result: dict[str, Any], rows: list[dict[str, Any]]):

@@ -96,19 +96,15 @@ class SequencePredictor(Predictor):
         return predictions(self.networks, self.spec, images)
 
     def predict_path(self, source: Path, output: Path, **options: Any) -> str:
-        from medlens._atomic import atomic_write_text, ensure_outside
+        from medlens._atomic import atomic_write_rows, ensure_outside
 
         output = Path(output)
         ensure_outside(output, source)
         found = self.predict(self.read(Path(source)))
-        rows = []
         for p in found:
             p.save(output)
-            rows.append(p.row())
-        header = list(dict.fromkeys(k for r in rows for k in r))
-        lines = [",".join(header)] + [",".join(str(r.get(h, "")) for h in header) for r in rows]
-        atomic_write_text(output / "predictions.csv", "\n".join(lines) + "\n")
-        return f"{len(rows)} sequence(s) predicted: {output}"
+        atomic_write_rows(output / "predictions.csv", [p.row() for p in found])
+        return f"{len(found)} sequence(s) predicted: {output}"
 
 
 class _Trained:

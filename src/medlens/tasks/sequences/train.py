@@ -53,16 +53,18 @@ __all__ = ["build_network", "divisor", "load_sequence_run", "measure_ef", "predi
 
 
 class SegmentationLoss(nn.Module):
-    """Cross-entropy plus soft Dice of the foreground, over every frame of the batch."""
+    """The segmentation task's Dice + cross-entropy (:class:`~medlens.tasks.segmentation.losses.
+    DiceCELoss`, batch Dice) over every frame of the batch: logits ``(B, T, K, H, W)`` and labels
+    ``(B, T, H, W)`` with the time axis folded into the batch."""
+
+    def __init__(self) -> None:
+        from medlens.tasks.segmentation.losses import DiceCELoss
+
+        super().__init__()
+        self.loss = DiceCELoss()
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        flat = logits.reshape(-1, *logits.shape[2:])  # (B * T, K, H, W)
-        target = labels.reshape(-1, *labels.shape[2:])
-        ce = nn.functional.cross_entropy(flat, target)
-        prob = flat.softmax(dim=1)[:, 1]
-        fg = (target == 1).float()
-        dice = (2 * (prob * fg).sum() + 1) / (prob.sum() + fg.sum() + 1)
-        return ce + (1 - dice)
+        return self.loss(logits.flatten(0, 1), labels.flatten(0, 1))
 
 
 def build_network(spec: dict[str, Any]) -> nn.Module:
