@@ -162,6 +162,20 @@ class Run:
                               flips=flips)  # fmt: skip
         return apply_temperature(probs, self.temperature, self.metric_task, self.info.get("bias"))
 
+    @torch.no_grad()
+    def features(self, images: np.ndarray, *, batch_size: int = 128) -> np.ndarray:
+        """The first fold's pooled penultimate features ``(N, F)`` of ``images`` ``(N, C, ...)``
+        (read as :meth:`probabilities` reads them): the space in which
+        :mod:`medlens.metrics.generative` compares real and generated images."""
+        network = self.networks[0].eval()
+        parts = []
+        for start in range(0, images.shape[0], batch_size):
+            x = torch.from_numpy(np.array(images[start : start + batch_size]))
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+            maps = network.forward_features(x)
+            parts.append(network.backbone.forward_head(maps, pre_logits=True).double().numpy())
+        return np.concatenate(parts) if parts else np.zeros((0, 0))
+
 
 def recorded_positive(info: dict[str, Any]) -> int | None:
     """Binary: the index of the run's positive class (runs from before it was recorded: 1)."""
