@@ -21,7 +21,7 @@ LAYERS = {
     1: {"image", "geometry", "boxes"},  # the Image model, its grids, boxes on them
     2: {"io", "metrics"},
     3: {"transforms", "preprocessing", "models", "inference", "summary", "synthetic"},
-    4: {"measure", "deid", "registration", "reconstruction"},
+    4: {"measure", "deid", "registration", "reconstruction", "generative"},
     5: {"data", "engine"},
     6: {"report"},
     7: {"explain"},

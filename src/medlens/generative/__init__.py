@@ -1,0 +1,1 @@
+"""Generative models: diffusion (the schedule and samplers) for synthetic images."""
