@@ -364,8 +364,8 @@ def test_registered_as_segmentation_models():
     assert list_models(task="segmentation") == ["resunet", "unet"]
     classifiers = list_models(task="classification")
     assert "unet" not in classifiers and "resnet18" in classifiers
-    others = ["cnn-gru", "cnn-lstm", "edsr", "fcos", "next-frame", "resunet", "temporal-unet",
-              "unet"]  # fmt: skip
+    others = ["cnn-gru", "cnn-lstm", "ddpm-unet", "edsr", "fcos", "next-frame", "resunet",
+              "temporal-unet", "unet"]  # fmt: skip
     assert sorted([*classifiers, *others]) == list_models()
     assert list_models("*unet", task="segmentation") == ["resunet", "unet"]
     assert model_task("unet") == model_task("resunet") == "segmentation"

@@ -17,6 +17,7 @@ so the registry never depends on what else happens to be imported.
 from __future__ import annotations
 
 from medlens.models.base import Backbone, count_parameters
+from medlens.models.denoiser import DenoisingUNet
 from medlens.models.densenet import DenseNet, densenet121
 from medlens.models.edsr import EDSR
 from medlens.models.fcos import FCOS
@@ -44,6 +45,7 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ConvRNN",
+    "DenoisingUNet",
     "DenseNet",
     "ResNet",
     "SequenceNet",
