@@ -7,7 +7,17 @@ from typing import Any
 
 from medlens.errors import MedlensError
 
-__all__ = ["explain_run"]
+__all__ = ["class_index", "explain_run"]
+
+
+def class_index(target: str | int, names: list[str]) -> int:
+    """The class ``--target`` names, by name or index; one line listing the classes if none."""
+    text = str(target)
+    if text in names:
+        return names.index(text)
+    if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
+        return int(text)
+    raise MedlensError(f"--target {target}: not a class of the run ({', '.join(names)})")
 
 
 def explain_run(

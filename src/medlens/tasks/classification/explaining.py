@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medlens.errors import MedlensError
 from medlens.explain import ExplainJob
 from medlens.tasks.classification.bundle import Run
 
@@ -39,7 +38,9 @@ def explain_job(run: Run, input_path: Path, split: str | None, target, limit) ->
             f"predicted {names[int(t)]} ({probs[i, int(t)]:.2f})" for i, t in enumerate(targets)
         ]
     else:
-        index = _class_index(target, names)
+        from medlens.tasks.explaining import class_index
+
+        index = class_index(target, names)
         targets = torch.full((n,), index, dtype=torch.long)
         label = [f"class {names[index]}"] * n
     notes = []
@@ -63,15 +64,6 @@ def explain_job(run: Run, input_path: Path, split: str | None, target, limit) ->
         "classification",
         multilabel=run.metric_task == "multilabel",
     )
-
-
-def _class_index(target: str | int, names: list[str]) -> int:
-    text = str(target)
-    if text in names:
-        return names.index(text)
-    if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
-        return int(text)
-    raise MedlensError(f"--target {target}: not a class of the run ({', '.join(names)})")
 
 
 def _volume_writer(input_path: Path, ids: list[str], shape: tuple[int, ...]):

@@ -222,6 +222,7 @@ class SliceSequences(EpochBatches):
     ) -> None:
         self.data, self.batch, self.label, self.seed, self.spec = data, batch, label, seed, spec
         self.augment, self.batches_per_epoch, self.divisor = augment, batches_per_epoch, divisor
+        self._scaled: dict[int, np.ndarray] = {}
         self.items = []  # (case, slice) of the slices whose cycle shows the label
         for i in cases:
             labels = data.load(i)[1]
@@ -241,8 +242,10 @@ class SliceSequences(EpochBatches):
             xs, ys = [], []
             for j in rng.choice(len(self.items), self.batch, replace=len(self.items) < self.batch):
                 i, k = self.items[int(j)]
-                cine, labels, _ = self.data.load(i)
-                x = normalise(cine, self.spec)[:, k] * rng.uniform(low, high)
+                labels = self.data.load(i)[1]
+                if i not in self._scaled:  # each case scaled once, not once per draw
+                    self._scaled[i] = normalise(self.data.load(i)[0], self.spec)
+                x = self._scaled[i][:, k] * rng.uniform(low, high)
                 xs.append(torch.from_numpy(np.ascontiguousarray(x, np.float32))[:, None])
                 ys.append(torch.from_numpy((labels[:, k] == self.label).astype(np.int64))[:, None])
             xs, ys = _common_size(xs, self.divisor), _common_size(ys, self.divisor)

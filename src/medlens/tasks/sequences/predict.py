@@ -28,16 +28,10 @@ from medlens.tasks.sequences.data import _SUFFIXES, CineSet, as_cine, check_leng
 __all__ = ["SequenceMasks", "SequenceValue", "predict_ensemble", "read_sequences"]
 
 
-def _stem(name: str) -> str:
-    for suffix in (*_SUFFIXES, ".dcm"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def read_sequences(source: str | Path) -> list[Image]:
     """The sequences under ``source`` (module notes), each a cine image named in its meta."""
     from medlens.io import load_image
+    from medlens.io.discover import file_stem
 
     source = Path(source)
     if not source.exists():
@@ -46,12 +40,12 @@ def read_sequences(source: str | Path) -> list[Image]:
         cines = CineSet(source)
         found = [(case, path, None) for case, path in zip(cines.ids, cines.paths, strict=True)]
     elif source.is_file():
-        found = [(_stem(source.name), source, None)]
+        found = [(file_stem(source.name), source, None)]
     else:
         from medlens.io.dicom import is_dicom_file, list_series
 
         files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith("."))
-        found = [(_stem(p.name), p, None) for p in files if p.name.lower().endswith(_SUFFIXES)]
+        found = [(file_stem(p.name), p, None) for p in files if p.name.lower().endswith(_SUFFIXES)]
         if any(is_dicom_file(p) for p in source.rglob("*") if p.is_file()):
             series = list_series(source)
             for s in series:

@@ -185,7 +185,7 @@ class _SequenceTask(Task):
                 x = torch.from_numpy(fit(cine, spec)).transpose(0, 1)
                 models.append(wrapped)
                 if spec["kind"] == "classification":
-                    k = _target(target, spec["classes"], wrapped, x)
+                    k = _target_class(target, spec["classes"], wrapped, x)
                     targets.append(k)
                     names.append(spec["classes"][k])
                 else:
@@ -236,17 +236,14 @@ class _SequenceTask(Task):
                           outside=outside)  # fmt: skip
 
 
-def _target(target, classes: list[str], model: nn.Module, x: torch.Tensor) -> int:
+def _target_class(target, classes: list[str], model: nn.Module, x: torch.Tensor) -> int:
     """The class to explain: ``--target`` (a name or index), else the predicted one."""
-    if target is None:
-        with torch.no_grad():
-            return int(model(x[None])[0].argmax())
-    text = str(target)
-    if text in classes:
-        return classes.index(text)
-    if text.isdigit() and int(text) < len(classes):
-        return int(text)
-    raise MedlensError(f"--target {target}: not a class of the run ({', '.join(classes)})")
+    from medlens.tasks.explaining import class_index
+
+    if target is not None:
+        return class_index(target, classes)
+    with torch.no_grad():
+        return int(model(x[None])[0].argmax())
 
 
 @register_task
